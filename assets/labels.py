@@ -1,0 +1,37 @@
+"""Region labels: the recorded region of each instance, mapped from its raw PACS strings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+
+from pacs import io
+from pacs.index import INDEX_PATH
+from pacs.regions import RegionMapper
+from assets.resources import RadauditConfig
+
+LABELS_PATH = Path("labels") / "region_labels.parquet"
+
+
+@dg.asset(
+    deps=["dicom_index"], group_name="labels",
+    description="Per instance: the raw PACS string used, the tag it came from, and the mapped region or null "
+    "(labels/region_labels.parquet). Edit the mapping file to change how strings map.",
+)
+def region_labels(radaudit: RadauditConfig) -> dg.MaterializeResult:
+    """Map Body Part Examined / Series / Study Description / Protocol Name to the vocabulary."""
+    index = pd.read_parquet(radaudit.data_path / INDEX_PATH)
+    live = index[index["present"] & index["duplicate_of"].isna()]
+    mapper = RegionMapper.from_file(radaudit.region_map)
+    labels = mapper.label_frame(live)
+    io.write_parquet_frame(labels, radaudit.data_path / LABELS_PATH)
+    counts = labels["recorded_region"].value_counts(dropna=False)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(labels),
+        "null_labels": int(labels["recorded_region"].isna().sum()),
+        "by_region": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
+        "by_tag": dg.MetadataValue.json({str(k): int(v) for k, v in labels["recorded_tag"].value_counts(dropna=False).items()}),
+        "vocabulary": ", ".join(mapper.regions),
+    })

@@ -1,0 +1,183 @@
+"""The image cache: decoded, normalized, border-cropped, upright, resized uint8 images.
+
+Layout under the data dir::
+
+    cache/manifest.parquet              one row per cached instance (source file, geometry, params)
+    cache/images/<hh>/<sop uid>.npy     uint8 2-D array, size x size
+
+``<hh>`` is the first two hex digits of the SHA-1 of the UID, so no folder holds more than a
+few thousand files. Aspect policy: the long side of the cropped image is scaled to ``size`` and
+the image is centred on a black (0) square canvas; the manifest keeps the content box so that
+nothing downstream mistakes the letterbox for anatomy. Images are plain ``.npy`` files so a
+training data loader memory-maps them without any decoding work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+CACHE_DIR = Path("cache")
+MANIFEST_PATH = CACHE_DIR / "manifest.parquet"
+CACHE_VERSION = 1
+
+MANIFEST_SCHEMA = pa.schema(
+    [
+        pa.field("sop_instance_uid", pa.string()),
+        pa.field("path", pa.string()),
+        pa.field("file_size", pa.int64()),
+        pa.field("mtime_ns", pa.int64()),
+        pa.field("params", pa.string()),
+        pa.field("original_rows", pa.int64()),
+        pa.field("original_columns", pa.int64()),
+        pa.field("reduce", pa.int64()),
+        pa.field("crop_top", pa.int64()),
+        pa.field("crop_bottom", pa.int64()),
+        pa.field("crop_left", pa.int64()),
+        pa.field("crop_right", pa.int64()),
+        pa.field("rot90", pa.int64()),
+        pa.field("orientation_known", pa.bool_()),
+        pa.field("content_height", pa.int64()),
+        pa.field("content_width", pa.int64()),
+        pa.field("frames_in_file", pa.int64()),
+        pa.field("was_color", pa.bool_()),
+        pa.field("window_source", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    """What the cached pixels depend on; a change re-caches every image.
+
+    Attributes:
+        size: Side of the square cached image in pixels.
+        remove_border: Crop collimator bands and uniform margins.
+        correct_orientation: Rotate to upright using Patient Orientation where present.
+    """
+
+    size: int = 256
+    remove_border: bool = True
+    correct_orientation: bool = True
+
+    def __post_init__(self) -> None:
+        if not 16 <= self.size <= 4096:
+            raise ValueError(f"cache size must be between 16 and 4096 pixels, got {self.size}")
+
+    def fingerprint(self) -> str:
+        """A stable string identifying these parameters and the cache format version."""
+        return json.dumps({**asdict(self), "version": CACHE_VERSION}, sort_keys=True)
+
+
+def image_path(data_dir: str | os.PathLike[str], sop_instance_uid: str) -> Path:
+    """Where the cached image of one instance lives."""
+    shard = hashlib.sha1(sop_instance_uid.encode("ascii")).hexdigest()[:2]
+    return Path(data_dir) / CACHE_DIR / "images" / shard / f"{sop_instance_uid}.npy"
+
+
+def read(data_dir: str | os.PathLike[str], sop_instance_uid: str, *, mmap: bool = False) -> np.ndarray:
+    """Return the cached image of one instance (uint8, 2-D).
+
+    Raises:
+        KeyError: If the instance is not in the cache.
+    """
+    path = image_path(data_dir, sop_instance_uid)
+    if not path.exists():
+        raise KeyError(f"{sop_instance_uid} is not in the image cache under {data_dir}")
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def preprocess(path: str | os.PathLike[str], patient_orientation: str | None, params: CacheParams,
+               *, threads: int = 1) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode one file and turn it into the cached uint8 image; return it with its manifest facts.
+
+    Decoding asks for the lowest resolution that still gives ``size`` pixels on the short side,
+    so JPEG 2000 files skip wavelet levels that the resize would throw away.
+    """
+    from augment.border import find_exposed_field
+    from augment.orientation import rotation_from_orientation
+    from pacs.pixels import decode_image
+
+    decoded = decode_image(path, min_side=params.size, threads=threads)
+    img = decoded.pixels
+    top, bottom, left, right = 0, img.shape[0], 0, img.shape[1]
+    if params.remove_border:
+        top, bottom, left, right = find_exposed_field(img)
+        img = img[top:bottom, left:right]
+    k = 0
+    rotation = None
+    if params.correct_orientation:
+        values = patient_orientation.split("\\") if patient_orientation else None
+        rotation = rotation_from_orientation(values)
+        if rotation is not None:
+            k = rotation[0]
+            img = np.rot90(img, k)
+    out = letterbox(img, params.size)
+    fit = params.size / max(img.shape)
+    scale = 2 ** decoded.reduce
+    facts = {
+        "original_rows": decoded.original_shape[0],
+        "original_columns": decoded.original_shape[1],
+        "reduce": decoded.reduce,
+        "crop_top": top * scale,
+        "crop_bottom": bottom * scale,
+        "crop_left": left * scale,
+        "crop_right": right * scale,
+        "rot90": k,
+        "content_height": max(1, round(img.shape[0] * fit)),
+        "content_width": max(1, round(img.shape[1] * fit)),
+        "orientation_known": rotation is not None,
+        "frames_in_file": decoded.frames,
+        "was_color": decoded.was_color,
+        "window_source": decoded.window_source,
+    }
+    return out, facts
+
+
+def letterbox(img: np.ndarray, size: int) -> np.ndarray:
+    """Scale a float [0, 1] image so its long side is ``size``, centre it on black; return uint8."""
+    h, w = img.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = Image.fromarray(np.ascontiguousarray(img, dtype=np.float32), mode="F").resize(
+        (nw, nh), Image.Resampling.BILINEAR
+    )
+    arr = np.asarray(resized, dtype=np.float32)
+    out = np.zeros((size, size), dtype=np.uint8)
+    y0, x0 = (size - nh) // 2, (size - nw) // 2
+    out[y0 : y0 + nh, x0 : x0 + nw] = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def write_image(data_dir: str | os.PathLike[str], sop_instance_uid: str, img: np.ndarray) -> Path:
+    """Store one cached image atomically."""
+    from pacs.io import atomic_path
+
+    path = image_path(data_dir, sop_instance_uid)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(img, dtype=np.uint8), allow_pickle=False)
+    return path
+
+
+def cache_one(job: dict[str, Any]) -> dict[str, Any]:
+    """Worker entry point: decode, preprocess and store one file; return its manifest row."""
+    params = CacheParams(**job["params"])
+    img, facts = preprocess(job["abs_path"], job["patient_orientation"], params, threads=job.get("threads", 1))
+    write_image(job["data_dir"], job["sop_instance_uid"], img)
+    return {
+        "sop_instance_uid": job["sop_instance_uid"],
+        "path": job["path"],
+        "file_size": job["file_size"],
+        "mtime_ns": job["mtime_ns"],
+        "params": params.fingerprint(),
+        **facts,
+    }

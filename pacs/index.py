@@ -1,0 +1,242 @@
+"""The instance index: one row per DICOM instance, updated incrementally.
+
+A re-run reads only files that are new or changed (path, size, mtime); unchanged files keep
+their rows, vanished files are marked ``present=False`` with ``missing_since``, never dropped.
+Every discovered file ends in exactly one table: the index, or the errors with a stage and reason.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from pacs import io
+from pacs.discover import FoundFile, walk
+from pacs.header import HEADER_TAGS, INT_COLUMNS, HeaderError, read_header
+
+INDEX_PATH = Path("index") / "dicom_index.parquet"
+ERRORS_PATH = Path("index") / "ingest_errors.parquet"
+
+STAGES = ("discover", "header", "pixels")
+
+_FILE_FIELDS = [
+    pa.field("path", pa.string()),
+    pa.field("file_size", pa.int64()),
+    pa.field("mtime_ns", pa.int64()),
+    pa.field("present", pa.bool_()),
+    pa.field("first_seen", pa.timestamp("us", tz="UTC")),
+    pa.field("missing_since", pa.timestamp("us", tz="UTC")),
+]
+INDEX_SCHEMA = pa.schema(
+    _FILE_FIELDS
+    + [pa.field(c, pa.int64() if c in INT_COLUMNS else pa.string()) for c in HEADER_TAGS]
+    + [
+        pa.field("transfer_syntax_uid", pa.string()),
+        pa.field("patient_key", pa.string()),
+        pa.field("duplicate_of", pa.string()),
+        # Filled by the pixel stage: how the image was decoded.
+        pa.field("frames_in_file", pa.int64()),
+        pa.field("was_color", pa.bool_()),
+        pa.field("window_source", pa.string()),
+    ]
+)
+ERRORS_SCHEMA = pa.schema(
+    _FILE_FIELDS
+    + [
+        pa.field("stage", pa.string()),
+        pa.field("severity", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("sop_instance_uid", pa.string()),
+    ]
+)
+
+
+def emptyframe(schema: pa.Schema) -> pd.DataFrame:
+    """An empty DataFrame with the schema's columns and dtypes."""
+    return schema.empty_table().to_pandas()
+
+
+def to_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Convert with the fixed schema, so empty or all-null columns keep their types."""
+    return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+
+
+def read_table(path: Path, schema: pa.Schema) -> pd.DataFrame:
+    """Read a table written by this module, or an empty frame when it does not exist yet."""
+    if not path.exists():
+        return emptyframe(schema)
+    return pd.read_parquet(path)
+
+
+@dataclass
+class IndexUpdate:
+    """The index and errors after a scan, plus what changed."""
+
+    index: pd.DataFrame
+    errors: pd.DataFrame
+    new_rows: list[str] = field(default_factory=list)  # paths (re)indexed in this run
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything differs from the previous run."""
+        return any(self.stats.get(k, 0) for k in ("new", "changed", "vanished", "reappeared"))
+
+
+def update_index(
+    export_root: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str],
+    *,
+    key: bytes,
+    full_rebuild: bool = False,
+    retry_errors: bool = False,
+    workers: int = 1,
+    now: pd.Timestamp | None = None,
+) -> IndexUpdate:
+    """Scan the export and bring the index and error tables up to date (in memory; see ``write``).
+
+    Args:
+        export_root: Root of the DICOM export.
+        data_dir: Where the previous index and errors live.
+        key: Pseudonymization key.
+        full_rebuild: Ignore the previous tables and read every file again.
+        retry_errors: Read again files that failed before even if they did not change.
+        workers: Processes for header reading (1 = in this process).
+        now: Timestamp for first_seen / missing_since (default: the current time).
+    """
+    root = Path(export_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"export root {root} does not exist or is not a folder")
+    now = now if now is not None else pd.Timestamp.now(tz="UTC").floor("us")
+    data_dir = Path(data_dir)
+    prev_index = emptyframe(INDEX_SCHEMA) if full_rebuild else read_table(data_dir / INDEX_PATH, INDEX_SCHEMA)
+    prev_errors = emptyframe(ERRORS_SCHEMA) if full_rebuild else read_table(data_dir / ERRORS_PATH, ERRORS_SCHEMA)
+    if retry_errors:
+        prev_errors = prev_errors.iloc[0:0]
+
+    found: list[FoundFile] = []
+    errors_now: list[dict[str, Any]] = []
+    for item in walk(root):
+        if isinstance(item, FoundFile):
+            found.append(item)
+        else:
+            errors_now.append(error_row(item[0], None, None, "discover", item[1], now))
+    found_by_path = {f.path: f for f in found}
+
+    previous: dict[str, tuple[int, int, str]] = {}
+    for table, where in ((prev_index, "index"), (prev_errors, "errors")):
+        for path, size, mtime in zip(table["path"], table["file_size"], table["mtime_ns"]):
+            previous[path] = (int(size) if pd.notna(size) else -1, int(mtime) if pd.notna(mtime) else -1, where)
+
+    todo: list[FoundFile] = []
+    stats = {"discovered": len(found), "new": 0, "changed": 0, "unchanged": 0, "vanished": 0, "reappeared": 0}
+    for f in found:
+        prev = previous.get(f.path)
+        if prev is None:
+            stats["new"] += 1
+            todo.append(f)
+        elif prev[:2] != (f.size, f.mtime_ns):
+            stats["changed"] += 1
+            todo.append(f)
+        else:
+            stats["unchanged"] += 1
+
+    redo = {f.path for f in todo}
+    kept_index = prev_index[~prev_index["path"].isin(redo)].copy()
+    # Rows without a size came from the walk itself (unreadable entries): the walk reports them afresh.
+    kept_errors = prev_errors[~prev_errors["path"].isin(redo) & prev_errors["file_size"].notna()].copy()
+    for kept in (kept_index, kept_errors):
+        present = kept["path"].isin(found_by_path)
+        stats["vanished"] += int((~present & kept["present"].astype(bool)).sum())
+        stats["reappeared"] += int((present & ~kept["present"].astype(bool)).sum())
+        kept.loc[~present & kept["missing_since"].isna(), "missing_since"] = now
+        kept.loc[present, "missing_since"] = pd.NaT
+        kept["present"] = present
+
+    rows, header_errors = read_headers(root, todo, key=key, workers=workers, now=now)
+    index = pd.concat([kept_index, frame(rows, INDEX_SCHEMA)], ignore_index=True)
+    errors = pd.concat(
+        [kept_errors, frame(errors_now, ERRORS_SCHEMA), frame(header_errors, ERRORS_SCHEMA)], ignore_index=True
+    )
+    index = mark_duplicates(index.sort_values("path", ignore_index=True))
+    errors = errors.sort_values(["path", "stage"], ignore_index=True)
+    stats["indexed"] = len(rows)
+    stats["errors_new"] = len(header_errors) + len(errors_now)
+    return IndexUpdate(index=index, errors=errors, new_rows=[r["path"] for r in rows], stats=stats)
+
+
+def read_headers(
+    root: Path, files: Sequence[FoundFile], *, key: bytes, workers: int, now: pd.Timestamp
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Read the headers of ``files``; return (index rows, error rows)."""
+    jobs = [(str(root / f.path), key) for f in files]
+    if workers > 1 and len(jobs) >= 256:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results: Iterable[dict[str, Any] | HeaderError] = pool.map(_read_one, jobs, chunksize=64)
+            results = list(results)
+    else:
+        results = [_read_one(job) for job in jobs]
+    rows, errors = [], []
+    for f, res in zip(files, results):
+        if isinstance(res, HeaderError):
+            errors.append(error_row(f.path, f.size, f.mtime_ns, res.stage, str(res), now, severity=res.severity))
+        else:
+            res.update(path=f.path, file_size=f.size, mtime_ns=f.mtime_ns, present=True, first_seen=now)
+            rows.append(res)
+    return rows, errors
+
+
+def _read_one(job: tuple[str, bytes]) -> dict[str, Any] | HeaderError:
+    path, key = job
+    try:
+        return read_header(path, key=key)
+    except HeaderError as exc:
+        return exc
+    except Exception as exc:  # noqa: BLE001 - a damaged file must become a row, whatever pydicom raises
+        return HeaderError(f"unexpected {type(exc).__name__} while reading the header: {exc}")
+
+
+def mark_duplicates(index: pd.DataFrame) -> pd.DataFrame:
+    """Fill ``duplicate_of``: among present rows sharing a SOP Instance UID, all but the first path."""
+    index = index.copy()
+    index["duplicate_of"] = None
+    live = index[index["present"].astype(bool)]
+    first = live.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")["path"]
+    dup = index["present"].astype(bool) & index.duplicated("sop_instance_uid", keep="first") & index[
+        "sop_instance_uid"
+    ].isin(first.index)
+    index.loc[dup, "duplicate_of"] = index.loc[dup, "sop_instance_uid"].map(first)
+    return index
+
+
+def write(update: IndexUpdate, data_dir: str | os.PathLike[str]) -> None:
+    """Write the index and the errors atomically."""
+    data_dir = Path(data_dir)
+    io.write_parquet(to_table(update.index, INDEX_SCHEMA), data_dir / INDEX_PATH)
+    io.write_parquet(to_table(update.errors, ERRORS_SCHEMA), data_dir / ERRORS_PATH)
+
+
+def error_row(
+    path: str, file_size: int | None, mtime_ns: int | None, stage: str, reason: str, now: pd.Timestamp, *,
+    sop_instance_uid: str | None = None, severity: str = "error",
+) -> dict[str, Any]:
+    """An ingest_errors row for a file that failed at ``stage``."""
+    return {
+        "path": path, "file_size": file_size, "mtime_ns": mtime_ns, "present": True, "first_seen": now,
+        "missing_since": None, "stage": stage, "severity": severity, "reason": reason,
+        "sop_instance_uid": sop_instance_uid,
+    }
+
+
+def frame(rows: list[dict[str, Any]], schema: pa.Schema) -> pd.DataFrame:
+    """Rows to a DataFrame with the schema's dtypes."""
+    if not rows:
+        return emptyframe(schema)
+    return pa.Table.from_pylist(rows, schema=schema).to_pandas()

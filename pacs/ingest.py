@@ -1,0 +1,193 @@
+"""Ingest: export folder -> instance index, ingest errors and image cache, in one incremental pass.
+
+Headers are read first (cheap); then the pixels of new or changed instances are decoded in a pool
+of worker processes, each file under a time limit, so a damaged file that hangs or crashes a
+decoder costs one error row, not the run. A file whose pixels fail moves from the index to the
+errors with stage ``pixels``: every file ends in exactly one of the two tables.
+
+Run from a notebook::
+
+    from pacs.ingest import IngestConfig, run_ingest
+    result = run_ingest(IngestConfig(export_dir="export", data_dir="data"))
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pebble import ProcessExpired, ProcessPool
+
+from pacs import index as ix
+from pacs import io
+from pacs.cache import MANIFEST_PATH, MANIFEST_SCHEMA, CacheParams, cache_one, image_path
+from pacs.pseudo import load_or_create_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Everything ingest depends on.
+
+    Attributes:
+        export_dir: Root of the PACS export (read only).
+        data_dir: Where the index, errors and cache are written.
+        cache: Image cache parameters.
+        workers: Decode worker processes (0 = all cores).
+        file_timeout_s: Wall-time limit for decoding one file.
+        full_rebuild: Forget the previous index and cache and process every file again.
+        retry_errors: Try again files that failed in an earlier run although they did not change.
+        pseudonym_key: Key for the patient pseudonym; None = generated once under the data dir.
+    """
+
+    export_dir: str | os.PathLike[str]
+    data_dir: str | os.PathLike[str]
+    cache: CacheParams = field(default_factory=CacheParams)
+    workers: int = 0
+    file_timeout_s: float = 60.0
+    full_rebuild: bool = False
+    retry_errors: bool = False
+    pseudonym_key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = all cores), got {self.workers}")
+        if self.file_timeout_s <= 0:
+            raise ValueError(f"file_timeout_s must be positive, got {self.file_timeout_s}")
+
+    @property
+    def n_workers(self) -> int:
+        """Worker processes to use."""
+        return self.workers or os.cpu_count() or 1
+
+
+@dataclass
+class IngestResult:
+    """What one ingest run produced."""
+
+    index: pd.DataFrame
+    errors: pd.DataFrame
+    manifest: pd.DataFrame
+    stats: dict[str, int]
+
+
+def run_ingest(config: IngestConfig, *, progress: Callable[[int, int], None] | None = None) -> IngestResult:
+    """Update the index, the errors and the image cache for ``config.export_dir``.
+
+    Args:
+        config: Ingest settings.
+        progress: Called as ``progress(done, total)`` while decoding.
+    """
+    data_dir = Path(config.data_dir)
+    key = load_or_create_key(data_dir, config.pseudonym_key or os.environ.get("RADAUDIT_PSEUDONYM_KEY"))
+    now = pd.Timestamp.now(tz="UTC").floor("us")
+    update = ix.update_index(
+        config.export_dir, data_dir, key=key, full_rebuild=config.full_rebuild,
+        retry_errors=config.retry_errors, workers=config.n_workers, now=now,
+    )
+    prev_manifest = (
+        ix.empty_frame(MANIFEST_SCHEMA) if config.full_rebuild else ix.read_table(data_dir / MANIFEST_PATH, MANIFEST_SCHEMA)
+    )
+    fingerprint = config.cache.fingerprint()
+    todo = _to_cache(update.index, prev_manifest, fingerprint, data_dir)
+    rows, failures = _decode_all(todo, config, progress)
+
+    reasons = {f["path"]: f["reason"] for f in failures}
+    index = update.index
+    moved = index[index["path"].isin(reasons)]
+    index = index[~index["path"].isin(reasons)]
+    errors = pd.concat(
+        [update.errors, ix.frame([
+            ix.error_row(r.path, r.file_size, r.mtime_ns, "pixels", reasons[r.path], now,
+                         sop_instance_uid=r.sop_instance_uid)
+            for r in moved.itertuples()
+        ], ix.ERRORS_SCHEMA)],
+        ignore_index=True,
+    ).sort_values(["path", "stage"], ignore_index=True)
+
+    done_uids = {r["sop_instance_uid"] for r in rows}
+    manifest = prev_manifest[
+        ~prev_manifest["sop_instance_uid"].isin(done_uids) & prev_manifest["sop_instance_uid"].isin(index["sop_instance_uid"])
+    ]
+    manifest = pd.concat([manifest, ix.frame(rows, MANIFEST_SCHEMA)], ignore_index=True).sort_values(
+        "sop_instance_uid", ignore_index=True
+    )
+    index = _with_decode_facts(index, manifest)
+
+    stats = dict(update.stats)
+    stats.update(cached=len(rows), pixel_errors=len(failures), index_rows=len(index), error_rows=len(errors),
+                 cache_rows=len(manifest))
+    if update.changed or rows or failures or not (data_dir / ix.INDEX_PATH).exists():
+        ix.write(ix.IndexUpdate(index=index, errors=errors), data_dir)
+        io.write_parquet(ix.to_table(manifest, MANIFEST_SCHEMA), data_dir / MANIFEST_PATH)
+        stats["written"] = 1
+    else:
+        stats["written"] = 0
+    return IngestResult(index=index, errors=errors, manifest=manifest, stats=stats)
+
+
+def _to_cache(index: pd.DataFrame, manifest: pd.DataFrame, fingerprint: str, data_dir: Path) -> pd.DataFrame:
+    """Index rows whose cached image is missing, stale or made with other parameters."""
+    live = index[index["present"].astype(bool) & index["duplicate_of"].isna()]
+    current = manifest.set_index("sop_instance_uid")[["path", "file_size", "mtime_ns", "params"]]
+    merged = live.join(current, on="sop_instance_uid", rsuffix="_cached")
+    stale = (
+        merged["params"].ne(fingerprint)
+        | merged["path_cached"].ne(merged["path"])
+        | merged["file_size_cached"].ne(merged["file_size"])
+        | merged["mtime_ns_cached"].ne(merged["mtime_ns"])
+    )
+    missing_file = ~merged["sop_instance_uid"].map(lambda u: image_path(data_dir, u).exists())
+    return live[(stale | missing_file).to_numpy()]
+
+
+def _decode_all(
+    todo: pd.DataFrame, config: IngestConfig, progress: Callable[[int, int], None] | None
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Cache every row of ``todo`` in worker processes; return (manifest rows, failures)."""
+    if todo.empty:
+        return [], []
+    root = Path(config.export_dir)
+    params = asdict(config.cache)
+    jobs = [
+        {
+            "abs_path": str(root / r.path), "path": r.path, "file_size": int(r.file_size), "mtime_ns": int(r.mtime_ns),
+            "sop_instance_uid": r.sop_instance_uid, "patient_orientation": r.patient_orientation,
+            "params": params, "data_dir": str(config.data_dir),
+        }
+        for r in todo.itertuples()
+    ]
+    rows: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
+    with ProcessPool(max_workers=min(config.n_workers, len(jobs))) as pool:
+        futures = [(job, pool.schedule(cache_one, args=(job,), timeout=config.file_timeout_s)) for job in jobs]
+        for done, (job, future) in enumerate(futures, start=1):
+            try:
+                rows.append(future.result())
+            except FutureTimeout:
+                failures.append({"path": job["path"], "reason": f"decoding took longer than {config.file_timeout_s:g} s"})
+            except ProcessExpired as exc:
+                failures.append({"path": job["path"], "reason": f"decoder crashed (exit code {exc.exitcode})"})
+            except MemoryError:
+                failures.append({"path": job["path"], "reason": "decoder ran out of memory"})
+            except Exception as exc:  # noqa: BLE001 - any decoder failure becomes the file's error row
+                failures.append({"path": job["path"], "reason": f"{type(exc).__name__}: {exc}"})
+            if progress:
+                progress(done, len(jobs))
+    for f in failures:
+        log.warning("pixels failed for %s: %s", f["path"], f["reason"])
+    return rows, failures
+
+
+def _with_decode_facts(index: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Copy how each image was decoded (frames, colour, window) from the manifest into the index."""
+    facts = manifest.set_index("sop_instance_uid")[["frames_in_file", "was_color", "window_source"]]
+    index = index.drop(columns=["frames_in_file", "was_color", "window_source"]).join(facts, on="sop_instance_uid")
+    return index

@@ -1,0 +1,1 @@
+"""radaudit's Dagster code location: definitions, jobs, resources and the ``radaudit`` CLI."""

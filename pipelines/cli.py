@@ -1,0 +1,160 @@
+"""The ``radaudit`` command line.
+
+    radaudit demo                                   # synthetic export -> full pipeline, in ./demo
+    radaudit ingest --export EXPORT --data DATA     # index, cache and label a real export
+    radaudit synth --out EXPORT --truth truth.parquet --n 500 --seed 0
+    radaudit synth --preview sheet.png
+
+Runs execute in-process through Dagster; with ``DAGSTER_HOME`` set they are recorded in that
+instance (``dagster dev`` shows them), otherwise in a throwaway one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("radaudit")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``radaudit`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
+        print(f"radaudit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radaudit", description="Find wrong or missing body-part labels in radiograph exports.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", help="index, decode and cache an export, and map its region labels")
+    _add_paths(ingest)
+    _add_ingest_options(ingest)
+    ingest.set_defaults(func=_cmd_ingest)
+
+    synth = sub.add_parser("synth", help="write a synthetic PACS export with known ground truth")
+    synth.add_argument("--out", type=Path, help="export folder to create")
+    synth.add_argument("--truth", type=Path, help="ground-truth file (.parquet or .csv), outside the export")
+    synth.add_argument("--n", type=int, default=500, help="number of images (default 500)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--noise", type=float, default=0.08, help="fraction of corrupted recorded labels")
+    synth.add_argument("--missing", type=float, default=0.05, help="fraction of missing labels")
+    synth.add_argument("--ood", type=float, default=0.02, help="fraction of out-of-domain images")
+    synth.add_argument("--size", type=int, default=256, help="image side in pixels")
+    synth.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
+    synth.add_argument("--preview", type=Path, help="write a contact sheet PNG of all regions and artefacts instead")
+    synth.set_defaults(func=_cmd_synth)
+
+    demo = sub.add_parser("demo", help="make the synthetic demo export if missing and run the pipeline on it")
+    demo.add_argument("--dir", type=Path, default=Path("demo"), help="demo folder (default ./demo)")
+    demo.add_argument("--n", type=int, default=600, help="images in the synthetic export")
+    demo.add_argument("--seed", type=int, default=0)
+    _add_ingest_options(demo, default_size=64)
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def _add_paths(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--export", default=os.environ.get("RADAUDIT_EXPORT_DIR"),
+                   help="root of the DICOM export (default $RADAUDIT_EXPORT_DIR)")
+    p.add_argument("--data", default=os.environ.get("RADAUDIT_DATA_DIR"),
+                   help="where radaudit writes everything (default $RADAUDIT_DATA_DIR)")
+
+
+def _add_ingest_options(p: argparse.ArgumentParser, default_size: int = 256) -> None:
+    p.add_argument("--size", type=int, default=default_size, help=f"cached image side (default {default_size})")
+    p.add_argument("--workers", type=int, default=0, help="decode processes (default: all cores)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds allowed to decode one file")
+    p.add_argument("--full-rebuild", action="store_true", help="ignore earlier runs and process every file again")
+    p.add_argument("--retry-errors", action="store_true", help="retry files that failed in earlier runs")
+    p.add_argument("--region-map", help="region mapping file (TOML or YAML); default: the packaged one")
+
+
+def _resource(export: str | os.PathLike[str], data: str | os.PathLike[str], args: argparse.Namespace) -> Any:
+    from assets.resources import RadauditConfig
+
+    return RadauditConfig(
+        export_dir=str(export), data_dir=str(data), cache_size=args.size, workers=args.workers,
+        file_timeout_s=args.timeout, full_rebuild=args.full_rebuild, retry_errors=args.retry_errors,
+        region_map=args.region_map,
+    )
+
+
+def run_assets(resource: Any, selection: str | None = None) -> Any:
+    """Materialize the code location's assets in-process with ``resource`` as the config."""
+    import dagster as dg
+
+    from pipelines.definitions import defs
+
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    assets = list(defs.assets or [])
+    result = dg.materialize(assets, resources={"radaudit": resource}, instance=instance, selection=selection,
+                            raise_on_error=True)
+    return result
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    if not args.export or not args.data:
+        raise ValueError("give --export and --data (or set RADAUDIT_EXPORT_DIR and RADAUDIT_DATA_DIR)")
+    run_assets(_resource(args.export, args.data, args))
+    _print_ingest_summary(Path(args.data))
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from pacs.synth import generate_export, render_preview
+
+    if args.preview:
+        render_preview(args.preview, seed=args.seed, size=args.size)
+        print(f"preview written to {args.preview}")
+        return 0
+    if not args.out or not args.truth:
+        raise ValueError("give --out and --truth (or --preview PNG)")
+    summary = generate_export(args.out, args.truth, n=args.n, seed=args.seed, noise=args.noise,
+                              missing=args.missing, ood=args.ood, size=args.size, force=args.force)
+    print(summary)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from pacs.synth import generate_export
+
+    export, data, truth = args.dir / "export", args.dir / "data", args.dir / "truth.parquet"
+    if not truth.exists():
+        print(f"making the synthetic demo export in {export} ({args.n} images) ...")
+        generate_export(export, truth, n=args.n, seed=args.seed, size=max(args.size * 2, 128), force=True)
+    run_assets(_resource(export, data, args))
+    _print_ingest_summary(data)
+    return 0
+
+
+def _print_ingest_summary(data: Path) -> None:
+    import pandas as pd
+
+    from assets.labels import LABELS_PATH
+    from pacs.index import ERRORS_PATH, INDEX_PATH
+
+    index = pd.read_parquet(data / INDEX_PATH)
+    errors = pd.read_parquet(data / ERRORS_PATH)
+    print(f"index:  {data / INDEX_PATH}  ({len(index)} instances)")
+    print(f"errors: {data / ERRORS_PATH}  ({len(errors)} files; by stage: {errors['stage'].value_counts().to_dict()})")
+    if (data / LABELS_PATH).exists():
+        labels = pd.read_parquet(data / LABELS_PATH)
+        print(f"labels: {data / LABELS_PATH}  ({labels['recorded_region'].notna().sum()} mapped, "
+              f"{labels['recorded_region'].isna().sum()} null)")
+    print(f"cache:  {data / 'cache'}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
