@@ -1,7 +1,5 @@
 """Ingest assets: the instance index, the ingest errors and the image cache, made in one pass."""
 
-from __future__ import annotations
-
 import dagster as dg
 import pandas as pd
 

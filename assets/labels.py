@@ -1,6 +1,5 @@
 """Region labels: the recorded region of each instance, mapped from its raw PACS strings."""
 
-from __future__ import annotations
 
 from pathlib import Path
 

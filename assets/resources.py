@@ -1,6 +1,5 @@
 """Typed configuration shared by every asset: where the export is, where outputs go, how to ingest."""
 
-from __future__ import annotations
 
 from pathlib import Path
 

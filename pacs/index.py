@@ -58,7 +58,7 @@ ERRORS_SCHEMA = pa.schema(
 )
 
 
-def emptyframe(schema: pa.Schema) -> pd.DataFrame:
+def empty_frame(schema: pa.Schema) -> pd.DataFrame:
     """An empty DataFrame with the schema's columns and dtypes."""
     return schema.empty_table().to_pandas()
 
@@ -71,7 +71,7 @@ def to_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
 def read_table(path: Path, schema: pa.Schema) -> pd.DataFrame:
     """Read a table written by this module, or an empty frame when it does not exist yet."""
     if not path.exists():
-        return emptyframe(schema)
+        return empty_frame(schema)
     return pd.read_parquet(path)
 
 
@@ -116,8 +116,8 @@ def update_index(
         raise FileNotFoundError(f"export root {root} does not exist or is not a folder")
     now = now if now is not None else pd.Timestamp.now(tz="UTC").floor("us")
     data_dir = Path(data_dir)
-    prev_index = emptyframe(INDEX_SCHEMA) if full_rebuild else read_table(data_dir / INDEX_PATH, INDEX_SCHEMA)
-    prev_errors = emptyframe(ERRORS_SCHEMA) if full_rebuild else read_table(data_dir / ERRORS_PATH, ERRORS_SCHEMA)
+    prev_index = empty_frame(INDEX_SCHEMA) if full_rebuild else read_table(data_dir / INDEX_PATH, INDEX_SCHEMA)
+    prev_errors = empty_frame(ERRORS_SCHEMA) if full_rebuild else read_table(data_dir / ERRORS_PATH, ERRORS_SCHEMA)
     if retry_errors:
         prev_errors = prev_errors.iloc[0:0]
 
@@ -238,5 +238,5 @@ def error_row(
 def frame(rows: list[dict[str, Any]], schema: pa.Schema) -> pd.DataFrame:
     """Rows to a DataFrame with the schema's dtypes."""
     if not rows:
-        return emptyframe(schema)
+        return empty_frame(schema)
     return pa.Table.from_pylist(rows, schema=schema).to_pandas()

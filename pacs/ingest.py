@@ -136,8 +136,10 @@ def run_ingest(config: IngestConfig, *, progress: Callable[[int, int], None] | N
 def _to_cache(index: pd.DataFrame, manifest: pd.DataFrame, fingerprint: str, data_dir: Path) -> pd.DataFrame:
     """Index rows whose cached image is missing, stale or made with other parameters."""
     live = index[index["present"].astype(bool) & index["duplicate_of"].isna()]
-    current = manifest.set_index("sop_instance_uid")[["path", "file_size", "mtime_ns", "params"]]
-    merged = live.join(current, on="sop_instance_uid", rsuffix="_cached")
+    current = manifest[["sop_instance_uid", "path", "file_size", "mtime_ns", "params"]].rename(
+        columns={"path": "path_cached", "file_size": "file_size_cached", "mtime_ns": "mtime_ns_cached"}
+    )
+    merged = live.merge(current, on="sop_instance_uid", how="left")
     stale = (
         merged["params"].ne(fingerprint)
         | merged["path_cached"].ne(merged["path"])
@@ -159,7 +161,8 @@ def _decode_all(
     jobs = [
         {
             "abs_path": str(root / r.path), "path": r.path, "file_size": int(r.file_size), "mtime_ns": int(r.mtime_ns),
-            "sop_instance_uid": r.sop_instance_uid, "patient_orientation": r.patient_orientation,
+            "sop_instance_uid": r.sop_instance_uid,
+            "patient_orientation": r.patient_orientation if isinstance(r.patient_orientation, str) else None,
             "params": params, "data_dir": str(config.data_dir),
         }
         for r in todo.itertuples()
