@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from pydicom.charset import convert_encodings
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
@@ -56,10 +59,12 @@ INT_COLUMNS = frozenset(
 )
 # Read for the patient key and the pixel plausibility check, never written out.
 _EXTRA_TAGS = [
-    "PatientID", "IssuerOfPatientID", "PixelRepresentation", "PlanarConfiguration",
+    "SpecificCharacterSet", "PatientID", "IssuerOfPatientID", "PixelRepresentation", "PlanarConfiguration",
     "MediaStorageSOPClassUID",
 ]
 _SPECIFIC_TAGS = list(HEADER_TAGS.values()) + _EXTRA_TAGS
+_HEADER_TAG_NUMBERS = {column: tag_for_keyword(keyword) for column, keyword in HEADER_TAGS.items()}
+_PATIENT_ID, _ISSUER = tag_for_keyword("PatientID"), tag_for_keyword("IssuerOfPatientID")
 
 # Values larger than this are not read into memory while parsing the header.
 _DEFER_BYTES = 64 * 1024
@@ -124,14 +129,16 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
     if media_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         raise HeaderError("DICOMDIR (a directory of the export, not an image)", severity="skipped")
 
+    encodings = convert_encodings(ds.get("SpecificCharacterSet") or "ISO_IR 6")
     row: dict[str, Any] = {}
-    for column, keyword in HEADER_TAGS.items():
-        row[column] = _value(ds, keyword, integer=column in INT_COLUMNS)
+    for column, tag in _HEADER_TAG_NUMBERS.items():
+        row[column] = _value(ds, tag, encodings, integer=column in INT_COLUMNS)
     if not row["sop_instance_uid"]:
         raise HeaderError("no SOP Instance UID")
     row["transfer_syntax_uid"] = _transfer_syntax(ds)
     row["patient_key"] = pseudonymize(
-        _value(ds, "PatientID", integer=False), key, issuer=_value(ds, "IssuerOfPatientID", integer=False)
+        _value(ds, _PATIENT_ID, encodings, integer=False), key,
+        issuer=_value(ds, _ISSUER, encodings, integer=False),
     )
     if pixel is None:
         raise HeaderError("no Pixel Data element (not an image)", stage="pixels", severity="skipped")
@@ -139,8 +146,16 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
     return row
 
 
-def _value(ds: Dataset, keyword: str, *, integer: bool) -> Any:
-    value = ds.get(keyword)  # the value for a keyword, not the element
+def _value(ds: Dataset, tag: int, encodings: list[str], *, integer: bool) -> Any:
+    # get_item + convert_raw_data_element skip Dataset's attribute machinery (5x cheaper per tag).
+    raw = ds.get_item(tag)
+    if raw is None:
+        return None
+    try:
+        value = convert_raw_data_element(raw, encoding=encodings, ds=ds).value if isinstance(raw, RawDataElement) \
+            else raw.value
+    except Exception:  # noqa: BLE001 - an undecodable optional tag is recorded as missing, not fatal
+        return None
     if value is None or value == "":
         return None
     if integer:

@@ -177,7 +177,7 @@ def read_headers(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Read the headers of ``files``; return (index rows, error rows)."""
     jobs = [(str(root / f.path), key) for f in files]
-    if workers > 1 and len(jobs) >= 256:
+    if workers > 1 and len(jobs) >= 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results: Iterable[dict[str, Any] | HeaderError] = pool.map(_read_one, jobs, chunksize=64)
             results = list(results)

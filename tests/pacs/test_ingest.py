@@ -182,3 +182,17 @@ def test_a_hanging_decoder_becomes_an_error_row(tmp_path, good_sources, monkeypa
 def test_missing_export_root_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         run_ingest(IngestConfig(export_dir=tmp_path / "nope", data_dir=tmp_path / "data"))
+
+
+def test_descriptions_are_decoded_with_their_character_set(tmp_path, good_sources):
+    export = tmp_path / "export"
+    export.mkdir()
+    ds = pydicom.dcmread(good_sources["PAT1/ST1/SE1/IM0002.DCM"])
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.StudyDescription = "Hüfte links"
+    ds.BodyPartExamined = "FUSS"
+    ds.save_as(export / "latin1.dcm")
+    assert "Hüfte".encode("latin-1") in (export / "latin1.dcm").read_bytes()
+    result = run_ingest(config(export, tmp_path / "data"))
+    row = result.index.iloc[0]
+    assert row["study_description"] == "Hüfte links" and row["body_part_examined"] == "FUSS"
