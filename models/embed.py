@@ -1,0 +1,126 @@
+"""Frozen-backbone embeddings of cached images.
+
+Input normalization is the training pipeline's, applied without augmentation
+(:func:`normalize_images`): uint8 -> float / 255, optional bilinear (antialiased) resize to
+``size`` x ``size``, then ``(x - mean) / std`` with the mean and std of
+:class:`augment.pipeline.ViewConfig` (0.5 and 0.5), the last step of every training view.
+
+Pass ``size`` = the pretraining view size (``PretrainConfig.size``) to embed whole images at the
+scale the backbone was trained at; with ``size=None`` images keep the cache's resolution.
+
+Example::
+
+    backbone = models.checkpoint.load_backbone("data/models/simclr")
+    feats = embed(backbone, dataset, size=224)             # Shape: (N, 512), float32
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from augment.pipeline import ViewConfig
+from models.backbone import feature_dim
+from models.data import ArrayDataset
+
+__all__ = ["embed", "normalize_images", "MEAN", "STD"]
+
+_VIEW = ViewConfig()
+MEAN: float = _VIEW.mean
+STD: float = _VIEW.std
+
+
+def normalize_images(images: torch.Tensor, *, size: int | None = None, mean: float = MEAN,
+                     std: float = STD) -> torch.Tensor:
+    """uint8 images to the backbone's input, as in training but without augmentation.
+
+    Args:
+        images: Shape: (B, 1, H, W) or (B, H, W), uint8 (float input is taken as [0, 1]).
+        size: Resize to ``size`` x ``size`` (bilinear, antialiased); None keeps H x W.
+        mean: Subtracted after scaling to [0, 1].
+        std: Divides after subtracting ``mean``.
+
+    Returns:
+        Shape: (B, 1, size, size) (or (B, 1, H, W)), float32.
+    """
+    x = images[:, None] if images.ndim == 3 else images
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()  # (B, 1, H, W) in [0, 1]
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return (x - mean) / std
+
+
+def _as_dataset(data: Any) -> Dataset:
+    if isinstance(data, (np.ndarray, torch.Tensor)):
+        return ArrayDataset(data)
+    if isinstance(data, Dataset) or (hasattr(data, "__getitem__") and hasattr(data, "__len__")):
+        return data
+    raise TypeError(f"expected a Dataset of (uint8 image, label) items or a uint8 array (N, H, W), "
+                    f"got {type(data).__name__}")
+
+
+def _images_of(batch: Any) -> torch.Tensor:
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+@torch.no_grad()
+def embed(backbone: nn.Module, data: Dataset | np.ndarray | torch.Tensor, *, batch_size: int = 256,
+          device: str | torch.device | None = None, size: int | None = None, num_workers: int = 0,
+          in_chans: int | None = None) -> np.ndarray:
+    """Features of every image from a frozen backbone, in dataset order.
+
+    The backbone runs in eval mode (BatchNorm uses its running statistics) and is put back in
+    the mode it had; on CUDA the forward pass uses bf16 autocast and channels-last.
+
+    Args:
+        backbone: Maps (B, C, H, W) to (B, D).
+        data: A dataset of ``(uint8 image (1, H, W), label)`` items (or bare images), or a uint8
+            array of Shape (N, H, W) / (N, 1, H, W).
+        batch_size: Images per forward pass.
+        device: Default: CUDA when available, else CPU.
+        size: See :func:`normalize_images`.
+        num_workers: DataLoader workers.
+        in_chans: Input channels of the backbone; grey images are repeated to fill them.
+            Default: the first convolution's input channels.
+
+    Returns:
+        Shape: (N, D), float32.
+
+    Raises:
+        ValueError: ``batch_size`` < 1.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    dataset = _as_dataset(data)
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if in_chans is None:
+        conv = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+        in_chans = conv.in_channels if conv is not None else 1
+    param = next(backbone.parameters(), None)
+    old_device = param.device if param is not None else dev
+    was_training = backbone.training
+    backbone.to(dev).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=num_workers,
+                        pin_memory=dev.type == "cuda")
+    out: list[np.ndarray] = []
+    try:
+        for batch in loader:
+            x = normalize_images(_images_of(batch).to(dev, non_blocking=True), size=size)  # (B, 1, S, S)
+            if in_chans != 1:
+                x = x.expand(-1, in_chans, -1, -1)
+            if dev.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                feats = backbone(x)  # (B, D)
+            out.append(feats.float().cpu().numpy())
+    finally:
+        backbone.train(was_training)
+        backbone.to(old_device)
+    if not out:
+        return np.zeros((0, feature_dim(backbone)), dtype=np.float32)
+    return np.concatenate(out, 0).astype(np.float32, copy=False)

@@ -1,0 +1,162 @@
+"""Evaluation of frozen features: kNN and linear-probe accuracy, and the loss curve as a PNG.
+
+numpy in, numpy out; data positional, options keyword-only. Rows whose label is null (-1) are
+left out of both the fit and the score (they have no ground truth to score against).
+
+- :func:`knn_accuracy`: weighted kNN on cosine similarity, votes ``exp(sim / 0.07)`` (Wu et
+  al., 2018, "Unsupervised Feature Learning via Non-Parametric Instance Discrimination"), the
+  usual monitor of self-supervised training.
+- :func:`linear_probe_accuracy`: multinomial logistic regression on standardized features (the
+  linear evaluation protocol of SimCLR/BYOL, with L-BFGS instead of SGD).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["knn_accuracy", "linear_probe_accuracy", "plot_loss_curve"]
+
+
+def _check(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+           test_y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validate shapes, drop null-labelled rows; the one place inputs are checked."""
+    arrays = []
+    for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim != 2:
+            raise ValueError(f"{name}_x must have Shape (n, dim), got {x.shape}")
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"{name}_y must have one label per row of {name}_x ({x.shape[0]}), got Shape {y.shape}")
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"{name}_y must be integer class indices (-1 for null), got dtype {y.dtype}")
+        if not np.isfinite(x).all():
+            raise ValueError(f"{name}_x contains NaN or inf; check the backbone's training loss")
+        keep = y >= 0
+        if not keep.any():
+            raise ValueError(f"{name}_y has no non-null label (all -1): nothing to {'fit' if name == 'train' else 'score'}")
+        arrays += [x[keep].astype(np.float64), y[keep].astype(np.int64)]
+    if arrays[0].shape[1] != arrays[2].shape[1]:
+        raise ValueError(f"train_x and test_x have different widths: {arrays[0].shape[1]} vs {arrays[2].shape[1]}")
+    return arrays[0], arrays[1], arrays[2], arrays[3]
+
+
+def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
+                 k: int = 20, temperature: float = 0.07, batch_size: int = 1024) -> float:
+    """Accuracy of a similarity-weighted kNN classifier on cosine similarity.
+
+    Args:
+        train_x: Shape: (n_train, dim). train_y: Shape: (n_train,), -1 = null (ignored).
+        test_x: Shape: (n_test, dim). test_y: Shape: (n_test,), -1 = null (ignored).
+        k: Neighbours (capped at the number of labelled training rows).
+        temperature: Vote weight ``exp(similarity / temperature)``.
+        batch_size: Test rows per similarity block (bounds memory).
+
+    Returns:
+        Share of labelled test rows whose predicted class is right, in [0, 1].
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    tx, ty, vx, vy = _check(train_x, train_y, test_x, test_y)
+    tx = tx / np.maximum(np.linalg.norm(tx, axis=1, keepdims=True), 1e-12)
+    vx = vx / np.maximum(np.linalg.norm(vx, axis=1, keepdims=True), 1e-12)
+    k = min(k, tx.shape[0])
+    n_classes = int(max(ty.max(), vy.max())) + 1
+    correct = 0
+    for start in range(0, vx.shape[0], batch_size):
+        sim = vx[start:start + batch_size] @ tx.T  # (b, n_train)
+        idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # (b, k)
+        top = np.take_along_axis(sim, idx, axis=1)  # (b, k)
+        w = np.exp((top - top.max(axis=1, keepdims=True)) / temperature)  # (b, k)
+        votes = np.zeros((sim.shape[0], n_classes))  # (b, n_classes)
+        np.add.at(votes, (np.arange(sim.shape[0])[:, None], ty[idx]), w)
+        correct += int((votes.argmax(1) == vy[start:start + batch_size]).sum())
+    return correct / vx.shape[0]
+
+
+def linear_probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
+                          C: float = 1.0, max_iter: int = 1000, seed: int = 0) -> float:
+    """Accuracy of a logistic-regression probe on standardized features.
+
+    Args:
+        train_x: Shape: (n_train, dim). train_y: Shape: (n_train,), -1 = null (ignored).
+        test_x: Shape: (n_test, dim). test_y: Shape: (n_test,), -1 = null (ignored).
+        C: Inverse L2 regularization strength of scikit-learn's ``LogisticRegression``.
+        max_iter: L-BFGS iterations.
+        seed: ``random_state`` of the solver.
+
+    Returns:
+        Share of labelled test rows classified right, in [0, 1].
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if not C > 0:
+        raise ValueError(f"C must be > 0, got {C}")
+    tx, ty, vx, vy = _check(train_x, train_y, test_x, test_y)
+    if np.unique(ty).size < 2:
+        return float((vy == ty[0]).mean())
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
+    clf.fit(tx, ty)
+    return float((clf.predict(vx) == vy).mean())
+
+
+def plot_loss_curve(history: Sequence[float], *, title: str = "training loss", width: int = 640,
+                    height: int = 360) -> bytes:
+    """A PNG of the per-epoch loss, drawn with Pillow (matplotlib is not a dependency).
+
+    Args:
+        history: Mean loss per epoch.
+        title: Caption at the top.
+        width: Image width in pixels. height: Image height in pixels.
+
+    Returns:
+        PNG bytes.
+    """
+    from PIL import Image, ImageDraw
+
+    values = [float(v) for v in history]
+    if width < 160 or height < 120:
+        raise ValueError(f"the plot needs at least 160 x 120 pixels, got {width} x {height}")
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 64, 16, 28, 36
+    draw.text((left, 8), title, fill="black")
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        draw.text((left + 8, top + 8), "no finite loss values", fill="black")
+    else:
+        lo, hi = min(finite), max(finite)
+        if hi - lo < 1e-12:
+            lo, hi = lo - 0.5, hi + 0.5
+        pad = 0.05 * (hi - lo)
+        lo, hi = lo - pad, hi + pad
+        n = len(values)
+
+        def xy(i: int, v: float) -> tuple[float, float]:
+            x = left + (width - right - left) * (i / (n - 1) if n > 1 else 0.5)
+            y = top + (height - bottom - top) * (hi - v) / (hi - lo)
+            return x, y
+
+        for frac in (0.0, 0.5, 1.0):
+            v = hi - frac * (hi - lo)
+            y = top + frac * (height - bottom - top)
+            draw.line([left - 4, y, left, y], fill="black")
+            draw.text((4, y - 6), f"{v:.3g}", fill="black")
+        points = [xy(i, v) for i, v in enumerate(values) if math.isfinite(v)]
+        if len(points) > 1:
+            draw.line(points, fill=(31, 119, 180), width=2)
+        for x, y in points:
+            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=(31, 119, 180))
+        draw.text((left, height - bottom + 8), "epoch 1", fill="black")
+        draw.text((width - right - 60, height - bottom + 8), f"epoch {n}", fill="black")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

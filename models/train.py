@@ -1,0 +1,427 @@
+"""Contrastive pretraining of one backbone: config in, trained backbone and loss history out.
+
+One :class:`PretrainConfig` runs on CPU, one GPU or N GPUs (DDP with SyncBatchNorm and
+negatives gathered across devices; ``batch_size`` is global, so the learning rate and the loss see
+the same batch on 1 or N GPUs). Every epoch ends with a checkpoint (:mod:`models.checkpoint`); a
+crashed run started again with the same ``checkpoint_dir`` resumes after the last complete epoch,
+with optimizer, schedule, loss history and step count restored.
+
+Without a GPU the same code runs on the CPU; with ``on_cpu="shrink"`` (default) it first shrinks
+the settings (:meth:`PretrainConfig.for_cpu`), and either way it logs
+``no GPU: training on CPU with ...``.
+
+Example::
+
+    from augment.dataset import CacheDataset
+    from models.train import PretrainConfig, pretrain
+
+    ds = CacheDataset.from_reader(functools.partial(pacs.cache.read, data_dir), uids, labels)
+    result = pretrain(PretrainConfig(method="byol", epochs=100, batch_size=1024,
+                                     checkpoint_dir="data/models/byol"), ds, log=print)
+    result.backbone        # nn.Module, CPU, eval mode
+    result.history         # mean loss per epoch
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback, TQDMProgressBar
+from torch import nn
+from torch.utils.data import Dataset
+
+from augment.dataset import make_loader
+from models.base import OPTIMIZERS, ContrastiveModule
+from models.byol import BYOLModel
+from models.checkpoint import SafetensorsCheckpointIO, latest_checkpoint, load_checkpoint
+from models.embed import embed
+from models.probe import knn_accuracy
+from models.simclr import SimCLRModel
+from models.supcon import SupConModel
+
+__all__ = ["METHODS", "PRECISIONS", "PretrainConfig", "PretrainResult", "build_model", "knn_monitor", "pretrain"]
+
+METHODS: dict[str, type[ContrastiveModule]] = {"simclr": SimCLRModel, "byol": BYOLModel, "supcon": SupConModel}
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+ON_CPU = ("shrink", "as_is", "fail")
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything a pretraining run depends on.
+
+    Attributes:
+        method: ``simclr``, ``byol`` or ``supcon``.
+        backbone: timm model name.
+        in_chans: Backbone input channels (1: grey radiographs).
+        epochs: Epochs to train in total (a resumed run trains the rest).
+        batch_size: Global batch size, all devices together (papers: 1024; BYOL's 896 fits too).
+        lr: Base learning rate per 256 images, scaled linearly with ``batch_size``; None: the
+            method's paper value (SimCLR 0.3, BYOL 0.2, SupCon 0.125).
+        optimizer: ``lars``, ``sgd`` or ``adamw``; None: the paper's (LARS, LARS, SGD).
+        weight_decay: None: the paper's (1e-6, 1.5e-6, 1e-4).
+        size: Side of the augmented views in pixels.
+        warmup_epochs: Linear learning-rate warmup before the cosine decay.
+        tau_base: BYOL's starting target decay rate (cosine-scheduled to 1).
+        temperature: SimCLR/SupCon temperature; None: 0.1.
+        devices: GPUs to use (DDP when > 1).
+        precision: ``auto`` (bf16-mixed on GPU, 32-true on CPU), ``32-true``, ``bf16-mixed``, ``16-mixed``.
+        compile: ``torch.compile`` the backbone (pays off on GPU for long runs; off on CPU).
+        channels_last: Channels-last memory format for the backbone.
+        num_workers: DataLoader workers per device (they only read uint8 arrays).
+        seed: Seeds Python, numpy, torch, the loader's shuffling and the augmentations.
+        checkpoint_dir: Where the per-epoch checkpoints go; None: no checkpoints, no resume.
+        keep_checkpoints: Newest epoch checkpoints to keep.
+        max_steps: Stop after this many optimizer steps in total (None: run all epochs); the
+            schedules then span ``max_steps``.
+        on_cpu: Without a GPU: ``shrink`` to :meth:`for_cpu` settings, ``as_is``, or ``fail``.
+        progress_bar: Show Lightning's progress bar.
+        augment: Overrides for :func:`augment.pipeline.make_two_view`, as ``(name, value)`` pairs.
+
+    Raises:
+        ValueError: A bad value; the message says which and how to fix it.
+    """
+
+    method: str = "simclr"
+    backbone: str = "resnet18"
+    in_chans: int = 1
+    epochs: int = 100
+    batch_size: int = 1024
+    lr: float | None = None
+    optimizer: str | None = None
+    weight_decay: float | None = None
+    size: int = 224
+    warmup_epochs: float = 10.0
+    tau_base: float = 0.9995
+    temperature: float | None = None
+    devices: int = 1
+    precision: str = "auto"
+    compile: bool = False
+    channels_last: bool = True
+    num_workers: int = 8
+    seed: int = 0
+    checkpoint_dir: str | None = None
+    keep_checkpoints: int = 2
+    max_steps: int | None = None
+    on_cpu: str = "shrink"
+    progress_bar: bool = True
+    augment: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        def positive_int(name: str, minimum: int = 1) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+                raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
+
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        for name in ("in_chans", "epochs", "devices", "keep_checkpoints"):
+            positive_int(name)
+        positive_int("batch_size", 2)
+        positive_int("size", 16)
+        positive_int("num_workers", 0)
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if self.batch_size % self.devices:
+            raise ValueError(f"batch_size ({self.batch_size}) is global and must divide evenly over "
+                             f"devices ({self.devices}); use e.g. batch_size={self.batch_size // self.devices * self.devices}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr (base learning rate per 256 images) must be > 0 or None for the paper's, got {self.lr}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)} or None")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if not 0 <= self.tau_base < 1:
+            raise ValueError(f"tau_base must be in [0, 1) (BYOL: 0.996 at batch 4096), got {self.tau_base}")
+        if self.temperature is not None and not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0 or None (0.1), got {self.temperature}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}")
+        if self.max_steps is not None:
+            positive_int("max_steps")
+        if self.on_cpu not in ON_CPU:
+            raise ValueError(f"unknown on_cpu {self.on_cpu!r}; valid: {', '.join(ON_CPU)}")
+        object.__setattr__(self, "augment", tuple((str(k), v) for k, v in dict(self.augment).items()))
+
+    def replace(self, **changes: Any) -> PretrainConfig:
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
+
+    def for_cpu(self) -> PretrainConfig:
+        """Small settings for a CPU run: at most 64 px, batch 64, 2 epochs (1 warmup), fp32, 1 device."""
+        epochs = min(self.epochs, 2)
+        return self.replace(size=min(self.size, 64), batch_size=min(self.batch_size, 64), epochs=epochs,
+                            warmup_epochs=min(self.warmup_epochs, epochs / 2), precision="32-true", compile=False,
+                            devices=1, num_workers=min(self.num_workers, 2))
+
+
+@dataclass
+class PretrainResult:
+    """What a pretraining run gives back.
+
+    Attributes:
+        method: The method trained.
+        backbone: The trained backbone, on the CPU, eval mode.
+        history: Mean training loss per epoch, from epoch 1 (including epochs of a crashed run).
+        device: What it ran on, e.g. ``cpu`` or ``cuda (1 x NVIDIA H100 80GB HBM3)``.
+        wall_time_s: Seconds this call spent training.
+        steps: Optimizer steps in total (including those before a resume).
+        steps_this_run: Optimizer steps taken by this call.
+        resumed_from_epoch: Completed epochs found in the checkpoint (0: a fresh run).
+        checkpoint: The last epoch folder written, or None without ``checkpoint_dir``.
+        config: The settings actually used (after :meth:`PretrainConfig.for_cpu` where it applied).
+        metrics: One dict per evaluation of ``eval_fn``: ``{"epoch": n, <name>: value, ...}``.
+    """
+
+    method: str
+    backbone: nn.Module
+    history: list[float]
+    device: str
+    wall_time_s: float
+    steps: int
+    steps_this_run: int
+    resumed_from_epoch: int
+    checkpoint: Path | None
+    config: PretrainConfig
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def backbone_state(self) -> dict[str, torch.Tensor]:
+        """The backbone's state dict (CPU tensors)."""
+        return self.backbone.state_dict()
+
+
+def build_model(config: PretrainConfig) -> ContrastiveModule:
+    """The method's LightningModule for a config (the settings a paper fixes are the defaults)."""
+    common: dict[str, Any] = dict(
+        in_chans=config.in_chans, size=config.size, batch_size=config.batch_size, lr=config.lr,
+        optimizer=config.optimizer, weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
+        channels_last=config.channels_last, compile=config.compile, seed=config.seed, augment=dict(config.augment),
+    )
+    if config.method == "byol":
+        return BYOLModel(config.backbone, tau_base=config.tau_base, **common)
+    return METHODS[config.method](config.backbone, temperature=config.temperature, **common)
+
+
+EvalFn = Callable[[nn.Module], dict[str, float]]
+
+
+def knn_monitor(dataset: Dataset, labels: Sequence[int] | np.ndarray, *, size: int | None = None, k: int = 20,
+                test_fraction: float = 0.5, seed: int = 0, batch_size: int = 256) -> EvalFn:
+    """An ``eval_fn`` for :func:`pretrain`: kNN accuracy of the current backbone on a labelled set.
+
+    Args:
+        dataset: Images to embed (``(uint8 image, label)`` items); the items' labels are ignored.
+        labels: Ground-truth class per image (e.g. the synthetic export's true regions), -1 = none.
+        size: Embedding input size (see :func:`models.embed.embed`); use the pretraining size.
+        k: Neighbours.
+        test_fraction: Share of the labelled images scored; the rest are the kNN memory.
+        seed: Seed of the split.
+        batch_size: Embedding batch size.
+
+    Returns:
+        ``eval_fn(backbone) -> {"knn_accuracy": float}``.
+    """
+    y = np.asarray(labels, dtype=np.int64)
+    if y.shape != (len(dataset),):  # type: ignore[arg-type]
+        raise ValueError(f"labels must have one entry per image ({len(dataset)}), got Shape {y.shape}")  # type: ignore[arg-type]
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    idx = np.flatnonzero(y >= 0)
+    np.random.default_rng(seed).shuffle(idx)
+    n_test = max(1, int(round(len(idx) * test_fraction)))
+    test, train = np.sort(idx[:n_test]), np.sort(idx[n_test:])
+    if len(train) == 0:
+        raise ValueError("need at least 2 labelled images for a kNN monitor")
+
+    def evaluate(backbone: nn.Module) -> dict[str, float]:
+        feats = embed(backbone, dataset, batch_size=batch_size, size=size)  # (N, D)
+        return {"knn_accuracy": knn_accuracy(feats[train], y[train], feats[test], y[test], k=k)}
+
+    return evaluate
+
+
+class _EpochEnd(Callback):
+    """Closes the epoch's loss, runs the evaluation, logs and writes the checkpoint."""
+
+    def __init__(self, config: PretrainConfig, log: Log, eval_fn: EvalFn | None = None, eval_every: int = 1) -> None:
+        self.config = config
+        self.emit = log  # not self.log: Lightning overwrites callbacks' .log with the module's
+        self.t0 = time.perf_counter()
+        self.last_checkpoint: Path | None = None
+        self.eval_fn = eval_fn
+        self.eval_every = eval_every
+        self.metrics: list[dict[str, float]] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert isinstance(pl_module, ContrastiveModule)
+        loss = pl_module.close_epoch()
+        if trainer.is_global_zero:
+            shown = f"{loss:.4f}" if loss is not None else "n/a"
+            epoch = trainer.current_epoch + 1
+            evaluated = ""
+            if self.eval_fn is not None and (epoch % self.eval_every == 0 or epoch == self.config.epochs):
+                metrics = {k: float(v) for k, v in self.eval_fn(pl_module.backbone).items()}
+                self.metrics.append({"epoch": epoch, **metrics})
+                evaluated = ", " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            self.emit(f"{self.config.method} epoch {epoch}/{self.config.epochs}: loss {shown}, "
+                      f"step {trainer.global_step}, {time.perf_counter() - self.t0:.1f} s{evaluated}")
+        if self.config.checkpoint_dir is not None:
+            trainer.save_checkpoint(self.config.checkpoint_dir, weights_only=False)
+            self.last_checkpoint = latest_checkpoint(self.config.checkpoint_dir)
+
+
+def _guard_broken_omegaconf() -> None:
+    """Keep Lightning from importing a broken omegaconf when it writes a checkpoint.
+
+    lightly pulls in hydra-core and omegaconf, whose grammar needs antlr 4.9; Dagster needs antlr
+    >= 4.10 (DESIGN.md, "Known pitfalls"), and with it ``import omegaconf`` raises. Lightning's
+    ``dump_checkpoint`` imports omegaconf whenever it is installed, only to recognise omegaconf
+    hyper-parameter containers, which these modules never use: tell it omegaconf is absent.
+    """
+    try:
+        import omegaconf  # noqa: F401
+    except Exception:  # the antlr mismatch raises a bare Exception, not ImportError
+        from pytorch_lightning.trainer.connectors import checkpoint_connector
+
+        checkpoint_connector._OMEGACONF_AVAILABLE = False
+
+
+def _describe_device(cuda: bool, devices: int) -> str:
+    if not cuda:
+        return "cpu"
+    return f"cuda ({devices} x {torch.cuda.get_device_name(0)})"
+
+
+def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, log: Log | None = None,
+             callbacks: Sequence[Callback] = (), eval_fn: EvalFn | None = None, eval_every: int = 1) -> PretrainResult:
+    """Train a backbone with a contrastive method.
+
+    Args:
+        config: The run's settings.
+        dataset: Items ``(uint8 image (1, H, W), int label)`` with -1 for null labels, all the same
+            size, e.g. :class:`augment.dataset.CacheDataset` or :class:`models.data.ArrayDataset`.
+            Only ``supcon`` uses the labels.
+        resume: Continue from the latest checkpoint in ``config.checkpoint_dir`` if there is one.
+        log: Receives one line per event (device choice, resume, each epoch); default: discard.
+        callbacks: Extra Lightning callbacks.
+        eval_fn: Called with the backbone every ``eval_every`` epochs and after the last (rank 0
+            only), e.g. :func:`knn_monitor`; its numbers are logged and returned in
+            ``PretrainResult.metrics`` (not kept across a resume).
+        eval_every: Epochs between evaluations.
+
+    Returns:
+        The trained backbone, loss history and run facts.
+
+    Raises:
+        ValueError: The dataset is smaller than one batch, the checkpoint belongs to another
+            method or backbone, or there is no GPU and ``on_cpu="fail"``.
+    """
+    emit: Log = log if log is not None else (lambda _msg: None)
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        if config.on_cpu == "fail":
+            raise ValueError("no GPU found and on_cpu='fail'; use on_cpu='shrink' or 'as_is' to train on the CPU")
+        if config.on_cpu == "shrink":
+            config = config.for_cpu()
+        precision = "32-true" if config.precision == "auto" else config.precision
+        config = config.replace(precision=precision)
+        emit(f"no GPU: training on CPU with size={config.size}, batch_size={config.batch_size}, "
+             f"epochs={config.epochs}, precision={config.precision}, devices={config.devices} "
+             f"(on_cpu={config.on_cpu!r})")
+    else:
+        if config.devices > torch.cuda.device_count():
+            raise ValueError(f"devices={config.devices} but only {torch.cuda.device_count()} GPU(s) are visible")
+        if config.precision == "auto":
+            config = config.replace(precision="bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed")
+        torch.set_float32_matmul_precision("high")
+
+    n = len(dataset)  # type: ignore[arg-type]
+    if n < config.batch_size:
+        raise ValueError(f"the dataset has {n} images, fewer than one batch (batch_size={config.batch_size}); "
+                         "lower batch_size or add images")
+
+    ckpt_path: Path | None = None
+    resumed_from = 0
+    if resume and config.checkpoint_dir is not None:
+        ckpt_path = latest_checkpoint(config.checkpoint_dir)
+        if ckpt_path is not None:
+            state = load_checkpoint(ckpt_path).state
+            for key, want in (("method", config.method), ("backbone", config.backbone)):
+                if state.get(key) not in (None, want):
+                    raise ValueError(f"{ckpt_path} is a {key}={state.get(key)!r} checkpoint but the config says "
+                                     f"{key}={want!r}; use another checkpoint_dir or resume=False")
+            resumed_from = int(state.get("epoch", 0))
+            emit(f"resuming from {ckpt_path} ({resumed_from} epoch(s) done, step {state.get('global_step', '?')})")
+
+    pl.seed_everything(config.seed, workers=True, verbose=False)
+    model = build_model(config)
+
+    if ckpt_path is not None and resumed_from >= config.epochs:
+        ckpt = load_checkpoint(ckpt_path)
+        model.load_state_dict(ckpt.state_dict)
+        emit(f"nothing to train: the checkpoint already has {resumed_from} of {config.epochs} epochs")
+        history = [float(v) for v in ckpt.state.get("history", [])]
+        return PretrainResult(config.method, model.backbone.cpu().eval(), history, _describe_device(cuda, config.devices),
+                              0.0, int(ckpt.state.get("global_step", 0)), 0, resumed_from, ckpt_path, config)
+
+    _guard_broken_omegaconf()
+    per_device = config.batch_size // config.devices
+    loader = make_loader(dataset, per_device, workers=config.num_workers, pin_memory=cuda, shuffle=True,
+                         drop_last=True, seed=config.seed)
+    if not isinstance(eval_every, int) or eval_every < 1:
+        raise ValueError(f"eval_every must be an int >= 1 (epochs), got {eval_every!r}")
+    epoch_end = _EpochEnd(config, emit, eval_fn, eval_every)
+    root = config.checkpoint_dir or tempfile.mkdtemp(prefix="radaudit-pretrain-")
+    trainer = pl.Trainer(
+        accelerator="gpu" if cuda else "cpu",
+        devices=config.devices,
+        strategy="ddp" if config.devices > 1 else "auto",
+        sync_batchnorm=config.devices > 1,
+        precision=config.precision,  # type: ignore[arg-type]
+        max_epochs=config.epochs,
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        enable_checkpointing=False,
+        logger=False,
+        enable_progress_bar=config.progress_bar,
+        enable_model_summary=False,
+        callbacks=[epoch_end, *callbacks, *([TQDMProgressBar(refresh_rate=10)] if config.progress_bar else [])],
+        plugins=[SafetensorsCheckpointIO(keep_last=config.keep_checkpoints)],
+        default_root_dir=root,
+        benchmark=cuda,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=config.devices > 1,
+    )
+    start_step = 0
+    if ckpt_path is not None:
+        start_step = int(load_checkpoint(ckpt_path).state.get("global_step", 0))
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*exceeds max_steps.*")
+        trainer.fit(model, loader, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+    wall = time.perf_counter() - t0
+    backbone = model.backbone.to("cpu").eval()
+    return PretrainResult(
+        method=config.method, backbone=backbone, history=list(model.history),
+        device=_describe_device(cuda, config.devices), wall_time_s=wall, steps=int(trainer.global_step),
+        steps_this_run=int(trainer.global_step) - start_step, resumed_from_epoch=resumed_from,
+        checkpoint=epoch_end.last_checkpoint, config=config, metrics=epoch_end.metrics,
+    )

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.backbone import create_backbone
+from models.data import ArrayDataset
+from models.embed import embed, normalize_images
+
+
+@pytest.fixture
+def backbone() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_backbone("resnet18")
+
+
+def test_shapes_dtype_and_determinism(backbone: torch.nn.Module, tiny_dataset: ArrayDataset) -> None:
+    backbone.train()
+    a = embed(backbone, tiny_dataset, batch_size=5, size=32)
+    b = embed(backbone, tiny_dataset, batch_size=16, size=32)
+    assert a.shape == (16, 512) and a.dtype == np.float32
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # eval mode: no batch dependence
+    np.testing.assert_array_equal(a, embed(backbone, tiny_dataset, batch_size=5, size=32))
+    assert backbone.training  # mode restored
+
+
+def test_array_input_matches_dataset(backbone: torch.nn.Module, tiny_images: np.ndarray,
+                                     tiny_dataset: ArrayDataset) -> None:
+    np.testing.assert_array_equal(embed(backbone, tiny_images, batch_size=8),
+                                  embed(backbone, tiny_dataset, batch_size=8))
+    assert embed(backbone, tiny_images[:, None], batch_size=8).shape == (16, 512)
+
+
+def test_normalization_matches_training_views() -> None:
+    x = torch.tensor([[[[0, 255], [128, 64]]]], dtype=torch.uint8)
+    out = normalize_images(x)
+    assert torch.allclose(out, (x.float() / 255 - 0.5) / 0.5)
+    assert normalize_images(torch.zeros(2, 40, 40, dtype=torch.uint8), size=32).shape == (2, 1, 32, 32)
+
+
+def test_rejects_bad_input(backbone: torch.nn.Module) -> None:
+    with pytest.raises(ValueError, match="uint8"):
+        embed(backbone, np.zeros((2, 8, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="batch_size"):
+        embed(backbone, np.zeros((2, 8, 8), dtype=np.uint8), batch_size=0)

@@ -1,0 +1,122 @@
+"""pretrain(): every method end to end on tiny data, checkpoints every epoch, resume after a crash."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from safetensors.torch import load_file
+
+from models.checkpoint import WEIGHTS_FILE, backbone_state, latest_checkpoint, load_backbone
+from models.data import ArrayDataset
+from models.train import PretrainConfig, knn_monitor, pretrain
+
+TINY = dict(epochs=1, batch_size=8, size=32, warmup_epochs=0, num_workers=0, progress_bar=False)
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "supcon"])
+def test_pretrain_runs_each_method(method: str, tiny_dataset: ArrayDataset, tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = pretrain(PretrainConfig(method=method, checkpoint_dir=str(tmp_path), **TINY), tiny_dataset,
+                      log=lines.append)
+    assert len(result.history) == 1 and math.isfinite(result.history[0])
+    assert result.steps == result.steps_this_run == 2  # 16 images, batch 8, drop_last
+    assert result.device == ("cpu" if not torch.cuda.is_available() else result.device)
+    assert result.backbone(torch.zeros(2, 1, 32, 32)).shape == (2, 512)
+    assert result.checkpoint == tmp_path / "epoch-0001"
+    if not torch.cuda.is_available():
+        assert lines[0].startswith("no GPU: training on CPU with size=32, batch_size=8, epochs=1")
+    assert any(line.startswith(f"{method} epoch 1/1: loss") for line in lines)
+
+
+class _CrashAtEpoch(pl.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+class _Record(pl.Callback):
+    """What the model looks like when training (re)starts."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not hasattr(self, "epoch"):
+            self.epoch = trainer.current_epoch
+            self.step = trainer.global_step
+            self.backbone = {k: v.detach().clone() for k, v in pl_module.backbone.state_dict().items()}
+            self.lr = trainer.optimizers[0].param_groups[0]["lr"]
+
+
+def test_resume_after_crash(tiny_dataset: ArrayDataset, tmp_path: Path) -> None:
+    config = PretrainConfig(method="simclr", checkpoint_dir=str(tmp_path), **{**TINY, "epochs": 2})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        pretrain(config, tiny_dataset, callbacks=[_CrashAtEpoch(1)])
+    first = latest_checkpoint(tmp_path)
+    assert first == tmp_path / "epoch-0001"
+    saved = backbone_state(load_file(str(first / WEIGHTS_FILE)))
+
+    record, lines = _Record(), []
+    result = pretrain(config, tiny_dataset, callbacks=[record], log=lines.append)
+    assert record.epoch == 1  # started at the second epoch
+    assert record.step == 2  # with the first epoch's steps counted
+    for k, v in saved.items():
+        assert torch.equal(record.backbone[k], v), k  # the first epoch's weights were loaded
+    assert result.resumed_from_epoch == 1
+    assert len(result.history) == 2 and all(math.isfinite(v) for v in result.history)
+    assert (result.steps, result.steps_this_run) == (4, 2)
+    assert any(line.startswith("resuming from") for line in lines)
+    assert latest_checkpoint(tmp_path) == tmp_path / "epoch-0002"
+    loaded = load_backbone(tmp_path)
+    for k, v in result.backbone.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+    again = pretrain(config, tiny_dataset, log=lines.append)  # all epochs done: nothing to train
+    assert again.steps_this_run == 0 and again.history == result.history
+    assert lines[-1].startswith("nothing to train")
+
+
+def test_resume_refuses_another_method(tiny_dataset: ArrayDataset, tmp_path: Path) -> None:
+    pretrain(PretrainConfig(method="simclr", checkpoint_dir=str(tmp_path), **TINY), tiny_dataset)
+    with pytest.raises(ValueError, match="method='simclr' checkpoint"):
+        pretrain(PretrainConfig(method="supcon", checkpoint_dir=str(tmp_path), **{**TINY, "epochs": 2}), tiny_dataset)
+
+
+def test_seed_makes_runs_identical(tiny_dataset: ArrayDataset) -> None:
+    config = PretrainConfig(method="simclr", **TINY)
+    a, b = pretrain(config, tiny_dataset), pretrain(config, tiny_dataset)
+    assert a.history == b.history
+    for k, v in a.backbone.state_dict().items():
+        assert torch.equal(b.backbone.state_dict()[k], v), k
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="valid methods: simclr, byol, supcon"):
+        PretrainConfig(method="moco")
+    with pytest.raises(ValueError, match="divide evenly over devices"):
+        PretrainConfig(batch_size=1000, devices=3)
+    with pytest.raises(ValueError, match="precision"):
+        PretrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        PretrainConfig(epochs=2, warmup_epochs=5)
+    small = PretrainConfig().for_cpu()
+    assert (small.size, small.batch_size, small.epochs, small.precision) == (64, 64, 2, "32-true")
+
+
+def test_dataset_smaller_than_a_batch(tiny_dataset: ArrayDataset) -> None:
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        pretrain(PretrainConfig(**{**TINY, "batch_size": 32}, on_cpu="as_is"), tiny_dataset)
+
+
+def test_knn_monitor_during_training(tiny_dataset: ArrayDataset) -> None:
+    lines: list[str] = []
+    monitor = knn_monitor(tiny_dataset, tiny_dataset.labels, size=32, k=3)
+    result = pretrain(PretrainConfig(method="byol", **{**TINY, "epochs": 2}), tiny_dataset, log=lines.append,
+                      eval_fn=monitor)
+    assert [m["epoch"] for m in result.metrics] == [1, 2]
+    assert all(0.0 <= m["knn_accuracy"] <= 1.0 for m in result.metrics)
+    assert "knn_accuracy" in lines[-1]
