@@ -1,0 +1,349 @@
+"""The radiologists' report: a ranked CSV and a self-contained HTML gallery of suspect labels.
+
+Written under ``<data dir>/reports/``, every file atomically (temp file + rename):
+
+- ``mislabel_report.csv``: most suspect first, the columns of ``CSV_COLUMNS`` (without
+  ``accession_number`` when ``include_accession=False``). UTF-8 with a byte-order mark and
+  minimal quoting (the ``csv`` module quotes fields with the delimiter, quotes or line breaks),
+  so Excel and LibreOffice open umlauts and commas in PACS strings cleanly. Text that a
+  spreadsheet would run as a formula (starting with ``= + - @``, tab or CR) gets a leading ``'``.
+- ``thumbnails/<uid>.png``: a small PNG of each reported image's cached pixels; the CSV's
+  ``thumbnail`` column holds the path relative to ``reports/``.
+- ``mislabel_report.html``: the top ``top_html`` rows with thumbnails inlined as ``data:``
+  URIs, inline CSS and JS, no request to anything outside the file; click a column header to
+  sort, type in the box or pick an issue kind to filter.
+
+Only the columns listed here ever leave the inputs (an allow-list): patient names, birth dates
+or any other column of ``meta`` are never written.
+
+Run the tests with::
+
+    python -m pytest tests/models/test_report.py -q
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import html
+import io
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pacs.io import write_bytes, write_text
+
+__all__ = ["CSV_COLUMNS", "ReportFiles", "thumbnail_png", "write_report"]
+
+REPORT_DIR = Path("reports")
+CSV_NAME = "mislabel_report.csv"
+HTML_NAME = "mislabel_report.html"
+THUMB_DIR = "thumbnails"
+
+CSV_COLUMNS: tuple[str, ...] = (
+    "rank", "sop_instance_uid", "study_instance_uid", "accession_number", "recorded_region",
+    "recorded_raw", "suggested_region", "suggested_probability", "label_quality", "ood_score",
+    "issue", "thumbnail", "source_path",
+)
+_ISSUE_COLUMNS = ("sop_instance_uid", "label", "label_quality", "suggested_region", "suggested_probability",
+                  "ood_score", "issue", "rank")
+_META_COLUMNS = ("sop_instance_uid", "study_instance_uid", "path", "recorded_raw")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_SAFE_NAME = re.compile(r"[0-9A-Za-z._-]{1,128}\Z")
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """Paths :func:`write_report` wrote and how many rows each holds."""
+
+    csv_path: Path
+    html_path: Path
+    thumbnail_dir: Path
+    n_csv_rows: int
+    n_html_rows: int
+
+
+def thumbnail_png(image: np.ndarray, size: int = 128) -> bytes:
+    """A PNG of a 2-D uint8 image, its long side scaled to ``size`` pixels."""
+    from PIL import Image
+
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"image must be 2-D (a cached radiograph), got shape {img.shape}")
+    pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8), mode="L")
+    pil.thumbnail((size, size), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _thumb_name(uid: str) -> str:
+    return f"{uid}.png" if _SAFE_NAME.match(uid) else f"{hashlib.sha1(uid.encode()).hexdigest()}.png"
+
+
+def _defuse(value: str) -> str:
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _validate(issues: pd.DataFrame, meta: pd.DataFrame, class_names: Sequence[str], include_accession: bool,
+              top_html: int, thumbnail: int, delimiter: str) -> list[str]:
+    if not isinstance(issues, pd.DataFrame):
+        raise ValueError("issues must be the DataFrame from models.audit.find_issues")
+    missing = [c for c in _ISSUE_COLUMNS if c not in issues.columns]
+    if missing:
+        raise ValueError(f"issues lacks columns {missing}; pass find_issues(..., sop_instance_uids=uids)")
+    if not isinstance(meta, pd.DataFrame):
+        raise ValueError("meta must be a DataFrame: the instance index merged with the region labels")
+    need = list(_META_COLUMNS) + (["accession_number"] if include_accession else [])
+    missing = [c for c in need if c not in meta.columns]
+    if missing:
+        raise ValueError(f"meta lacks columns {missing}; merge index/dicom_index.parquet with "
+                         "labels/region_labels.parquet on sop_instance_uid"
+                         + (" (or pass include_accession=False)" if "accession_number" in missing else ""))
+    if meta["sop_instance_uid"].duplicated().any():
+        raise ValueError("meta has duplicate sop_instance_uid rows; keep one row per instance")
+    names = [str(c) for c in class_names]
+    if not names:
+        raise ValueError("class_names is empty; pass the region vocabulary")
+    labels = pd.to_numeric(issues["label"], errors="coerce")
+    sugg = pd.to_numeric(issues["suggested_region"], errors="coerce")
+    if labels.isna().any() or (labels < -1).any() or (labels >= len(names)).any() \
+            or sugg.isna().any() or (sugg < 0).any() or (sugg >= len(names)).any():
+        raise ValueError(f"issues has region indices outside 0..{len(names) - 1} (or -1 for null labels); "
+                         "pass the class_names the probabilities were computed with")
+    for name, value, low in (("top_html", top_html, 0), ("thumbnail", thumbnail, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"'\r\n":
+        raise ValueError(f"delimiter must be one character such as ',' or ';', got {delimiter!r}")
+    return names
+
+
+def _text(value: object) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA:
+        return ""
+    return str(value)
+
+
+def _rows(issues: pd.DataFrame, meta: pd.DataFrame, names: list[str], include_all: bool) -> pd.DataFrame:
+    """The report rows, most suspect first, with display values (no thumbnails yet)."""
+    sel = issues if include_all else issues[issues["issue"].notna()]
+    sel = sel.sort_values("rank", kind="stable")
+    m = meta.set_index("sop_instance_uid")
+    uids = sel["sop_instance_uid"].astype(str)
+    joined = m.reindex(uids.to_numpy())
+    out = pd.DataFrame({
+        "rank": np.arange(1, len(sel) + 1),
+        "sop_instance_uid": uids.to_numpy(),
+        "study_instance_uid": [_text(v) for v in joined["study_instance_uid"]],
+        "accession_number": [_text(v) for v in joined["accession_number"]] if "accession_number" in joined else "",
+        "recorded_region": [names[int(v)] if int(v) >= 0 else "" for v in sel["label"]],
+        "recorded_raw": [_text(v) for v in joined["recorded_raw"]],
+        "suggested_region": [names[int(v)] for v in sel["suggested_region"]],
+        "suggested_probability": sel["suggested_probability"].to_numpy(dtype=float),
+        "label_quality": sel["label_quality"].to_numpy(dtype=float),
+        "ood_score": sel["ood_score"].to_numpy(dtype=float),
+        "issue": [_text(v) for v in sel["issue"]],
+        "thumbnail": "",
+        "source_path": [_text(v) for v in joined["path"]],
+    })
+    return out.reset_index(drop=True)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "" if np.isnan(value) else f"{float(value):.4f}"
+    return _text(value)
+
+
+def _csv_text(rows: pd.DataFrame, columns: list[str], delimiter: str, defuse: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+    writer.writerow(columns)
+    free_text = {"recorded_raw", "source_path", "accession_number"}
+    for rec in rows[columns].itertuples(index=False, name=None):
+        cells = [_fmt(v) for v in rec]
+        if defuse:
+            cells = [_defuse(c) if col in free_text else c for col, c in zip(columns, cells)]
+        writer.writerow(cells)
+    return "\ufeff" + buf.getvalue()
+
+
+def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.PathLike[str], *,
+                 class_names: Sequence[str], include_accession: bool = True, include_all: bool = False,
+                 top_html: int = 500, thumbnail: int = 128, delimiter: str = ",",
+                 defuse_formulas: bool = True) -> ReportFiles:
+    """Write the CSV, the thumbnails and the HTML gallery under ``<data_dir>/reports/``.
+
+    Args:
+        issues: :func:`models.audit.find_issues` output with ``sop_instance_uid``.
+        meta: One row per instance with ``sop_instance_uid``, ``study_instance_uid``, ``path``
+            (relative to the export), ``recorded_raw`` and, with ``include_accession``,
+            ``accession_number``: the instance index merged with the region labels. Other
+            columns are ignored.
+        data_dir: The pipeline's data dir (thumbnails come from its image cache).
+        class_names: The region vocabulary, index = class.
+        include_accession: Write the ``accession_number`` column (a site may consider it
+            identifying).
+        include_all: Every image, not only flagged ones (thumbnails for all of them too).
+        top_html: Rows in the HTML gallery (the most suspect ones).
+        thumbnail: Thumbnail long side in pixels; 0 writes none.
+        delimiter: CSV field separator (``";"`` for spreadsheets in German locales).
+        defuse_formulas: Prefix free-text cells that start like a formula with ``'``.
+
+    Returns:
+        :class:`ReportFiles`.
+    """
+    from pacs import cache
+
+    names = _validate(issues, meta, class_names, include_accession, top_html, thumbnail, delimiter)
+    out_dir = Path(data_dir) / REPORT_DIR
+    rows = _rows(issues, meta, names, include_all)
+    pngs: dict[int, bytes] = {}
+    if thumbnail:
+        for i, uid in enumerate(rows["sop_instance_uid"]):
+            try:
+                img = cache.read(data_dir, uid)
+            except KeyError:
+                continue  # not cached (e.g. undecodable): no thumbnail
+            png = thumbnail_png(img, thumbnail)
+            rel = f"{THUMB_DIR}/{_thumb_name(uid)}"
+            write_bytes(out_dir / rel, png)
+            rows.at[i, "thumbnail"] = rel
+            if i < top_html:
+                pngs[i] = png
+    columns = [c for c in CSV_COLUMNS if include_accession or c != "accession_number"]
+    csv_path = out_dir / CSV_NAME
+    write_text(csv_path, _csv_text(rows, columns, delimiter, defuse_formulas))
+    html_rows = rows.head(top_html)
+    html_path = out_dir / HTML_NAME
+    write_text(html_path, _html(html_rows, pngs, columns, issues, include_accession))
+    return ReportFiles(csv_path, html_path, out_dir / THUMB_DIR, len(rows), len(html_rows))
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:16px;color:#1d1d1f;background:#fafafa}
+h1{font-size:20px;margin:0 0 4px}
+.summary{color:#555;margin:0 0 12px}
+.controls{display:flex;gap:8px;align-items:center;margin:0 0 10px;position:sticky;top:0;background:#fafafa;padding:6px 0;z-index:2}
+.controls input{flex:0 1 360px;padding:5px 8px;border:1px solid #bbb;border-radius:4px}
+.controls select{padding:5px;border:1px solid #bbb;border-radius:4px}
+#count{color:#555}
+table{border-collapse:collapse;width:100%;background:#fff}
+th,td{border-bottom:1px solid #e3e3e3;padding:4px 8px;text-align:left;vertical-align:middle}
+th{background:#f0f0f2;cursor:pointer;user-select:none;white-space:nowrap;position:sticky;top:44px;z-index:1}
+th.sorted-asc::after{content:" \\25B2"}
+th.sorted-desc::after{content:" \\25BC"}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.uid,td.path{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;word-break:break-all;min-width:90px;max-width:150px}
+td.raw{max-width:200px;white-space:pre-wrap}
+tr[data-issue="out_of_domain"] td.sug{color:#888;font-weight:normal}
+img.thumb{width:96px;height:96px;object-fit:contain;background:#000;display:block}
+.kind{display:inline-block;padding:1px 7px;border-radius:10px;font-size:12px;white-space:nowrap}
+.kind-mislabel{background:#fde2e1;color:#a1130c}
+.kind-out_of_domain{background:#e8e1fb;color:#4b1fa8}
+.kind-missing_label{background:#fff1cc;color:#7a5200}
+.rec{color:#a1130c}.sug{color:#0b6b2c;font-weight:600}
+"""
+
+_JS = """
+(function(){
+  var table=document.getElementById('report'), tbody=table.tBodies[0];
+  var rows=Array.prototype.slice.call(tbody.rows);
+  var text=document.getElementById('filter'), kind=document.getElementById('kind'), count=document.getElementById('count');
+  function apply(){
+    var q=text.value.trim().toLowerCase(), k=kind.value, shown=0;
+    rows.forEach(function(r){
+      var ok=(!k||r.getAttribute('data-issue')===k)&&(!q||r.textContent.toLowerCase().indexOf(q)>=0);
+      r.style.display=ok?'':'none'; if(ok)shown++;
+    });
+    count.textContent=shown+' of '+rows.length+' shown';
+  }
+  text.addEventListener('input',apply); kind.addEventListener('change',apply);
+  var ths=table.tHead.rows[0].cells;
+  Array.prototype.forEach.call(ths,function(th,i){
+    if(th.getAttribute('data-type')==='none')return;
+    th.addEventListener('click',function(){
+      var asc=!th.classList.contains('sorted-asc'), num=th.getAttribute('data-type')==='num';
+      Array.prototype.forEach.call(ths,function(h){h.classList.remove('sorted-asc','sorted-desc');});
+      th.classList.add(asc?'sorted-asc':'sorted-desc');
+      rows.sort(function(a,b){
+        var x=a.cells[i].getAttribute('data-v'), y=b.cells[i].getAttribute('data-v'), c;
+        if(num){x=x===''?Infinity:parseFloat(x); y=y===''?Infinity:parseFloat(y); c=x-y;}
+        else{c=x.localeCompare(y);}
+        return asc?c:-c;
+      });
+      rows.forEach(function(r){tbody.appendChild(r);});
+    });
+  });
+  apply();
+})();
+"""
+
+# column -> (header, kind: num | text | none, css class)
+_HTML_COLUMNS: dict[str, tuple[str, str, str]] = {
+    "rank": ("Rank", "num", "num"),
+    "thumbnail": ("Image", "none", ""),
+    "issue": ("Issue", "text", ""),
+    "recorded_region": ("Recorded", "text", "rec"),
+    "suggested_region": ("Suggested", "text", "sug"),
+    "suggested_probability": ("P(suggested)", "num", "num"),
+    "label_quality": ("Label quality", "num", "num"),
+    "ood_score": ("OOD score", "num", "num"),
+    "recorded_raw": ("Recorded from (PACS text)", "text", "raw"),
+    "accession_number": ("Accession", "text", "uid"),
+    "study_instance_uid": ("Study UID", "text", "uid"),
+    "sop_instance_uid": ("SOP Instance UID", "text", "uid"),
+    "source_path": ("Source file", "text", "path"),
+}
+
+
+def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], issues: pd.DataFrame,
+          include_accession: bool) -> str:
+    esc = html.escape
+    cols = [c for c in _HTML_COLUMNS if c in csv_columns]
+    counts = issues["issue"].value_counts()
+    summary = ", ".join(f"{int(counts.get(k, 0))} {k.replace('_', ' ')}" for k in ("mislabel", "out_of_domain", "missing_label"))
+    head = "".join(f'<th data-type="{_HTML_COLUMNS[c][1]}">{esc(_HTML_COLUMNS[c][0])}</th>' for c in cols)
+    body = []
+    for i, rec in enumerate(rows.to_dict("records")):
+        cells = []
+        for c in cols:
+            _, kind, cls = _HTML_COLUMNS[c]
+            v = rec[c]
+            if c == "thumbnail":
+                png = pngs.get(i)
+                inner = (f'<img class="thumb" alt="" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+                         if png else "")
+                cells.append(f"<td>{inner}</td>")
+                continue
+            shown = _fmt(v)
+            if kind == "num":
+                sort_v = "" if shown == "" else repr(float(v))
+            else:
+                sort_v = shown
+            inner = esc(shown)
+            if c == "issue" and shown:
+                inner = f'<span class="kind kind-{esc(shown)}">{esc(shown.replace("_", " "))}</span>'
+            cells.append(f'<td class="{cls}" data-v="{esc(sort_v)}">{inner}</td>')
+        body.append(f'<tr data-issue="{esc(_text(rec["issue"]))}">{"".join(cells)}</tr>')
+    options = "".join(f'<option value="{k}">{k.replace("_", " ")}</option>' for k in ("mislabel", "out_of_domain", "missing_label"))
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        "<title>radaudit: suspected label errors</title>"
+        f"<style>{_CSS}</style></head><body>"
+        "<h1>Suspected label errors</h1>"
+        f"<p class=\"summary\">{esc(summary)} among {len(issues)} images; "
+        f"showing the {len(rows)} most suspect. Click a column header to sort.</p>"
+        "<div class=\"controls\"><input id=\"filter\" type=\"search\" placeholder=\"Filter: region, UID, text ...\">"
+        f"<select id=\"kind\"><option value=\"\">all issues</option>{options}</select><span id=\"count\"></span></div>"
+        f"<table id=\"report\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f"<script>{_JS}</script></body></html>\n"
+    )

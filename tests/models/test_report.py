@@ -1,0 +1,126 @@
+"""Tests of models.report.write_report: columns, BOM, quoting, order, self-contained HTML, no PHI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from models.report import CSV_COLUMNS, write_report
+from pacs.cache import write_image
+
+NAMES = ["skull", "chest", "hand", "knee"]
+NASTY = 'HÜFTE "li", a.p.; 2 Ebenen\nseitl. Größe'
+
+
+def make_inputs(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    uids = [f"1.2.826.0.1.{i}" for i in range(6)]
+    issues = pd.DataFrame({
+        "sop_instance_uid": uids,
+        "label": [0, 1, -1, 2, 3, 1],
+        "label_quality": [0.9, 0.05, np.nan, 0.3, 0.01, 0.8],
+        "is_label_issue": [False, True, False, False, True, False],
+        "suggested_region": [0, 3, 2, 2, 0, 1],
+        "suggested_probability": [0.9, 0.93, 0.7, 0.3, 0.97, 0.8],
+        "ood_score": [0.6, 0.62, 0.61, 0.95, 0.64, 0.6],
+        "issue": [None, "mislabel", "missing_label", "out_of_domain", "mislabel", None],
+        "suspicion": [0.1, 2.9, 1.7, 3.95, 2.99, 0.2],
+        "rank": [6, 3, 4, 1, 2, 5],
+    })
+    meta = pd.DataFrame({
+        "sop_instance_uid": uids[::-1],  # order differs from issues: the report must join, not zip
+        "study_instance_uid": [f"1.2.826.0.2.{i}" for i in range(6)][::-1],
+        "accession_number": ["ACCNO1", "ACCNO2", "=HYPERLINK(\"x\")", "ACCNO4", "ACCNO5", "ACCNO6"][::-1],
+        "path": [f"PAT{i}/Röntgen bild,{i}.dcm" for i in range(6)][::-1],
+        "recorded_raw": ["Schädel", "Thorax", None, "Hand", NASTY, "Thorax"][::-1],
+        "patient_name": ["Müller^Hans"] * 6,
+        "patient_birth_date": ["19500101"] * 6,
+        "patient_key": ["k"] * 6,
+    })
+    rng = np.random.default_rng(0)
+    for uid in uids[:5]:  # the last one is not cached
+        write_image(tmp_path, uid, rng.integers(0, 256, (64, 64), dtype=np.uint8))
+    return issues, meta
+
+
+def test_csv_columns_bom_quoting_and_order(tmp_path: Path) -> None:
+    issues, meta = make_inputs(tmp_path)
+    files = write_report(issues, meta, tmp_path, class_names=NAMES)
+    raw = files.csv_path.read_bytes()
+    assert raw.startswith(b"\xef\xbb\xbf")
+    df = pd.read_csv(files.csv_path, encoding="utf-8-sig", keep_default_na=False)
+    assert list(df.columns) == list(CSV_COLUMNS)
+    assert df["rank"].tolist() == [1, 2, 3, 4]
+    assert df["issue"].tolist() == ["out_of_domain", "mislabel", "mislabel", "missing_label"]
+    assert df["sop_instance_uid"].tolist() == ["1.2.826.0.1.3", "1.2.826.0.1.4", "1.2.826.0.1.1", "1.2.826.0.1.2"]
+    row = df[df["sop_instance_uid"] == "1.2.826.0.1.4"].iloc[0]
+    assert row["recorded_raw"] == NASTY
+    assert row["recorded_region"] == "knee" and row["suggested_region"] == "skull"
+    assert row["study_instance_uid"] == "1.2.826.0.2.4"
+    assert row["source_path"] == "PAT4/Röntgen bild,4.dcm"
+    missing = df[df["issue"] == "missing_label"].iloc[0]
+    assert missing["recorded_region"] == "" and missing["suggested_region"] == "hand"
+    assert missing["accession_number"] == "'=HYPERLINK(\"x\")"  # formula defused
+    with open(files.csv_path, encoding="utf-8-sig", newline="") as f:
+        rows = list(csv.reader(f))
+    assert len(rows) == 5 and rows[0] == list(CSV_COLUMNS)
+    assert NASTY in rows[2]
+    # Thumbnails: relative paths that exist and are small PNGs.
+    for rel in df["thumbnail"]:
+        img = Image.open(files.csv_path.parent / rel)
+        assert img.format == "PNG" and max(img.size) <= 128
+
+
+def test_no_identifying_columns_anywhere(tmp_path: Path) -> None:
+    issues, meta = make_inputs(tmp_path)
+    files = write_report(issues, meta, tmp_path, class_names=NAMES, include_accession=False, include_all=True)
+    text = files.csv_path.read_text(encoding="utf-8-sig") + files.html_path.read_text(encoding="utf-8")
+    for secret in ("Müller", "Hans", "19500101", "patient", "ACCNO", "HYPERLINK"):
+        assert secret not in text
+    df = pd.read_csv(files.csv_path, encoding="utf-8-sig", keep_default_na=False)
+    assert list(df.columns) == [c for c in CSV_COLUMNS if c != "accession_number"]
+    assert len(df) == 6 and df["rank"].tolist() == list(range(1, 7))
+    uncached = df[df["sop_instance_uid"] == "1.2.826.0.1.5"].iloc[0]
+    assert uncached["thumbnail"] == ""  # not in the image cache: no thumbnail, still reported
+    headers = re.findall(r"<th[^>]*>(.*?)</th>", files.html_path.read_text(encoding="utf-8"))
+    assert "Accession" not in headers
+
+
+def test_html_is_self_contained_sortable_filterable(tmp_path: Path) -> None:
+    issues, meta = make_inputs(tmp_path)
+    files = write_report(issues, meta, tmp_path, class_names=NAMES, top_html=3)
+    page = files.html_path.read_text(encoding="utf-8")
+    assert files.n_html_rows == 3 and page.count("<tr data-issue=") == 3
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "http" not in page.lower().replace("hyperlink", "")
+    assert "<link" not in page and "@import" not in page
+    assert page.count('src="data:image/png;base64,') == 3
+    assert 'id="filter"' in page and 'id="kind"' in page and "addEventListener('click'" in page
+    assert "&quot;li&quot;" in page or "&#x27;" in page or "HÜFTE" in page  # escaped, not raw markup
+    assert "<script>" in page and page.count("<script") == 1
+
+
+def test_bad_inputs_name_the_fix(tmp_path: Path) -> None:
+    issues, meta = make_inputs(tmp_path)
+    with pytest.raises(ValueError, match="sop_instance_uids"):
+        write_report(issues.drop(columns="sop_instance_uid"), meta, tmp_path, class_names=NAMES)
+    with pytest.raises(ValueError, match="include_accession=False"):
+        write_report(issues, meta.drop(columns="accession_number"), tmp_path, class_names=NAMES)
+    with pytest.raises(ValueError, match="class_names"):
+        write_report(issues, meta, tmp_path, class_names=NAMES[:2])
+    with pytest.raises(ValueError, match="delimiter"):
+        write_report(issues, meta, tmp_path, class_names=NAMES, delimiter=";;")
+    assert not (tmp_path / "reports" / "mislabel_report.csv").exists()
+
+
+def test_semicolon_delimiter_round_trips(tmp_path: Path) -> None:
+    issues, meta = make_inputs(tmp_path)
+    files = write_report(issues, meta, tmp_path, class_names=NAMES, delimiter=";")
+    df = pd.read_csv(io.StringIO(files.csv_path.read_text(encoding="utf-8-sig")), sep=";", keep_default_na=False)
+    assert NASTY in df["recorded_raw"].tolist()
