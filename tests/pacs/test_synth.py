@@ -1,0 +1,179 @@
+"""Synthetic PACS export: determinism, valid DICOM, truth consistent with headers, exact rates."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+
+from pacs.synth import REGIONS, generate_export, render_preview
+from pacs.synth.export import NEIGHBOURS, TAGS
+from pacs.synth.headers import UNMAPPABLE, UNMAPPABLE_CS
+
+N, SEED, SIZE = 42, 3, 64
+RATES = {"noise": 0.1, "missing": 0.1, "ood": 0.05}
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict], object]:
+    root = tmp_path_factory.mktemp("synth")
+    summary = generate_export(root / "export", root / "truth.parquet", n=N, seed=SEED, size=SIZE, **RATES)
+    return root, pq.read_table(root / "truth.parquet").to_pylist(), summary
+
+
+def _files(export_dir: Path) -> dict[str, bytes]:
+    return {p.relative_to(export_dir).as_posix(): p.read_bytes() for p in export_dir.rglob("*") if p.is_file()}
+
+
+def test_same_seed_gives_same_bytes_and_truth(export, tmp_path: Path) -> None:
+    root, truth, _ = export
+    generate_export(tmp_path / "again", tmp_path / "truth.parquet", n=N, seed=SEED, size=SIZE, **RATES)
+    assert _files(tmp_path / "again") == _files(root / "export")
+    assert pq.read_table(tmp_path / "truth.parquet").to_pylist() == truth
+
+
+def test_other_seed_gives_other_export(export, tmp_path: Path) -> None:
+    root, truth, _ = export
+    generate_export(tmp_path / "other", tmp_path / "truth.parquet", n=N, seed=SEED + 1, size=SIZE, **RATES)
+    other = pq.read_table(tmp_path / "truth.parquet").to_pylist()
+    assert {r["sop_instance_uid"] for r in other}.isdisjoint(r["sop_instance_uid"] for r in truth)
+
+
+def test_every_file_is_valid_dicom_and_in_the_truth(export) -> None:
+    root, truth, _ = export
+    files = sorted(p for p in (root / "export").rglob("*") if p.is_file())
+    assert len(files) == len(truth) == N
+    by_path = {r["path"]: r for r in truth}
+    syntaxes = set()
+    for path in files:
+        row = by_path[path.relative_to(root / "export").as_posix()]
+        ds = pydicom.dcmread(path)  # raises on anything that is not Part-10
+        assert ds.file_meta.TransferSyntaxUID == row["transfer_syntax"]
+        pixels = ds.pixel_array
+        assert pixels.shape[:2] == (row["rows"], row["columns"]) == (ds.Rows, ds.Columns)
+        assert max(ds.Rows, ds.Columns) == SIZE
+        if ds.PixelRepresentation == 0 and ds.SamplesPerPixel == 1:
+            assert int(pixels.max()) < 2 ** ds.BitsStored
+        assert pydicom.uid.UID(ds.SOPInstanceUID).is_valid
+        syntaxes.add(row["transfer_syntax"])
+    assert len(syntaxes) >= 3
+
+
+def test_truth_matches_headers(export) -> None:
+    root, truth, _ = export
+    keyword = {"BodyPartExamined": "body_part_examined", "SeriesDescription": "series_description",
+               "StudyDescription": "study_description", "ProtocolName": "protocol_name"}
+    for row in truth:
+        ds = pydicom.dcmread(root / "export" / row["path"], stop_before_pixels=True)
+        assert ds.SOPInstanceUID == row["sop_instance_uid"]
+        assert ds.PatientID == row["patient_id"] and str(ds.PatientName) == row["patient_name"]
+        assert ds.StudyInstanceUID == row["study_instance_uid"]
+        assert ds.SeriesInstanceUID == row["series_instance_uid"]
+        assert ds.Modality == row["modality"] and ds.SOPClassUID == row["sop_class_uid"]
+        assert ds.PhotometricInterpretation == row["photometric"]
+        assert ds.BitsStored == row["bits_stored"]
+        for tag, col in keyword.items():
+            assert str(ds.get(tag, "")) == row[col], (tag, row["path"])
+        assert ("PatientOrientation" in ds) == row["orientation_tag_present"]
+        if row["orientation_tag_present"]:
+            assert "\\".join(ds.PatientOrientation) == row["patient_orientation"]
+        if row["recorded_region"] is None:
+            assert row["recorded_tag"] is None
+            for tag in TAGS:  # nothing names a region
+                assert str(ds.get(tag, "")) in UNMAPPABLE + UNMAPPABLE_CS + ("",)
+        else:
+            assert str(ds.get(row["recorded_tag"])) == row["recorded_raw"] != ""
+            for tag in TAGS[: TAGS.index(row["recorded_tag"])]:  # earlier tags are blank or meaningless
+                assert str(ds.get(tag, "")) in UNMAPPABLE + UNMAPPABLE_CS + ("",)
+        if row["laterality"]:
+            assert ds.ImageLaterality == row["laterality"]
+
+
+def test_rates_and_class_balance_are_exact(export) -> None:
+    _, truth, summary = export
+    kinds = collections.Counter(r["corruption"] for r in truth)
+    assert kinds["swap"] + kinds["confusion"] == round(RATES["noise"] * N) == summary.n_noise
+    assert kinds["missing"] == round(RATES["missing"] * N) == summary.n_missing
+    assert sum(r["is_ood"] for r in truth) == round(RATES["ood"] * N) == summary.n_ood
+    in_domain = [r for r in truth if not r["is_ood"]]
+    counts = collections.Counter(r["true_region"] for r in in_domain)
+    assert set(counts) == set(REGIONS) and max(counts.values()) - min(counts.values()) <= 1
+    for r in in_domain:
+        if r["corruption"] == "none":
+            assert r["recorded_region"] == r["true_region"]
+        elif r["corruption"] == "confusion":
+            assert r["recorded_region"] in NEIGHBOURS[r["true_region"]]
+        elif r["corruption"] == "swap":
+            assert r["recorded_region"] not in (None, r["true_region"])
+        else:
+            assert r["recorded_region"] is None
+    assert all(r["true_region"] is None and r["ood_kind"] for r in truth if r["is_ood"])
+
+
+def test_zero_rates_give_clean_labels(tmp_path: Path) -> None:
+    s = generate_export(tmp_path / "e", tmp_path / "t.csv", n=14, seed=0, size=32, noise=0, missing=0, ood=0)
+    rows = pacsv.read_csv(tmp_path / "t.csv").to_pylist()
+    assert s.n_noise == s.n_missing == s.n_ood == 0
+    assert sorted(r["true_region"] for r in rows) == sorted(REGIONS)
+    assert all(r["recorded_region"] == r["true_region"] for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"n": -1}, "positive integer"),
+        ({"n": 0}, "positive integer"),
+        ({"noise": 1.5}, r"noise=1.5 .* \[0, 1\]"),
+        ({"missing": -0.1}, r"missing=-0.1 .* \[0, 1\]"),
+        ({"ood": float("nan")}, r"\[0, 1\]"),
+        ({"noise": 0.6, "missing": 0.3, "ood": 0.2}, "sum to at most 1"),
+        ({"size": 16}, "size=16"),
+        ({"seed": -3}, "non-negative"),
+    ],
+)
+def test_bad_arguments_are_rejected(tmp_path: Path, kwargs: dict, message: str) -> None:
+    args = {"n": 5, "seed": 0} | kwargs
+    with pytest.raises(ValueError, match=message):
+        generate_export(tmp_path / "e", tmp_path / "t.parquet", **args)
+    assert not (tmp_path / "e").exists()
+
+
+def test_non_empty_dir_needs_force(tmp_path: Path) -> None:
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "old.dcm").write_bytes(b"x")
+    with pytest.raises(ValueError, match="force"):
+        generate_export(out, tmp_path / "t.parquet", n=3, seed=0, size=32)
+    generate_export(out, tmp_path / "t.parquet", n=3, seed=0, size=32, force=True)
+    assert not (out / "old.dcm").exists() and len([p for p in out.rglob("*") if p.is_file()]) == 3
+
+
+def test_truth_must_live_outside_the_export(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="outside"):
+        generate_export(tmp_path / "e", tmp_path / "e" / "t.parquet", n=3, seed=0)
+    with pytest.raises(ValueError, match=r"\.parquet or \.csv"):
+        generate_export(tmp_path / "e", tmp_path / "t.json", n=3, seed=0)
+
+
+def test_preview_shows_every_region(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = render_preview(tmp_path / "sheet.png", seed=1, size=48, per_region=1)
+    sheet = np.asarray(Image.open(path))
+    assert sheet.shape[1] == 6 * 48 and sheet.shape[0] >= -(-len(REGIONS) // 6) * 48
+    assert sheet.std() > 10
+
+
+def test_region_mapper_reads_the_recorded_labels(export) -> None:
+    regions = pytest.importorskip("pacs.regions")
+    _, truth, _ = export
+    mapper = regions.RegionMapper.from_file()
+    assert tuple(regions.DEFAULT_REGIONS) == REGIONS
+    for row in truth:
+        label = mapper.map_tags({k: row[k] for k in regions.TAG_PRIORITY})
+        assert label.region == row["recorded_region"], row["recorded_raw"]
