@@ -3,10 +3,15 @@
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from pacs.cache import CacheParams
 from pacs.ingest import IngestConfig
+
+if TYPE_CHECKING:
+    from models.train import PretrainConfig
 
 
 class RadauditConfig(dg.ConfigurableResource):
@@ -47,3 +52,36 @@ class RadauditConfig(dg.ConfigurableResource):
             retry_errors=self.retry_errors,
             pseudonym_key=self.pseudonym_key,
         )
+
+
+class AuditConfig(dg.ConfigurableResource):
+    """Settings of pretraining, heads, ensemble, cleanlab and the report.
+
+    Without a GPU, pretraining shrinks itself to CPU-sized settings (``on_cpu="shrink"``) and
+    says so in the run's log.
+    """
+
+    backbone: str = "resnet18"
+    epochs: int = 100
+    batch_size: int = 1024
+    image_size: int = 224
+    on_cpu: str = "shrink"
+    num_workers: int = 8
+    seed: int = 0
+    n_splits: int = 5
+    ensemble_weights: str = "equal"
+    ood_threshold: float | None = None
+    include_accession: bool = True
+    report_top_html: int = 500
+    min_flag_fraction: float = 0.0
+    max_flag_fraction: float = 0.5
+    truth_path: str | None = None
+
+    def pretrain_config(self, method: str) -> "PretrainConfig":
+        """The library's pretraining settings for one method."""
+        from models.train import PretrainConfig
+
+        return PretrainConfig(method=method, backbone=self.backbone, epochs=self.epochs, batch_size=self.batch_size,
+                              size=self.image_size, on_cpu=self.on_cpu, seed=self.seed, progress_bar=False,
+                              num_workers=self.num_workers,
+                              warmup_epochs=min(10.0, self.epochs / 10))

@@ -58,8 +58,10 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="make the synthetic demo export if missing and run the pipeline on it")
     demo.add_argument("--dir", type=Path, default=Path("demo"), help="demo folder (default ./demo)")
-    demo.add_argument("--n", type=int, default=600, help="images in the synthetic export")
+    demo.add_argument("--n", type=int, default=800, help="images in the synthetic export")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=int, default=10, help="pretraining epochs per method")
+    demo.add_argument("--batch-size", type=int, default=64)
     _add_ingest_options(demo, default_size=64)
     demo.set_defaults(func=_cmd_demo)
     return parser
@@ -91,23 +93,23 @@ def _resource(export: str | os.PathLike[str], data: str | os.PathLike[str], args
     )
 
 
-def run_assets(resource: Any, selection: str | None = None) -> Any:
-    """Materialize the code location's assets in-process with ``resource`` as the config."""
+def run_assets(resource: Any, audit: Any = None, selection: str | None = None) -> Any:
+    """Materialize the code location's assets in-process with these resources."""
     import dagster as dg
 
+    from assets.resources import AuditConfig
     from pipelines.definitions import defs
 
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     assets = list(defs.assets or [])
-    result = dg.materialize(assets, resources={"radaudit": resource}, instance=instance, selection=selection,
-                            raise_on_error=True)
-    return result
+    resources = {"radaudit": resource, "audit": audit or AuditConfig()}
+    return dg.materialize(assets, resources=resources, instance=instance, selection=selection, raise_on_error=True)
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
     if not args.export or not args.data:
         raise ValueError("give --export and --data (or set RADAUDIT_EXPORT_DIR and RADAUDIT_DATA_DIR)")
-    run_assets(_resource(args.export, args.data, args))
+    run_assets(_resource(args.export, args.data, args), selection="group:ingest or group:labels")
     _print_ingest_summary(Path(args.data))
     return 0
 
@@ -128,14 +130,24 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from assets.resources import AuditConfig
+    from models.stages import evaluate_against_truth
     from pacs.synth import generate_export
 
     export, data, truth = args.dir / "export", args.dir / "data", args.dir / "truth.parquet"
     if not truth.exists():
         print(f"making the synthetic demo export in {export} ({args.n} images) ...")
         generate_export(export, truth, n=args.n, seed=args.seed, size=max(args.size * 2, 128), force=True)
-    run_assets(_resource(export, data, args))
+    audit = AuditConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.size, on_cpu="as_is",
+                        num_workers=min(2, os.cpu_count() or 1), seed=args.seed, truth_path=str(truth))
+    run_assets(_resource(export, data, args), audit)
     _print_ingest_summary(data)
+    print(f"report: {data / 'reports' / 'mislabel_report.csv'}")
+    print(f"        {data / 'reports' / 'mislabel_report.html'}")
+    scores = evaluate_against_truth(data, truth)
+    print("against the synthetic ground truth:")
+    for key, value in scores.items():
+        print(f"  {key:30s} {value:.3f}" if isinstance(value, float) else f"  {key:30s} {value}")
     return 0
 
 

@@ -7,17 +7,27 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets import ingest, labels
-from assets.resources import RadauditConfig
-from pipelines.jobs import ingest_job
+from assets import audit, ingest, labels, models
+from assets.resources import AuditConfig, RadauditConfig
+from pipelines.jobs import (
+    ingest_job,
+    new_export_sensor,
+    nightly_audit,
+    nightly_schedule,
+    retrain,
+    weekly_retrain_schedule,
+)
 
 defs = dg.Definitions(
-    assets=[ingest.ingest, labels.region_labels],
-    jobs=[ingest_job],
+    assets=[ingest.ingest, labels.region_labels, *models.pretrain_assets, *audit.audit_assets],
+    jobs=[ingest_job, nightly_audit, retrain],
+    schedules=[nightly_schedule, weekly_retrain_schedule],
+    sensors=[new_export_sensor],
     resources={
         "radaudit": RadauditConfig(
             export_dir=dg.EnvVar("RADAUDIT_EXPORT_DIR"),
             data_dir=dg.EnvVar("RADAUDIT_DATA_DIR"),
         ),
+        "audit": AuditConfig(),
     },
 )

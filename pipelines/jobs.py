@@ -1,11 +1,71 @@
-"""Jobs over the asset graph."""
+"""Jobs, schedules and sensors over the asset graph.
+
+- ``ingest_job``: new files -> index, errors, image cache, region labels.
+- ``nightly_audit``: everything but the backbones: new files are cached, embedded with the
+  current backbones, and the heads, ensemble, label issues and report are refreshed.
+- ``retrain``: the three backbones (GPU-tagged: the run queue runs one at a time).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import dagster as dg
+
+from assets.resources import RadauditConfig
+
+BACKBONES = dg.AssetSelection.key_prefixes(["backbone"])
 
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("ingest", "labels"),
     description="Index new DICOM files, cache their images and map their region labels.",
 )
+nightly_audit = dg.define_asset_job(
+    "nightly_audit",
+    selection=dg.AssetSelection.all() - BACKBONES,
+    description="New files -> cache -> embeddings with the current backbones -> heads -> ensemble -> report.",
+    tags={"radaudit/gpu": "true"},
+)
+retrain = dg.define_asset_job(
+    "retrain",
+    selection=BACKBONES,
+    description="Pretrain the SimCLR, BYOL and SupCon backbones again (resumes an interrupted run).",
+    tags={"radaudit/gpu": "true"},
+)
+
+TIMEZONE = os.environ.get("RADAUDIT_TIMEZONE", "Europe/Berlin")
+
+nightly_schedule = dg.ScheduleDefinition(
+    name="nightly_audit_schedule", job=nightly_audit,
+    cron_schedule=os.environ.get("RADAUDIT_NIGHTLY_CRON", "0 2 * * *"), execution_timezone=TIMEZONE,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="The nightly audit (default 02:00; RADAUDIT_NIGHTLY_CRON, RADAUDIT_TIMEZONE).",
+)
+weekly_retrain_schedule = dg.ScheduleDefinition(
+    name="weekly_retrain_schedule", job=retrain, cron_schedule="0 3 * * 6", execution_timezone=TIMEZONE,
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Retrain the backbones on Saturdays 03:00; off until a steward switches it on.",
+)
+
+
+def new_export_folders(export_dir: str | os.PathLike[str], seen: set[str]) -> list[str]:
+    """Top-level folders of the export that are not in ``seen``, in name order."""
+    root = Path(export_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in seen)
+
+
+@dg.sensor(job=ingest_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Starts the ingest when a new folder appears at the top of the export.")
+def new_export_sensor(context: dg.SensorEvaluationContext, radaudit: RadauditConfig):
+    """One ingest run per batch of new top-level export folders."""
+    seen = set(json.loads(context.cursor)) if context.cursor else set()
+    new = new_export_folders(radaudit.export_dir, seen)
+    if not new:
+        return dg.SkipReason(f"no new folder in {radaudit.export_dir}")
+    context.update_cursor(json.dumps(sorted(seen | set(new))))
+    return dg.RunRequest(run_key=f"export:{new[-1]}:{len(seen) + len(new)}", tags={"radaudit/new_folders": ",".join(new)[:200]})

@@ -1,0 +1,112 @@
+"""Audit assets: linear heads per method, the ensemble, cleanlab's label issues and the report."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from assets.models import METHODS, _png_markdown
+from assets.resources import AuditConfig, RadauditConfig
+from models import stages
+
+
+def oof_asset(method: str) -> dg.AssetsDefinition:
+    """K-fold out-of-fold probabilities of one method's linear heads."""
+
+    @dg.asset(
+        key=["oof_probabilities", method], deps=[dg.AssetKey(["embeddings", method]), "region_labels"],
+        group_name="audit", description=f"Out-of-fold class probabilities of linear heads on the {method} "
+        "embeddings (folds stratified by region, grouped by patient); null labels predicted by a head fit "
+        "on all labels (probabilities/" + method + ".npy).",
+    )
+    def oof(radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
+        result = stages.compute_oof(radaudit.data_dir, method, n_splits=audit.n_splits, seed=audit.seed)
+        labelled = result.fold >= 0
+        acc = float((result.probabilities[labelled].argmax(1) == _labels(radaudit, method)[labelled]).mean())
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(result.fold), "labelled": int(labelled.sum()),
+            "oof_accuracy_vs_recorded": round(acc, 4), "rare_classes": str(list(result.rare_classes)),
+        })
+
+    return oof
+
+
+def _labels(radaudit: RadauditConfig, method: str) -> np.ndarray:
+    return stages.load_probabilities(radaudit.data_dir, method)[1]["label"].to_numpy()
+
+
+@dg.asset(
+    deps=[dg.AssetKey(["oof_probabilities", m]) for m in METHODS], group_name="audit",
+    description="The methods' combined class probabilities (probabilities/ensemble.npy).",
+)
+def ensemble_probabilities(radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
+    """Mean of the methods' probabilities, weighted as configured."""
+    from models.heads import confusion_matrix_png
+
+    probs = stages.combine(radaudit.data_dir, METHODS, weights=audit.ensemble_weights)
+    rows = stages.load_probabilities(radaudit.data_dir, "ensemble")[1]
+    labelled = rows["label"].to_numpy() >= 0
+    y, pred = rows["label"].to_numpy()[labelled], probs[labelled].argmax(1)
+    names = list(stages.load_training_set(radaudit.data_dir).vocabulary)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": int(probs.shape[0]), "weights": audit.ensemble_weights,
+        "accuracy_vs_recorded": round(float((pred == y).mean()), 4) if labelled.any() else None,
+        "confusion_matrix": _png_markdown(confusion_matrix_png(y, pred, names), "confusion matrix"),
+    })
+
+
+@dg.asset(
+    deps=["ensemble_probabilities"] + [dg.AssetKey(["embeddings", m]) for m in METHODS], group_name="audit",
+    description="cleanlab label quality, suspected mislabels, out-of-domain score and suggested regions for "
+    "every image (audit/label_issues.parquet).",
+)
+def label_issues(radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
+    """Find label issues on the ensemble's out-of-sample probabilities."""
+    issues = stages.audit(radaudit.data_dir, METHODS, ood_threshold=audit.ood_threshold, seed=audit.seed)
+    counts = issues["issue"].value_counts().to_dict()
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(issues), **{f"n_{k}": int(counts.get(k, 0)) for k in ("mislabel", "out_of_domain", "missing_label")},
+    })
+
+
+@dg.asset(
+    deps=["label_issues"], group_name="audit",
+    description="The radiologists' report: reports/mislabel_report.csv (most suspect first) and a self-contained "
+    "HTML gallery reports/mislabel_report.html.",
+    check_specs=[
+        dg.AssetCheckSpec("schema", asset="mislabel_report", description="The CSV has the documented columns."),
+        dg.AssetCheckSpec("ranks_sorted", asset="mislabel_report", description="Ranks run 1, 2, ... in file order."),
+        dg.AssetCheckSpec("flag_fraction", asset="mislabel_report",
+                          description="The fraction of images flagged is within the configured bounds."),
+    ],
+)
+def mislabel_report(context: dg.AssetExecutionContext, radaudit: RadauditConfig, audit: AuditConfig):
+    """Write the CSV and HTML report and check them."""
+    from models.audit import flag_fraction
+
+    files = stages.report(radaudit.data_dir, include_accession=audit.include_accession, top_html=audit.report_top_html)
+    csv = pd.read_csv(files.csv_path, encoding="utf-8-sig")
+    issues = pd.read_parquet(radaudit.data_path / stages.ISSUES_PATH)
+    fraction = flag_fraction(issues)
+    preview = csv.head(15)[[c for c in ("rank", "recorded_region", "suggested_region", "suggested_probability",
+                                        "label_quality", "issue") if c in csv.columns]]
+    yield dg.MaterializeResult(metadata={
+        "dagster/row_count": len(csv), "csv": str(files.csv_path), "html": str(files.html_path),
+        "flagged_fraction": round(fraction, 4), "top_flags": dg.MetadataValue.md(preview.to_markdown(index=False)
+                                                                                 if len(preview) else "_none_"),
+    })
+    required = {"rank", "sop_instance_uid", "study_instance_uid", "recorded_region", "recorded_raw",
+                "suggested_region", "suggested_probability", "label_quality", "issue", "thumbnail", "source_path"}
+    if audit.include_accession:
+        required.add("accession_number")
+    missing = sorted(required - set(csv.columns))
+    yield dg.AssetCheckResult(check_name="schema", passed=not missing, metadata={"missing": str(missing)})
+    yield dg.AssetCheckResult(check_name="ranks_sorted",
+                              passed=bool(csv.empty or (csv["rank"].to_numpy() == np.arange(1, len(csv) + 1)).all()))
+    yield dg.AssetCheckResult(
+        check_name="flag_fraction", passed=audit.min_flag_fraction <= fraction <= audit.max_flag_fraction,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"fraction": fraction, "bounds": f"[{audit.min_flag_fraction}, {audit.max_flag_fraction}]"},
+    )
+
+
+audit_assets = [oof_asset(m) for m in METHODS] + [ensemble_probabilities, label_issues, mislabel_report]

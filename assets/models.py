@@ -1,0 +1,61 @@
+"""Pretraining assets: one backbone and one embeddings asset per SSL method (``backbone/simclr`` ...)."""
+
+import base64
+
+import dagster as dg
+
+from assets.resources import AuditConfig, RadauditConfig
+from models import stages
+
+METHODS = ("simclr", "byol", "supcon")
+GPU_TAGS = {"radaudit/gpu": "true"}
+
+
+def _png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})")
+
+
+def method_assets(method: str) -> list[dg.AssetsDefinition]:
+    """The backbone and embeddings assets of one method."""
+
+    @dg.asset(
+        key=["backbone", method], deps=["image_cache", "region_labels"], group_name="pretrain", op_tags=GPU_TAGS,
+        description=f"{method} contrastive pretraining of the backbone on the image cache "
+        f"(checkpoints in models/{method}/checkpoints, safetensors; resumes after a crash).",
+    )
+    def backbone(context: dg.AssetExecutionContext, radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
+        from models.probe import plot_loss_curve
+
+        result = stages.train_backbone(radaudit.data_dir, method, audit.pretrain_config(method),
+                                       truth_path=audit.truth_path, log=context.log.info)
+        last = result.metrics[-1] if result.metrics else {}
+        return dg.MaterializeResult(metadata={
+            "device": result.device, "epochs": len(result.history), "steps": result.steps,
+            "wall_time_s": round(result.wall_time_s, 1), "final_loss": float(result.history[-1]),
+            "resumed_from_epoch": result.resumed_from_epoch,
+            **{f"eval/{k}": float(v) for k, v in last.items() if k != "epoch"},
+            "eval_labels": "synthetic truth" if audit.truth_path else "recorded labels (noisy: a lower bound)",
+            "loss_curve": _png_markdown(plot_loss_curve(result.history, title=f"{method} loss"), "loss curve"),
+        })
+
+    @dg.asset(
+        key=["embeddings", method], deps=[dg.AssetKey(["backbone", method])], group_name="pretrain",
+        op_tags=GPU_TAGS, description=f"Frozen {method} backbone features of every cached image "
+        f"(embeddings/{method}.npy, rows in embeddings/{method}.uids.parquet).",
+    )
+    def embeddings(radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
+        size = audit.pretrain_config(method)
+        features = stages.compute_embeddings(radaudit.data_dir, method, size=_train_size(size))
+        return dg.MaterializeResult(metadata={"dagster/row_count": int(features.shape[0]), "dim": int(features.shape[1])})
+
+    return [backbone, embeddings]
+
+
+def _train_size(config: "object") -> int:
+    """The image size the backbone saw (the CPU fallback shrinks it)."""
+    import torch
+
+    return config.size if torch.cuda.is_available() or config.on_cpu != "shrink" else config.for_cpu().size
+
+
+pretrain_assets = [a for m in METHODS for a in method_assets(m)]

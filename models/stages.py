@@ -1,0 +1,288 @@
+"""The audit's stages over the data dir: each reads its inputs from files and writes its outputs atomically.
+
+These are what the Dagster assets call, and what a notebook calls to run one stage by hand::
+
+    from models import stages
+    ts = stages.load_training_set("data")
+    stages.train_backbone("data", "simclr", PretrainConfig(epochs=5))
+
+Layout under the data dir (beside the ingest's ``index/``, ``labels/`` and ``cache/``)::
+
+    models/<method>/checkpoints/         per-epoch checkpoints (safetensors), resumable
+    embeddings/<method>.npy              (N, D) float32 features, rows = embeddings/<method>.uids.parquet
+    probabilities/<method>.npy           (N, K) out-of-fold probabilities, rows = probabilities/rows.parquet
+    probabilities/ensemble.npy           (N, K) the methods' combined probabilities
+    audit/label_issues.parquet           one row per image: label quality, OOD score, issue, rank
+    reports/                             the radiologists' CSV and HTML
+"""
+
+from __future__ import annotations
+
+import functools
+import io as _io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pacs import cache
+from pacs import io as pio
+from pacs.cache import MANIFEST_PATH
+from pacs.index import INDEX_PATH
+
+LABELS_PATH = Path("labels") / "region_labels.parquet"
+MODELS_DIR = Path("models")
+EMBED_DIR = Path("embeddings")
+PROB_DIR = Path("probabilities")
+ISSUES_PATH = Path("audit") / "label_issues.parquet"
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """The cached, live instances with their recorded labels, in a fixed order (sorted by UID).
+
+    Attributes:
+        uids: SOP Instance UIDs. Shape: (N,).
+        labels: Recorded region index into ``vocabulary``, -1 for null. Shape: (N,).
+        groups: Patient keys (None where the file had no Patient ID). Shape: (N,).
+        vocabulary: Region names, index = class.
+        meta: Index columns merged with the region labels, one row per uid, same order.
+    """
+
+    uids: list[str]
+    labels: np.ndarray
+    groups: np.ndarray
+    vocabulary: tuple[str, ...]
+    meta: pd.DataFrame
+
+    def dataset(self, data_dir: str | os.PathLike[str]) -> Any:
+        """A Dataset of ``(uint8 image (1, H, W), label)`` over the image cache."""
+        from augment.dataset import CacheDataset
+
+        return CacheDataset.from_reader(functools.partial(cache.read, data_dir), self.uids, self.labels.tolist())
+
+
+def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str] | None = None,
+                      *, overrides: pd.DataFrame | None = None) -> TrainingSet:
+    """Gather the instances the models see: present, not duplicates, in the image cache.
+
+    Args:
+        data_dir: The pipeline's data dir.
+        vocabulary: Region names; default: those of the recorded labels' mapping.
+        overrides: Reviewers' verdicts (``sop_instance_uid``, ``region`` or None); a region here
+            replaces the recorded label as ground truth.
+    """
+    from pacs.regions import DEFAULT_REGIONS
+
+    data_dir = Path(data_dir)
+    vocab = tuple(vocabulary or DEFAULT_REGIONS)
+    index = pd.read_parquet(data_dir / INDEX_PATH)
+    cached = set(pd.read_parquet(data_dir / MANIFEST_PATH, columns=["sop_instance_uid"])["sop_instance_uid"])
+    live = index[index["present"] & index["duplicate_of"].isna() & index["sop_instance_uid"].isin(cached)]
+    labels = pd.read_parquet(data_dir / LABELS_PATH)
+    meta = live.merge(labels, on="sop_instance_uid", how="left").sort_values("sop_instance_uid", ignore_index=True)
+    region = meta["recorded_region"].astype(object)
+    if overrides is not None and not overrides.empty:
+        verdict = meta["sop_instance_uid"].map(overrides.set_index("sop_instance_uid")["region"])
+        region = region.where(verdict.isna(), verdict)
+    lookup = {name: i for i, name in enumerate(vocab)}
+    y = np.array([lookup.get(r, -1) if isinstance(r, str) else -1 for r in region], dtype=np.int64)
+    groups = np.array([k if isinstance(k, str) else None for k in meta["patient_key"]], dtype=object)
+    return TrainingSet(meta["sop_instance_uid"].tolist(), y, groups, vocab, meta)
+
+
+def truth_labels(ts: TrainingSet, truth_path: str | os.PathLike[str] | None) -> np.ndarray | None:
+    """True region per instance from a synthetic export's truth file (-1 for out-of-domain), or None."""
+    if not truth_path:
+        return None
+    path = Path(truth_path)
+    truth = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    region = pd.Series(ts.uids).map(truth.set_index("sop_instance_uid")["true_region"])
+    lookup = {name: i for i, name in enumerate(ts.vocabulary)}
+    return np.array([lookup.get(r, -1) if isinstance(r, str) else -1 for r in region], dtype=np.int64)
+
+
+def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *, truth_path: str | None = None,
+                   log: Log | None = None) -> Any:
+    """Pretrain one method's backbone on the image cache; checkpoints under ``models/<method>/``.
+
+    Args:
+        config: A :class:`models.train.PretrainConfig`; its method and checkpoint dir are set here.
+        truth_path: Synthetic truth file: kNN accuracy during training is then measured on true
+            labels; otherwise on the recorded ones (noisy, so a lower bound).
+
+    Returns:
+        The :class:`models.train.PretrainResult`.
+    """
+    from models.train import knn_monitor, pretrain
+
+    data_dir = Path(data_dir)
+    ts = load_training_set(data_dir)
+    dataset = ts.dataset(data_dir)
+    config = config.replace(method=method, checkpoint_dir=str(data_dir / MODELS_DIR / method / "checkpoints"))
+    eval_labels = truth_labels(ts, truth_path)
+    eval_fn = knn_monitor(dataset, eval_labels if eval_labels is not None else ts.labels, seed=config.seed)
+    return pretrain(config, dataset, log=log, eval_fn=eval_fn)
+
+
+def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: int | None = None,
+                       batch_size: int = 256, device: str | None = None) -> np.ndarray:
+    """Embed every cached image with the method's latest backbone; write ``embeddings/<method>.*``."""
+    from models.checkpoint import load_backbone
+    from models.embed import embed
+
+    data_dir = Path(data_dir)
+    ts = load_training_set(data_dir)
+    backbone = load_backbone(data_dir / MODELS_DIR / method / "checkpoints")
+    features = embed(backbone, ts.dataset(data_dir), batch_size=batch_size, device=device, size=size)
+    _save_array(features.astype(np.float32), data_dir / EMBED_DIR / f"{method}.npy")
+    pio.write_parquet_frame(pd.DataFrame({"sop_instance_uid": ts.uids}), data_dir / EMBED_DIR / f"{method}.uids.parquet")
+    return features
+
+
+def load_embeddings(data_dir: str | os.PathLike[str], method: str, uids: Sequence[str]) -> np.ndarray:
+    """A method's embeddings in the order of ``uids``.
+
+    Raises:
+        ValueError: If some uid has no embedding (the embeddings are older than the image cache).
+    """
+    data_dir = Path(data_dir)
+    features = np.load(data_dir / EMBED_DIR / f"{method}.npy")
+    rows = pd.read_parquet(data_dir / EMBED_DIR / f"{method}.uids.parquet")["sop_instance_uid"]
+    position = pd.Series(np.arange(len(rows)), index=rows.to_numpy())
+    where = position.reindex(list(uids))
+    if where.isna().any():
+        raise ValueError(f"{int(where.isna().sum())} images have no {method} embedding: re-materialize "
+                         f"embeddings/{method} after the image cache changed")
+    return features[where.to_numpy(dtype=np.int64)]
+
+
+def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int = 5, seed: int = 0,
+                overrides: pd.DataFrame | None = None) -> Any:
+    """Out-of-fold probabilities of one method's linear heads; write ``probabilities/<method>.npy``."""
+    from models.heads import oof_probabilities
+
+    data_dir = Path(data_dir)
+    ts = load_training_set(data_dir, overrides=overrides)
+    x = load_embeddings(data_dir, method, ts.uids)
+    result = oof_probabilities(x, ts.labels, ts.groups, n_splits=n_splits, n_classes=len(ts.vocabulary), seed=seed)
+    _save_array(result.probabilities.astype(np.float32), data_dir / PROB_DIR / f"{method}.npy")
+    pio.write_parquet_frame(
+        pd.DataFrame({"sop_instance_uid": ts.uids, "label": ts.labels, "fold": result.fold,
+                      "out_of_fold": result.out_of_fold}),
+        data_dir / PROB_DIR / f"{method}.rows.parquet",
+    )
+    return result
+
+
+def load_probabilities(data_dir: str | os.PathLike[str], name: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """A method's (or ``ensemble``'s) probabilities and their rows."""
+    data_dir = Path(data_dir)
+    return np.load(data_dir / PROB_DIR / f"{name}.npy"), pd.read_parquet(data_dir / PROB_DIR / f"{name}.rows.parquet")
+
+
+def combine(data_dir: str | os.PathLike[str], methods: Sequence[str], *, weights: str = "equal") -> np.ndarray:
+    """Ensemble the methods' probabilities; write ``probabilities/ensemble.npy``.
+
+    Raises:
+        ValueError: If the methods' rows differ (one was computed on an older cache).
+    """
+    from models.ensemble import ensemble_probabilities
+
+    data_dir = Path(data_dir)
+    loaded = {m: load_probabilities(data_dir, m) for m in methods}
+    first_rows = loaded[methods[0]][1]
+    for m, (_, rows) in loaded.items():
+        if not rows["sop_instance_uid"].equals(first_rows["sop_instance_uid"]):
+            raise ValueError(f"oof_probabilities/{m} covers other images than {methods[0]}: re-materialize it")
+    probs = ensemble_probabilities({m: p for m, (p, _) in loaded.items()}, weights=weights,
+                                   labels=first_rows["label"].to_numpy())
+    out_of_fold = np.logical_and.reduce([rows["out_of_fold"].to_numpy() for _, rows in loaded.values()])
+    _save_array(probs.astype(np.float32), data_dir / PROB_DIR / "ensemble.npy")
+    pio.write_parquet_frame(first_rows.assign(out_of_fold=out_of_fold), data_dir / PROB_DIR / "ensemble.rows.parquet")
+    return probs
+
+
+def audit(data_dir: str | os.PathLike[str], methods: Sequence[str], **options: Any) -> pd.DataFrame:
+    """Score every image with cleanlab on the ensemble; write ``audit/label_issues.parquet``."""
+    from models.audit import combine_embeddings, find_issues
+
+    data_dir = Path(data_dir)
+    probs, rows = load_probabilities(data_dir, "ensemble")
+    uids = rows["sop_instance_uid"].tolist()
+    features = combine_embeddings({m: load_embeddings(data_dir, m, uids) for m in methods})
+    issues = find_issues(probs.astype(np.float64), rows["label"].to_numpy(), features, sop_instance_uids=uids,
+                         out_of_fold=rows["out_of_fold"].to_numpy(), **options)
+    pio.write_parquet_frame(issues, data_dir / ISSUES_PATH)
+    return issues
+
+
+def report(data_dir: str | os.PathLike[str], *, vocabulary: Sequence[str] | None = None, **options: Any) -> Any:
+    """Write the radiologists' CSV and HTML from the label issues."""
+    from models.report import write_report
+
+    data_dir = Path(data_dir)
+    issues = pd.read_parquet(data_dir / ISSUES_PATH)
+    ts = load_training_set(data_dir, vocabulary)
+    return write_report(issues, ts.meta, data_dir, class_names=list(ts.vocabulary), **options)
+
+
+def _save_array(array: np.ndarray, path: Path) -> None:
+    buffer = _io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    pio.write_bytes(path, buffer.getvalue())
+
+
+def evaluate_against_truth(data_dir: str | os.PathLike[str], truth_path: str | os.PathLike[str]) -> dict[str, float]:
+    """Score the audit against a synthetic export's ground truth.
+
+    A label counts as truly wrong when the pipeline's recorded label (after mapping) is not null,
+    the image is in domain, and the label differs from the true region: what the audit can see.
+
+    Returns:
+        ``mislabel_precision``, ``mislabel_recall`` (of the ``mislabel`` flags),
+        ``mislabel_precision_at_k`` (k = number truly wrong, ranked by label quality),
+        ``ood_auroc``, ``ood_precision``, ``ood_recall``, ``missing_suggestion_accuracy``,
+        and the counts behind them.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    data_dir = Path(data_dir)
+    issues = pd.read_parquet(data_dir / ISSUES_PATH)
+    ts = load_training_set(data_dir)
+    path = Path(truth_path)
+    truth = (pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)).set_index("sop_instance_uid")
+    issues = issues.set_index("sop_instance_uid").loc[ts.uids]
+    true_idx = truth_labels(ts, truth_path)
+    is_ood = pd.Series(ts.uids).map(truth["is_ood"]).fillna(False).to_numpy(dtype=bool)
+    labelled = (ts.labels >= 0) & ~is_ood
+    wrong = labelled & (ts.labels != true_idx)
+    flagged = (issues["issue"] == "mislabel").to_numpy()
+    k = int(wrong.sum())
+    quality = np.where(ts.labels >= 0, issues["label_quality"].to_numpy(dtype=float), np.inf)
+    top_k = np.argsort(quality, kind="stable")[:k]
+    ood_flag = (issues["issue"] == "out_of_domain").to_numpy()
+    missing = (ts.labels < 0) & ~is_ood
+    suggested = issues["suggested_region"].to_numpy()  # class index
+
+    def ratio(a: int, b: int) -> float:
+        return float(a / b) if b else float("nan")
+
+    return {
+        "images": len(ts.uids), "truly_mislabelled": k, "flagged_mislabel": int(flagged.sum()),
+        "mislabel_precision": ratio(int((flagged & wrong).sum()), int(flagged.sum())),
+        "mislabel_recall": ratio(int((flagged & wrong).sum()), k),
+        "mislabel_precision_at_k": ratio(int(wrong[top_k].sum()), k),
+        "out_of_domain": int(is_ood.sum()),
+        "ood_auroc": float(roc_auc_score(is_ood, issues["ood_score"])) if 0 < is_ood.sum() < len(is_ood) else float("nan"),
+        "ood_precision": ratio(int((ood_flag & is_ood).sum()), int(ood_flag.sum())),
+        "ood_recall": ratio(int((ood_flag & is_ood).sum()), int(is_ood.sum())),
+        "missing_labels": int(missing.sum()),
+        "missing_suggestion_accuracy": ratio(int((suggested[missing] == true_idx[missing]).sum()), int(missing.sum())),
+    }

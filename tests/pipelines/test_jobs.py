@@ -1,0 +1,59 @@
+"""Jobs select the right assets; the schedule and the new-export sensor behave as stewards expect."""
+
+import dagster as dg
+
+from assets.resources import RadauditConfig
+from pipelines.definitions import defs
+from pipelines.jobs import new_export_sensor
+
+
+def _keys(job_name: str) -> set[str]:
+    job = defs.resolve_job_def(job_name)
+    return {k.to_user_string() for k in job.asset_layer.selected_asset_keys}
+
+
+def test_nightly_audit_uses_current_backbones_and_retrain_only_trains():
+    nightly = _keys("nightly_audit")
+    assert {"dicom_index", "image_cache", "embeddings/simclr", "label_issues", "mislabel_report"} <= nightly
+    assert not any(k.startswith("backbone/") for k in nightly)
+    assert _keys("retrain") == {"backbone/simclr", "backbone/byol", "backbone/supcon"}
+    assert defs.resolve_job_def("retrain").tags["radaudit/gpu"] == "true"
+
+
+def test_nightly_schedule_runs_at_two():
+    schedule = defs.resolve_schedule_def("nightly_audit_schedule")
+    assert schedule.cron_schedule == "0 2 * * *" and schedule.job_name == "nightly_audit"
+    assert schedule.execution_timezone
+
+
+def test_sensor_starts_ingest_once_per_new_export_folder(tmp_path):
+    export = tmp_path / "export"
+    (export / "2026-11-20").mkdir(parents=True)
+    (export / "2026-11-21").mkdir()
+    resource = RadauditConfig(export_dir=str(export), data_dir=str(tmp_path / "data"))
+    with dg.build_sensor_context(resources={"radaudit": resource}) as ctx:
+        first = new_export_sensor(ctx)
+        assert isinstance(first, dg.RunRequest) and "2026-11-21" in first.tags["radaudit/new_folders"]
+        cursor = ctx.cursor
+    with dg.build_sensor_context(cursor=cursor, resources={"radaudit": resource}) as ctx:
+        assert isinstance(new_export_sensor(ctx), dg.SkipReason)
+    (export / "2026-11-22").mkdir()
+    with dg.build_sensor_context(cursor=cursor, resources={"radaudit": resource}) as ctx:
+        third = new_export_sensor(ctx)
+        assert isinstance(third, dg.RunRequest) and third.tags["radaudit/new_folders"] == "2026-11-22"
+        assert third.run_key != first.run_key
+
+
+def test_instance_queues_at_most_one_gpu_run(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).resolve().parents[2] / "dagster.yaml", tmp_path / "dagster.yaml")
+    instance = dg.DagsterInstance.from_config(str(tmp_path))  # as with DAGSTER_HOME=<repo root>
+    try:
+        queue = instance.get_concurrency_config().run_queue_config
+        limits = [(t["key"], t["value"], t["limit"]) for t in queue.tag_concurrency_limits]
+        assert ("radaudit/gpu", "true", 1) in limits
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+    finally:
+        instance.dispose()
