@@ -131,7 +131,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from assets.resources import AuditConfig
-    from models.stages import evaluate_against_truth
+    from assets.models import METHODS
+    from models.stages import evaluate_against_truth, evaluate_label_fractions
     from pacs.synth import generate_export
 
     export, data, truth = args.dir / "export", args.dir / "data", args.dir / "truth.parquet"
@@ -148,6 +149,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print("against the synthetic ground truth:")
     for key, value in scores.items():
         print(f"  {key:30s} {value:.3f}" if isinstance(value, float) else f"  {key:30s} {value}")
+    print("linear-eval accuracy on true regions (test split), by share of labels used:")
+    for name, by_fraction in evaluate_label_fractions(data, truth, METHODS, seed=args.seed).items():
+        print(f"  {name:10s} " + "  ".join(f"{int(f * 100):3d}%: {a:.3f}" for f, a in by_fraction.items()))
     return 0
 
 

@@ -63,3 +63,14 @@ def test_evaluation_against_truth_counts_what_the_audit_sees(audited):
     assert scores["out_of_domain"] == int(t["is_ood"].sum())
     assert 0 < scores["truly_mislabelled"] <= int((t["corruption"].isin(["swap", "confusion"])).sum())
     assert 0.0 <= scores["ood_auroc"] <= 1.0
+
+
+def test_label_fraction_accuracies_are_reported(audited):
+    data, truth, result = audited
+    scores = stages.evaluate_label_fractions(data, truth, METHODS)
+    assert set(scores) == {*METHODS, "ensemble"}
+    for by_fraction in scores.values():
+        assert set(by_fraction) == {0.01, 0.1, 1.0}
+        assert all(0.0 <= a <= 1.0 for a in by_fraction.values())
+    mats = result.asset_materializations_for_node("ensemble_probabilities")
+    assert "linear_eval/ensemble@100%" in mats[0].metadata and "confusion_matrix" in mats[0].metadata
