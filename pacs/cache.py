@@ -33,6 +33,7 @@ MANIFEST_SCHEMA = pa.schema(
     [
         pa.field("sop_instance_uid", pa.string()),
         pa.field("path", pa.string()),
+        pa.field("path_hash", pa.string()),
         pa.field("file_size", pa.int64()),
         pa.field("mtime_ns", pa.int64()),
         pa.field("params", pa.string()),
@@ -176,6 +177,7 @@ def cache_one(job: dict[str, Any]) -> dict[str, Any]:
     return {
         "sop_instance_uid": job["sop_instance_uid"],
         "path": job["path"],
+        "path_hash": job["path_hash"],
         "file_size": job["file_size"],
         "mtime_ns": job["mtime_ns"],
         "params": params.fingerprint(),

@@ -22,7 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from pacs.discover import Kind, sniff
-from pacs.pseudo import pseudonymize
+from pacs.pseudo import identifier_tokens, pseudonymize
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
@@ -59,12 +59,14 @@ INT_COLUMNS = frozenset(
 )
 # Read for the patient key and the pixel plausibility check, never written out.
 _EXTRA_TAGS = [
-    "SpecificCharacterSet", "PatientID", "IssuerOfPatientID", "PixelRepresentation", "PlanarConfiguration",
+    "SpecificCharacterSet", "PatientID", "PatientName", "IssuerOfPatientID", "PixelRepresentation", "PlanarConfiguration",
     "MediaStorageSOPClassUID",
 ]
 _SPECIFIC_TAGS = list(HEADER_TAGS.values()) + _EXTRA_TAGS
 _HEADER_TAG_NUMBERS = {column: tag_for_keyword(keyword) for column, keyword in HEADER_TAGS.items()}
 _PATIENT_ID, _ISSUER = tag_for_keyword("PatientID"), tag_for_keyword("IssuerOfPatientID")
+_PATIENT_NAME = tag_for_keyword("PatientName")
+IDENTIFIERS = "_identifiers"
 
 # Values larger than this are not read into memory while parsing the header.
 _DEFER_BYTES = 64 * 1024
@@ -136,10 +138,10 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
     if not row["sop_instance_uid"]:
         raise HeaderError("no SOP Instance UID")
     row["transfer_syntax_uid"] = _transfer_syntax(ds)
-    row["patient_key"] = pseudonymize(
-        _value(ds, _PATIENT_ID, encodings, integer=False), key,
-        issuer=_value(ds, _ISSUER, encodings, integer=False),
-    )
+    patient_id = _value(ds, _PATIENT_ID, encodings, integer=False)
+    row["patient_key"] = pseudonymize(patient_id, key, issuer=_value(ds, _ISSUER, encodings, integer=False))
+    # Used to redact paths, then dropped: never written anywhere.
+    row[IDENTIFIERS] = identifier_tokens(_value(ds, _PATIENT_NAME, encodings, integer=False), patient_id)
     if pixel is None:
         raise HeaderError("no Pixel Data element (not an image)", stage="pixels", severity="skipped")
     _check_pixels(ds, pixel, path.stat().st_size, row)

@@ -19,7 +19,8 @@ import pyarrow as pa
 
 from pacs import io
 from pacs.discover import FoundFile, walk
-from pacs.header import HEADER_TAGS, INT_COLUMNS, HeaderError, read_header
+from pacs.header import HEADER_TAGS, IDENTIFIERS, INT_COLUMNS, HeaderError, read_header
+from pacs.pseudo import path_key, redact_path
 
 INDEX_PATH = Path("index") / "dicom_index.parquet"
 ERRORS_PATH = Path("index") / "ingest_errors.parquet"
@@ -27,7 +28,10 @@ ERRORS_PATH = Path("index") / "ingest_errors.parquet"
 STAGES = ("discover", "header", "pixels")
 
 _FILE_FIELDS = [
+    # Relative path with any folder or file name holding a patient's name or ID redacted.
     pa.field("path", pa.string()),
+    # Keyed hash of the real relative path: the file's identity across runs.
+    pa.field("path_hash", pa.string()),
     pa.field("file_size", pa.int64()),
     pa.field("mtime_ns", pa.int64()),
     pa.field("present", pa.bool_()),
@@ -81,8 +85,9 @@ class IndexUpdate:
 
     index: pd.DataFrame
     errors: pd.DataFrame
-    new_rows: list[str] = field(default_factory=list)  # paths (re)indexed in this run
     stats: dict[str, int] = field(default_factory=dict)
+    # path_hash -> real relative path of every file found in this run; kept in memory only.
+    real_paths: dict[str, str] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -122,38 +127,39 @@ def update_index(
         prev_errors = prev_errors.iloc[0:0]
 
     found: list[FoundFile] = []
-    errors_now: list[dict[str, Any]] = []
+    walk_errors: list[tuple[str, str]] = []
     for item in walk(root):
         if isinstance(item, FoundFile):
             found.append(item)
         else:
-            errors_now.append(error_row(item[0], None, None, "discover", item[1], now))
-    found_by_path = {f.path: f for f in found}
+            walk_errors.append(item)
+    hashes = {f.path: path_key(f.path, key) for f in found}
+    real_paths = {h: p for p, h in hashes.items()}
 
-    previous: dict[str, tuple[int, int, str]] = {}
-    for table, where in ((prev_index, "index"), (prev_errors, "errors")):
-        for path, size, mtime in zip(table["path"], table["file_size"], table["mtime_ns"]):
-            previous[path] = (int(size) if pd.notna(size) else -1, int(mtime) if pd.notna(mtime) else -1, where)
+    previous: dict[str, tuple[int, int]] = {}
+    for table in (prev_index, prev_errors):
+        for h, size, mtime in zip(table["path_hash"], table["file_size"], table["mtime_ns"]):
+            previous[h] = (int(size) if pd.notna(size) else -1, int(mtime) if pd.notna(mtime) else -1)
 
     todo: list[FoundFile] = []
     stats = {"discovered": len(found), "new": 0, "changed": 0, "unchanged": 0, "vanished": 0, "reappeared": 0}
     for f in found:
-        prev = previous.get(f.path)
+        prev = previous.get(hashes[f.path])
         if prev is None:
             stats["new"] += 1
             todo.append(f)
-        elif prev[:2] != (f.size, f.mtime_ns):
+        elif prev != (f.size, f.mtime_ns):
             stats["changed"] += 1
             todo.append(f)
         else:
             stats["unchanged"] += 1
 
-    redo = {f.path for f in todo}
-    kept_index = prev_index[~prev_index["path"].isin(redo)].copy()
+    redo = {hashes[f.path] for f in todo}
+    kept_index = prev_index[~prev_index["path_hash"].isin(redo)].copy()
     # Rows without a size came from the walk itself (unreadable entries): the walk reports them afresh.
-    kept_errors = prev_errors[~prev_errors["path"].isin(redo) & prev_errors["file_size"].notna()].copy()
+    kept_errors = prev_errors[~prev_errors["path_hash"].isin(redo) & prev_errors["file_size"].notna()].copy()
     for kept in (kept_index, kept_errors):
-        present = kept["path"].isin(found_by_path)
+        present = kept["path_hash"].isin(real_paths)
         stats["vanished"] += int((~present & kept["present"].astype(bool)).sum())
         stats["reappeared"] += int((present & ~kept["present"].astype(bool)).sum())
         kept.loc[~present & kept["missing_since"].isna(), "missing_since"] = now
@@ -161,6 +167,10 @@ def update_index(
         kept["present"] = present
 
     rows, header_errors = read_headers(root, todo, key=key, workers=workers, now=now)
+    errors_now = [error_row(p, None, None, "discover", reason, now) for p, reason in walk_errors]
+    for r in errors_now:
+        r["path_hash"] = path_key(r["path"], key)
+    _redact(rows, header_errors + errors_now)
     index = pd.concat([kept_index, frame(rows, INDEX_SCHEMA)], ignore_index=True)
     errors = pd.concat(
         [kept_errors, frame(errors_now, ERRORS_SCHEMA), frame(header_errors, ERRORS_SCHEMA)], ignore_index=True
@@ -169,7 +179,22 @@ def update_index(
     errors = errors.sort_values(["path", "stage"], ignore_index=True)
     stats["indexed"] = len(rows)
     stats["errors_new"] = len(header_errors) + len(errors_now)
-    return IndexUpdate(index=index, errors=errors, new_rows=[r["path"] for r in rows], stats=stats)
+    return IndexUpdate(index=index, errors=errors, stats=stats, real_paths=real_paths)
+
+
+def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]]) -> None:
+    """Replace path segments that carry a patient's name or ID, as viewer exports often name folders.
+
+    Tokens come from every header read in this run, so an unreadable file in a patient's folder
+    is redacted too when another file of that patient was readable.
+    """
+    tokens: set[str] = set()
+    for r in rows:
+        tokens |= r.pop(IDENTIFIERS, set())
+    for r in rows:
+        r["path"] = redact_path(r["path"], tokens, f"patient-{(r.get('patient_key') or 'unknown')[:8]}")
+    for r in error_rows:
+        r["path"] = redact_path(r["path"], tokens, "patient-redacted")
 
 
 def read_headers(
@@ -186,9 +211,12 @@ def read_headers(
     rows, errors = [], []
     for f, res in zip(files, results):
         if isinstance(res, HeaderError):
-            errors.append(error_row(f.path, f.size, f.mtime_ns, res.stage, str(res), now, severity=res.severity))
+            row = error_row(f.path, f.size, f.mtime_ns, res.stage, str(res), now, severity=res.severity)
+            row["path_hash"] = path_key(f.path, key)
+            errors.append(row)
         else:
-            res.update(path=f.path, file_size=f.size, mtime_ns=f.mtime_ns, present=True, first_seen=now)
+            res.update(path=f.path, path_hash=path_key(f.path, key), file_size=f.size, mtime_ns=f.mtime_ns,
+                       present=True, first_seen=now)
             rows.append(res)
     return rows, errors
 
@@ -225,11 +253,11 @@ def write(update: IndexUpdate, data_dir: str | os.PathLike[str]) -> None:
 
 def error_row(
     path: str, file_size: int | None, mtime_ns: int | None, stage: str, reason: str, now: pd.Timestamp, *,
-    sop_instance_uid: str | None = None, severity: str = "error",
+    sop_instance_uid: str | None = None, severity: str = "error", path_hash: str | None = None,
 ) -> dict[str, Any]:
     """An ingest_errors row for a file that failed at ``stage``."""
     return {
-        "path": path, "file_size": file_size, "mtime_ns": mtime_ns, "present": True, "first_seen": now,
+        "path": path, "path_hash": path_hash, "file_size": file_size, "mtime_ns": mtime_ns, "present": True, "first_seen": now,
         "missing_since": None, "stage": stage, "severity": severity, "reason": reason,
         "sop_instance_uid": sop_instance_uid,
     }

@@ -97,16 +97,16 @@ def run_ingest(config: IngestConfig, *, progress: Callable[[int, int], None] | N
     )
     fingerprint = config.cache.fingerprint()
     todo = _to_cache(update.index, prev_manifest, fingerprint, data_dir)
-    rows, failures = _decode_all(todo, config, progress)
+    rows, failures = _decode_all(todo, update.real_paths, config, progress)
 
-    reasons = {f["path"]: f["reason"] for f in failures}
+    reasons = {f["path_hash"]: f["reason"] for f in failures}
     index = update.index
-    moved = index[index["path"].isin(reasons)]
-    index = index[~index["path"].isin(reasons)]
+    moved = index[index["path_hash"].isin(reasons)]
+    index = index[~index["path_hash"].isin(reasons)]
     errors = pd.concat(
         [update.errors, ix.frame([
-            ix.error_row(r.path, r.file_size, r.mtime_ns, "pixels", reasons[r.path], now,
-                         sop_instance_uid=r.sop_instance_uid)
+            ix.error_row(r.path, r.file_size, r.mtime_ns, "pixels", reasons[r.path_hash], now,
+                         sop_instance_uid=r.sop_instance_uid, path_hash=r.path_hash)
             for r in moved.itertuples()
         ], ix.ERRORS_SCHEMA)],
         ignore_index=True,
@@ -136,13 +136,13 @@ def run_ingest(config: IngestConfig, *, progress: Callable[[int, int], None] | N
 def _to_cache(index: pd.DataFrame, manifest: pd.DataFrame, fingerprint: str, data_dir: Path) -> pd.DataFrame:
     """Index rows whose cached image is missing, stale or made with other parameters."""
     live = index[index["present"].astype(bool) & index["duplicate_of"].isna()]
-    current = manifest[["sop_instance_uid", "path", "file_size", "mtime_ns", "params"]].rename(
-        columns={"path": "path_cached", "file_size": "file_size_cached", "mtime_ns": "mtime_ns_cached"}
+    current = manifest[["sop_instance_uid", "path_hash", "file_size", "mtime_ns", "params"]].rename(
+        columns={"path_hash": "path_hash_cached", "file_size": "file_size_cached", "mtime_ns": "mtime_ns_cached"}
     )
     merged = live.merge(current, on="sop_instance_uid", how="left")
     stale = (
         merged["params"].ne(fingerprint)
-        | merged["path_cached"].ne(merged["path"])
+        | merged["path_hash_cached"].ne(merged["path_hash"])
         | merged["file_size_cached"].ne(merged["file_size"])
         | merged["mtime_ns_cached"].ne(merged["mtime_ns"])
     )
@@ -151,7 +151,8 @@ def _to_cache(index: pd.DataFrame, manifest: pd.DataFrame, fingerprint: str, dat
 
 
 def _decode_all(
-    todo: pd.DataFrame, config: IngestConfig, progress: Callable[[int, int], None] | None
+    todo: pd.DataFrame, real_paths: dict[str, str], config: IngestConfig,
+    progress: Callable[[int, int], None] | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """Cache every row of ``todo`` in worker processes; return (manifest rows, failures)."""
     if todo.empty:
@@ -160,7 +161,8 @@ def _decode_all(
     params = asdict(config.cache)
     jobs = [
         {
-            "abs_path": str(root / r.path), "path": r.path, "file_size": int(r.file_size), "mtime_ns": int(r.mtime_ns),
+            "abs_path": str(root / real_paths[r.path_hash]), "path": r.path, "path_hash": r.path_hash,
+            "file_size": int(r.file_size), "mtime_ns": int(r.mtime_ns),
             "sop_instance_uid": r.sop_instance_uid,
             "patient_orientation": r.patient_orientation if isinstance(r.patient_orientation, str) else None,
             "params": params, "data_dir": str(config.data_dir),
@@ -175,18 +177,22 @@ def _decode_all(
             try:
                 rows.append(future.result())
             except FutureTimeout:
-                failures.append({"path": job["path"], "reason": f"decoding took longer than {config.file_timeout_s:g} s"})
+                failures.append({**_who(job), "reason": f"decoding took longer than {config.file_timeout_s:g} s"})
             except ProcessExpired as exc:
-                failures.append({"path": job["path"], "reason": f"decoder crashed (exit code {exc.exitcode})"})
+                failures.append({**_who(job), "reason": f"decoder crashed (exit code {exc.exitcode})"})
             except MemoryError:
-                failures.append({"path": job["path"], "reason": "decoder ran out of memory"})
+                failures.append({**_who(job), "reason": "decoder ran out of memory"})
             except Exception as exc:  # noqa: BLE001 - any decoder failure becomes the file's error row
-                failures.append({"path": job["path"], "reason": f"{type(exc).__name__}: {exc}"})
+                failures.append({**_who(job), "reason": f"{type(exc).__name__}: {exc}".replace(job["abs_path"], job["path"])})
             if progress:
                 progress(done, len(jobs))
     for f in failures:
         log.warning("pixels failed for %s: %s", f["path"], f["reason"])
     return rows, failures
+
+
+def _who(job: dict[str, Any]) -> dict[str, str]:
+    return {"path": job["path"], "path_hash": job["path_hash"]}
 
 
 def _with_decode_facts(index: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:

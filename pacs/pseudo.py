@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -58,3 +59,34 @@ def pseudonymize(value: str | None, key: bytes, *, issuer: str | None = None) ->
         return None
     msg = f"{(issuer or '').strip()}\x00{str(value).strip()}".encode("utf-8")
     return hmac.new(key, msg, hashlib.sha256).hexdigest()[:20]
+
+
+_TRANSLIT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
+
+
+def identifier_tokens(patient_name: str | None, patient_id: str | None) -> set[str]:
+    """Casefolded pieces of a patient's name and ID that must not appear in any output path.
+
+    Name components shorter than 3 characters (initials, "Dr") are not tokens; umlauts also
+    count in their transliterated form ("Müller" -> "mueller").
+    """
+    tokens: set[str] = set()
+    for part in re.split(r"[\^\s,._\-=]+", str(patient_name or "")):
+        if len(part) >= 3:
+            tokens |= {part.casefold(), part.casefold().translate(_TRANSLIT)}
+    if patient_id and len(str(patient_id).strip()) >= 3:
+        tokens.add(str(patient_id).strip().casefold())
+    return tokens
+
+
+def redact_path(path: str, tokens: set[str], replacement: str) -> str:
+    """Replace every folder or file name of ``path`` that contains one of ``tokens``."""
+    if not tokens:
+        return path
+    parts = path.split("/")
+    return "/".join(replacement if any(t in part.casefold() for t in tokens) else part for part in parts)
+
+
+def path_key(path: str, key: bytes) -> str:
+    """Keyed hash of a path relative to the export root: its identity in the index without the path."""
+    return pseudonymize(path, key, issuer="path") or ""

@@ -26,7 +26,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``radaudit`` console script; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for ours in ("radaudit", "pacs", "models", "augment"):
+        logging.getLogger(ours).setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:

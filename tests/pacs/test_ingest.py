@@ -196,3 +196,27 @@ def test_descriptions_are_decoded_with_their_character_set(tmp_path, good_source
     result = run_ingest(config(export, tmp_path / "data"))
     row = result.index.iloc[0]
     assert row["study_description"] == "Hüfte links" and row["body_part_examined"] == "FUSS"
+
+
+def test_folders_named_after_the_patient_are_redacted(tmp_path, good_sources):
+    """Viewer exports often name folders after the patient; no output may repeat the name or ID."""
+    export = tmp_path / "export"
+    folder = export / "MÜLLER^HANS 4711-0815" / "Knie li"
+    folder.mkdir(parents=True)
+    ds = pydicom.dcmread(good_sources["PAT1/ST1/SE1/IM0002.DCM"])
+    ds.SpecificCharacterSet, ds.PatientName, ds.PatientID = "ISO_IR 192", "Müller^Hans", "4711-0815"
+    ds.save_as(folder / "IM0001")
+    (folder / "broken.dcm").write_bytes(b"\x89PNG" + b"\0" * 100)
+    (export / "MUELLER_HANS").mkdir()
+    (export / "MUELLER_HANS" / "empty").write_bytes(b"")
+    data = tmp_path / "data"
+    first = run_ingest(config(export, data))
+    assert len(first.index) == 1 and len(first.errors) == 2
+    for parquet in data.rglob("*.parquet"):
+        text = pd.read_parquet(parquet).astype(str).to_csv().casefold()
+        for secret in ("müller", "mueller", "hans", "4711-0815"):
+            assert secret not in text, f"{secret!r} in {parquet}"
+    key = first.index["patient_key"].iloc[0]
+    assert first.index["path"].iloc[0] == f"patient-{key[:8]}/Knie li/IM0001"
+    second = run_ingest(config(export, data))
+    assert second.stats["unchanged"] == 3 and second.stats["written"] == 0
