@@ -13,7 +13,8 @@ def oof_asset(method: str) -> dg.AssetsDefinition:
     """K-fold out-of-fold probabilities of one method's linear heads."""
 
     @dg.asset(
-        key=["oof_probabilities", method], deps=[dg.AssetKey(["embeddings", method]), "region_labels"],
+        key=["oof_probabilities", method],
+        deps=[dg.AssetKey(["embeddings", method]), "region_labels", "label_overrides"],
         group_name="audit", description=f"Out-of-fold class probabilities of linear heads on the {method} "
         "embeddings (folds stratified by region, grouped by patient); null labels predicted by a head fit "
         "on all labels (probabilities/" + method + ".npy).",
@@ -60,7 +61,8 @@ def ensemble_probabilities(radaudit: RadauditConfig, audit: AuditConfig) -> dg.M
 
 
 @dg.asset(
-    deps=["ensemble_probabilities"] + [dg.AssetKey(["embeddings", m]) for m in METHODS], group_name="audit",
+    deps=["ensemble_probabilities", "label_overrides"] + [dg.AssetKey(["embeddings", m]) for m in METHODS],
+    group_name="audit",
     description="cleanlab label quality, suspected mislabels, out-of-domain score and suggested regions for "
     "every image (audit/label_issues.parquet).",
 )

@@ -9,6 +9,7 @@ import pandas as pd
 from pacs import io
 from pacs.index import INDEX_PATH
 from pacs.regions import RegionMapper
+from pacs.review import OVERRIDES_PATH, REVIEW_DIR, read_reviews
 from assets.resources import RadauditConfig
 
 LABELS_PATH = Path("labels") / "region_labels.parquet"
@@ -33,4 +34,21 @@ def region_labels(radaudit: RadauditConfig) -> dg.MaterializeResult:
         "by_region": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
         "by_tag": dg.MetadataValue.json({str(k): int(v) for k, v in labels["recorded_tag"].value_counts(dropna=False).items()}),
         "vocabulary": ", ".join(mapper.regions),
+    })
+
+
+@dg.asset(
+    group_name="labels",
+    description="Radiologists' verdicts from the report CSVs returned into review/ under the data dir "
+    "(labels/label_overrides.parquet): trusted as ground truth by the heads, resolved flags not raised again. "
+    "A malformed file fails the run with file, row and column, and nothing is applied.",
+)
+def label_overrides(radaudit: RadauditConfig) -> dg.MaterializeResult:
+    """Read every returned review CSV into one overrides table."""
+    mapper = RegionMapper.from_file(radaudit.region_map)
+    overrides = read_reviews(radaudit.data_path, mapper.regions)
+    io.write_parquet_frame(overrides, radaudit.data_path / OVERRIDES_PATH)
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": len(overrides), "review_dir": str(radaudit.data_path / REVIEW_DIR),
+        "by_verdict": dg.MetadataValue.json({str(k): int(v) for k, v in overrides["verdict"].value_counts().items()}),
     })

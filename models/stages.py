@@ -68,6 +68,14 @@ class TrainingSet:
         return CacheDataset.from_reader(functools.partial(cache.read, data_dir), self.uids, self.labels.tolist())
 
 
+def load_overrides(data_dir: str | os.PathLike[str]) -> pd.DataFrame | None:
+    """The reviewers' verdicts written by the ``label_overrides`` asset, or None if there are none."""
+    from pacs.review import OVERRIDES_PATH
+
+    path = Path(data_dir) / OVERRIDES_PATH
+    return pd.read_parquet(path) if path.exists() else None
+
+
 def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str] | None = None,
                       *, overrides: pd.DataFrame | None = None) -> TrainingSet:
     """Gather the instances the models see: present, not duplicates, in the image cache.
@@ -75,8 +83,8 @@ def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str
     Args:
         data_dir: The pipeline's data dir.
         vocabulary: Region names; default: those of the recorded labels' mapping.
-        overrides: Reviewers' verdicts (``sop_instance_uid``, ``region`` or None); a region here
-            replaces the recorded label as ground truth.
+        overrides: Reviewers' verdicts (:func:`pacs.review.read_reviews`); the label they imply
+            replaces the recorded one as ground truth (no label for ``out_of_domain``).
     """
     from pacs.regions import DEFAULT_REGIONS
 
@@ -89,8 +97,12 @@ def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str
     meta = live.merge(labels, on="sop_instance_uid", how="left").sort_values("sop_instance_uid", ignore_index=True)
     region = meta["recorded_region"].astype(object)
     if overrides is not None and not overrides.empty:
-        verdict = meta["sop_instance_uid"].map(overrides.set_index("sop_instance_uid")["region"])
-        region = region.where(verdict.isna(), verdict)
+        from pacs.review import label_for_training
+
+        trusted = label_for_training(overrides, pd.Series(region.to_numpy(), index=meta["sop_instance_uid"]))
+        reviewed = meta["sop_instance_uid"].isin(trusted.index).to_numpy()
+        region = region.copy()
+        region[reviewed] = meta.loc[reviewed, "sop_instance_uid"].map(trusted).to_numpy()
     lookup = {name: i for i, name in enumerate(vocab)}
     y = np.array([lookup.get(r, -1) if isinstance(r, str) else -1 for r in region], dtype=np.int64)
     groups = np.array([k if isinstance(k, str) else None for k in meta["patient_key"]], dtype=object)
@@ -163,13 +175,13 @@ def load_embeddings(data_dir: str | os.PathLike[str], method: str, uids: Sequenc
     return features[where.to_numpy(dtype=np.int64)]
 
 
-def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int = 5, seed: int = 0,
-                overrides: pd.DataFrame | None = None) -> Any:
-    """Out-of-fold probabilities of one method's linear heads; write ``probabilities/<method>.npy``."""
+def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int = 5, seed: int = 0) -> Any:
+    """Out-of-fold probabilities of one method's linear heads (reviewed labels trusted); write
+    ``probabilities/<method>.npy``."""
     from models.heads import oof_probabilities
 
     data_dir = Path(data_dir)
-    ts = load_training_set(data_dir, overrides=overrides)
+    ts = load_training_set(data_dir, overrides=load_overrides(data_dir))
     x = load_embeddings(data_dir, method, ts.uids)
     result = oof_probabilities(x, ts.labels, ts.groups, n_splits=n_splits, n_classes=len(ts.vocabulary), seed=seed)
     _save_array(result.probabilities.astype(np.float32), data_dir / PROB_DIR / f"{method}.npy")
@@ -219,6 +231,11 @@ def audit(data_dir: str | os.PathLike[str], methods: Sequence[str], **options: A
     features = combine_embeddings({m: load_embeddings(data_dir, m, uids) for m in methods})
     issues = find_issues(probs.astype(np.float64), rows["label"].to_numpy(), features, sop_instance_uids=uids,
                          out_of_fold=rows["out_of_fold"].to_numpy(), **options)
+    overrides = load_overrides(data_dir)
+    if overrides is not None:
+        from pacs.review import apply_to_issues
+
+        issues = apply_to_issues(issues, overrides)
     pio.write_parquet_frame(issues, data_dir / ISSUES_PATH)
     return issues
 

@@ -19,7 +19,7 @@ from pipelines.jobs import (
 )
 
 defs = dg.Definitions(
-    assets=[ingest.ingest, labels.region_labels, *models.pretrain_assets, *audit.audit_assets],
+    assets=[ingest.ingest, labels.region_labels, labels.label_overrides, *models.pretrain_assets, *audit.audit_assets],
     jobs=[ingest_job, nightly_audit, retrain],
     schedules=[nightly_schedule, weekly_retrain_schedule],
     sensors=[new_export_sensor],

@@ -74,3 +74,48 @@ def test_label_fraction_accuracies_are_reported(audited):
         assert all(0.0 <= a <= 1.0 for a in by_fraction.values())
     mats = result.asset_materializations_for_node("ensemble_probabilities")
     assert "linear_eval/ensemble@100%" in mats[0].metadata and "confusion_matrix" in mats[0].metadata
+
+
+def _rematerialize(data: Path, truth: Path, selection: str) -> dg.ExecuteInProcessResult:
+    export = data.parent / "export"
+    resources = {
+        "radaudit": RadauditConfig(export_dir=str(export), data_dir=str(data), cache_size=32, workers=2),
+        "audit": AuditConfig(epochs=1, batch_size=16, image_size=32, on_cpu="as_is", num_workers=0, n_splits=3,
+                             max_flag_fraction=1.0),
+    }
+    return dg.materialize(list(defs.assets), resources=resources, selection=selection, raise_on_error=False)
+
+
+def test_reviewers_verdicts_are_applied_on_the_next_run(audited):
+    """Last in this file: it changes the shared data dir."""
+    data, truth, _ = audited
+    selection = "label_overrides or key:oof_probabilities/* or ensemble_probabilities or label_issues or mislabel_report"
+    report = pd.read_csv(data / "reports" / "mislabel_report.csv", encoding="utf-8-sig", dtype=str)
+    assert len(report) >= 2
+    review = report.assign(verdict="")
+    review.loc[0, "verdict"] = "confirm"
+    review.loc[1, "verdict"] = "out_of_domain"
+    (data / "review").mkdir()
+    review.to_csv(data / "review" / "returned.csv", index=False, encoding="utf-8-sig")
+    assert _rematerialize(data, truth, selection).success
+
+    overrides = pd.read_parquet(data / "labels" / "label_overrides.parquet")
+    assert sorted(overrides["verdict"]) == ["confirm", "out_of_domain"]
+    after = pd.read_csv(data / "reports" / "mislabel_report.csv", encoding="utf-8-sig", dtype=str)
+    resolved = set(review.loc[:1, "sop_instance_uid"])
+    assert resolved.isdisjoint(after["sop_instance_uid"])
+    rows = stages.load_probabilities(data, "ensemble")[1].set_index("sop_instance_uid")
+    confirmed = review.loc[0]
+    assert rows.loc[confirmed["sop_instance_uid"], "label"] == list(stages.load_training_set(data).vocabulary).index(
+        confirmed["suggested_region"])
+    assert rows.loc[review.loc[1, "sop_instance_uid"], "label"] == -1
+
+    stamp = (data / "labels" / "label_overrides.parquet").stat().st_mtime_ns
+    (data / "review" / "broken.csv").write_text("sop_instance_uid,verdict\n1.2.3,perhaps\n", encoding="utf-8")
+    failed = _rematerialize(data, truth, "label_overrides")
+    assert not failed.success
+    (event,) = [e for e in failed.all_events if e.is_step_failure]
+    message = event.step_failure_data.error.cause.message if event.step_failure_data.error.cause else \
+        event.step_failure_data.error.message
+    assert "broken.csv" in message and "column" in message
+    assert (data / "labels" / "label_overrides.parquet").stat().st_mtime_ns == stamp
