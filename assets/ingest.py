@@ -37,8 +37,8 @@ def ingest(context: dg.AssetExecutionContext, radaudit: RadauditConfig):
     result = run_ingest(radaudit.ingest_config(), progress=_progress_logger(context))
     s = result.stats
     context.log.info(f"ingest: {s}")
-    present_paths = pd.concat([result.index.loc[result.index["present"], "path"],
-                               result.errors.loc[result.errors["present"], "path"]])
+    present_paths = pd.concat([result.index.loc[result.index["present"], "path_hash"],
+                               result.errors.loc[result.errors["present"], "path_hash"]])
     yield dg.MaterializeResult(asset_key="dicom_index", metadata={
         "dagster/row_count": len(result.index),
         "new_files": s["new"], "changed_files": s["changed"], "unchanged_files": s["unchanged"],

@@ -80,11 +80,16 @@ def identifier_tokens(patient_name: str | None, patient_id: str | None) -> set[s
 
 
 def redact_path(path: str, tokens: set[str], replacement: str) -> str:
-    """Replace every folder or file name of ``path`` that contains one of ``tokens``."""
+    """Replace the identifier parts of ``path`` by ``replacement``, keeping the rest of each name.
+
+    ``MÜLLER^HANS 4711/Knie`` becomes ``<replacement>/Knie``; ``MUELLER_HANS_2021`` becomes
+    ``<replacement>_2021``, so different folders of one patient stay apart.
+    """
     if not tokens:
         return path
-    parts = path.split("/")
-    return "/".join(replacement if any(t in part.casefold() for t in tokens) else part for part in parts)
+    pattern = re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)), re.IGNORECASE)
+    marked = pattern.sub("\0", path)
+    return re.sub(r"\0(?:[^\w/]*\0|_+\0)*", replacement, marked)
 
 
 def path_key(path: str, key: bytes) -> str:

@@ -76,7 +76,7 @@ def test_label_fraction_accuracies_are_reported(audited):
     assert "linear_eval/ensemble@100%" in mats[0].metadata and "confusion_matrix" in mats[0].metadata
 
 
-def _rematerialize(data: Path, truth: Path, selection: str) -> dg.ExecuteInProcessResult:
+def _rematerialize(data: Path, truth: Path, selection: list[dg.AssetKey]) -> dg.ExecuteInProcessResult:
     export = data.parent / "export"
     resources = {
         "radaudit": RadauditConfig(export_dir=str(export), data_dir=str(data), cache_size=32, workers=2),
@@ -89,7 +89,8 @@ def _rematerialize(data: Path, truth: Path, selection: str) -> dg.ExecuteInProce
 def test_reviewers_verdicts_are_applied_on_the_next_run(audited):
     """Last in this file: it changes the shared data dir."""
     data, truth, _ = audited
-    selection = "label_overrides or key:oof_probabilities/* or ensemble_probabilities or label_issues or mislabel_report"
+    selection = [dg.AssetKey("label_overrides"), *(dg.AssetKey(["oof_probabilities", m]) for m in METHODS),
+                 dg.AssetKey("ensemble_probabilities"), dg.AssetKey("label_issues"), dg.AssetKey("mislabel_report")]
     report = pd.read_csv(data / "reports" / "mislabel_report.csv", encoding="utf-8-sig", dtype=str)
     assert len(report) >= 2
     review = report.assign(verdict="")
@@ -112,7 +113,7 @@ def test_reviewers_verdicts_are_applied_on_the_next_run(audited):
 
     stamp = (data / "labels" / "label_overrides.parquet").stat().st_mtime_ns
     (data / "review" / "broken.csv").write_text("sop_instance_uid,verdict\n1.2.3,perhaps\n", encoding="utf-8")
-    failed = _rematerialize(data, truth, "label_overrides")
+    failed = _rematerialize(data, truth, [dg.AssetKey("label_overrides")])
     assert not failed.success
     (event,) = [e for e in failed.all_events if e.is_step_failure]
     message = event.step_failure_data.error.cause.message if event.step_failure_data.error.cause else \

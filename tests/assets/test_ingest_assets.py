@@ -11,18 +11,18 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.labels import LABELS_PATH
+from assets.ingest import ingest
+from assets.labels import LABELS_PATH, label_overrides, region_labels
 from assets.resources import RadauditConfig
 from pacs import cache
 from pacs.index import ERRORS_PATH, INDEX_PATH
-from pipelines.definitions import defs
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _materialize(export: Path, data: Path, selection: str | None = None) -> dg.ExecuteInProcessResult:
+def _materialize(export: Path, data: Path) -> dg.ExecuteInProcessResult:
     resource = RadauditConfig(export_dir=str(export), data_dir=str(data), cache_size=40, workers=2)
-    return dg.materialize(list(defs.assets), resources={"radaudit": resource}, selection=selection)
+    return dg.materialize([ingest, region_labels, label_overrides], resources={"radaudit": resource})
 
 
 def _metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
