@@ -56,10 +56,12 @@ def ingest(context: dg.AssetExecutionContext, radaudit: RadauditConfig):
         "size": radaudit.cache_size,
     })
     dupes = int(present_paths.duplicated().sum())
+    unaccounted = s["discovered"] - len(set(present_paths) & set(result.found_hashes))
     yield dg.AssetCheckResult(
         check_name="every_file_accounted_for", asset_key="ingest_errors",
-        passed=dupes == 0 and len(present_paths) >= s["discovered"],
-        metadata={"discovered": s["discovered"], "accounted": len(present_paths), "in_both": dupes},
+        passed=dupes == 0 and unaccounted == 0,
+        metadata={"discovered": s["discovered"], "accounted": len(present_paths), "in_both": dupes,
+                  "unaccounted": unaccounted},
     )
 
 

@@ -1,7 +1,7 @@
 """Region labels: the recorded region of each instance, mapped from its raw PACS strings."""
 
 
-from pathlib import Path
+import json
 
 import dagster as dg
 import pandas as pd
@@ -10,9 +10,9 @@ from pacs import io
 from pacs.index import INDEX_PATH
 from pacs.regions import RegionMapper
 from pacs.review import OVERRIDES_PATH, REVIEW_DIR, read_reviews
+from models.stages import LABELS_PATH, VOCABULARY_PATH
 from assets.resources import RadauditConfig
 
-LABELS_PATH = Path("labels") / "region_labels.parquet"
 
 
 @dg.asset(
@@ -27,6 +27,7 @@ def region_labels(radaudit: RadauditConfig) -> dg.MaterializeResult:
     mapper = RegionMapper.from_file(radaudit.region_map)
     labels = mapper.label_frame(live)
     io.write_parquet_frame(labels, radaudit.data_path / LABELS_PATH)
+    io.write_text(radaudit.data_path / VOCABULARY_PATH, json.dumps(list(mapper.regions)))
     counts = labels["recorded_region"].value_counts(dropna=False)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(labels),

@@ -35,6 +35,7 @@ from pacs.cache import MANIFEST_PATH
 from pacs.index import INDEX_PATH
 
 LABELS_PATH = Path("labels") / "region_labels.parquet"
+VOCABULARY_PATH = Path("labels") / "vocabulary.json"
 MODELS_DIR = Path("models")
 EMBED_DIR = Path("embeddings")
 PROB_DIR = Path("probabilities")
@@ -86,10 +87,8 @@ def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str
         overrides: Reviewers' verdicts (:func:`pacs.review.read_reviews`); the label they imply
             replaces the recorded one as ground truth (no label for ``out_of_domain``).
     """
-    from pacs.regions import DEFAULT_REGIONS
-
     data_dir = Path(data_dir)
-    vocab = tuple(vocabulary or DEFAULT_REGIONS)
+    vocab = tuple(vocabulary or read_vocabulary(data_dir))
     index = pd.read_parquet(data_dir / INDEX_PATH)
     cached = set(pd.read_parquet(data_dir / MANIFEST_PATH, columns=["sop_instance_uid"])["sop_instance_uid"])
     live = index[index["present"] & index["duplicate_of"].isna() & index["sop_instance_uid"].isin(cached)]
@@ -107,6 +106,16 @@ def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str
     y = np.array([lookup.get(r, -1) if isinstance(r, str) else -1 for r in region], dtype=np.int64)
     groups = np.array([k if isinstance(k, str) else None for k in meta["patient_key"]], dtype=object)
     return TrainingSet(meta["sop_instance_uid"].tolist(), y, groups, vocab, meta)
+
+
+def read_vocabulary(data_dir: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The region vocabulary the recorded labels were mapped with (the default if none was saved)."""
+    import json
+
+    from pacs.regions import DEFAULT_REGIONS
+
+    path = Path(data_dir) / VOCABULARY_PATH
+    return tuple(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else DEFAULT_REGIONS
 
 
 def truth_labels(ts: TrainingSet, truth_path: str | os.PathLike[str] | None) -> np.ndarray | None:
@@ -167,6 +176,9 @@ def load_embeddings(data_dir: str | os.PathLike[str], method: str, uids: Sequenc
     data_dir = Path(data_dir)
     features = np.load(data_dir / EMBED_DIR / f"{method}.npy")
     rows = pd.read_parquet(data_dir / EMBED_DIR / f"{method}.uids.parquet")["sop_instance_uid"]
+    if len(rows) != features.shape[0]:
+        raise ValueError(f"embeddings/{method}.npy has {features.shape[0]} rows but its UID list {len(rows)}: "
+                         f"re-materialize embeddings/{method}")
     position = pd.Series(np.arange(len(rows)), index=rows.to_numpy())
     where = position.reindex(list(uids))
     if where.isna().any():

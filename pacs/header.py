@@ -8,6 +8,7 @@ or read gigabytes.
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,13 +60,14 @@ INT_COLUMNS = frozenset(
 )
 # Read for the patient key and the pixel plausibility check, never written out.
 _EXTRA_TAGS = [
-    "SpecificCharacterSet", "PatientID", "PatientName", "IssuerOfPatientID", "PixelRepresentation", "PlanarConfiguration",
+    "SpecificCharacterSet", "PatientID", "PatientName", "PatientBirthDate", "IssuerOfPatientID", "PixelRepresentation", "PlanarConfiguration",
     "MediaStorageSOPClassUID",
 ]
 _SPECIFIC_TAGS = list(HEADER_TAGS.values()) + _EXTRA_TAGS
 _HEADER_TAG_NUMBERS = {column: tag_for_keyword(keyword) for column, keyword in HEADER_TAGS.items()}
 _PATIENT_ID, _ISSUER = tag_for_keyword("PatientID"), tag_for_keyword("IssuerOfPatientID")
-_PATIENT_NAME = tag_for_keyword("PatientName")
+_PATIENT_NAME, _BIRTH_DATE = tag_for_keyword("PatientName"), tag_for_keyword("PatientBirthDate")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 IDENTIFIERS = "_identifiers"
 
 # Values larger than this are not read into memory while parsing the header.
@@ -79,6 +81,7 @@ class HeaderError(ValueError):
         super().__init__(reason)
         self.stage = stage
         self.severity = severity
+        self.identifiers: set[str] = set()  # of a file that was read but refused: to redact paths
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
     """
     path = Path(path)
     try:
+        file_size = path.stat().st_size
         kind = sniff(path)
     except OSError as exc:
         raise HeaderError(f"cannot read file: {exc.strerror or exc}", stage="discover") from exc
@@ -137,14 +141,21 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
         row[column] = _value(ds, tag, encodings, integer=column in INT_COLUMNS)
     if not row["sop_instance_uid"]:
         raise HeaderError("no SOP Instance UID")
+    if not _UID.fullmatch(row["sop_instance_uid"]):
+        raise HeaderError("SOP Instance UID is not a valid UID (digits and dots, at most 64 characters)")
     row["transfer_syntax_uid"] = _transfer_syntax(ds)
     patient_id = _value(ds, _PATIENT_ID, encodings, integer=False)
     row["patient_key"] = pseudonymize(patient_id, key, issuer=_value(ds, _ISSUER, encodings, integer=False))
     # Used to redact paths, then dropped: never written anywhere.
-    row[IDENTIFIERS] = identifier_tokens(_value(ds, _PATIENT_NAME, encodings, integer=False), patient_id)
-    if pixel is None:
-        raise HeaderError("no Pixel Data element (not an image)", stage="pixels", severity="skipped")
-    _check_pixels(ds, pixel, path.stat().st_size, row)
+    row[IDENTIFIERS] = identifier_tokens(_value(ds, _PATIENT_NAME, encodings, integer=False), patient_id,
+                                         _value(ds, _BIRTH_DATE, encodings, integer=False))
+    try:
+        if pixel is None:
+            raise HeaderError("no Pixel Data element (not an image)", stage="pixels", severity="skipped")
+        _check_pixels(ds, pixel, file_size, row)
+    except HeaderError as exc:
+        exc.identifiers = row[IDENTIFIERS]
+        raise
     return row
 
 

@@ -92,7 +92,7 @@ class IndexUpdate:
     @property
     def changed(self) -> bool:
         """Whether anything differs from the previous run."""
-        return any(self.stats.get(k, 0) for k in ("new", "changed", "vanished", "reappeared"))
+        return any(self.stats.get(k, 0) for k in ("new", "changed", "vanished", "reappeared", "errors_new"))
 
 
 def update_index(
@@ -170,7 +170,7 @@ def update_index(
     errors_now = [error_row(p, None, None, "discover", reason, now) for p, reason in walk_errors]
     for r in errors_now:
         r["path_hash"] = path_key(r["path"], key)
-    _redact(rows, header_errors + errors_now)
+    _redact(rows, header_errors + errors_now, known=_known_folders(kept_index, real_paths))
     index = pd.concat([kept_index, frame(rows, INDEX_SCHEMA)], ignore_index=True)
     errors = pd.concat(
         [kept_errors, frame(errors_now, ERRORS_SCHEMA), frame(header_errors, ERRORS_SCHEMA)], ignore_index=True
@@ -182,18 +182,39 @@ def update_index(
     return IndexUpdate(index=index, errors=errors, stats=stats, real_paths=real_paths)
 
 
-def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]]) -> None:
-    """Replace path segments that carry a patient's name or ID, as viewer exports often name folders.
+def _known_folders(index: pd.DataFrame, real_paths: dict[str, str]) -> dict[str, str]:
+    """Real folder -> its redacted form, from indexed files still present (earlier runs' redactions)."""
+    known: dict[str, str] = {}
+    for h, redacted in zip(index["path_hash"], index["path"]):
+        real = real_paths.get(h)
+        if real is None or real == redacted:
+            continue
+        real_parts, red_parts = real.split("/")[:-1], redacted.split("/")[:-1]
+        for depth in range(1, len(real_parts) + 1):
+            known.setdefault("/".join(real_parts[:depth]), "/".join(red_parts[:depth]))
+    return known
 
-    Tokens come from every header read in this run, so an unreadable file in a patient's folder
-    is redacted too when another file of that patient was readable.
+
+def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, known: dict[str, str]) -> None:
+    """Replace the parts of paths that carry a patient's name, ID or birth date.
+
+    Viewer exports often name folders after the patient. Tokens come from every header read in
+    this run (error rows carry the tokens of files that were read but refused), and folders
+    redacted in earlier runs are redacted the same way, so an unreadable file in a known
+    patient's folder never shows the folder's name.
     """
     tokens: set[str] = set()
-    for r in rows:
-        tokens |= r.pop(IDENTIFIERS, set())
+    for r in rows + error_rows:
+        tokens |= r.pop(IDENTIFIERS, None) or set()
     for r in rows:
         r["path"] = redact_path(r["path"], tokens, f"patient-{(r.get('patient_key') or 'unknown')[:8]}")
     for r in error_rows:
+        parts = r["path"].split("/")
+        for depth in range(len(parts) - 1, 0, -1):
+            prefix = "/".join(parts[:depth])
+            if prefix in known:
+                r["path"] = "/".join([known[prefix], *parts[depth:]])
+                break
         r["path"] = redact_path(r["path"], tokens, "patient-redacted")
 
 
@@ -213,6 +234,7 @@ def read_headers(
         if isinstance(res, HeaderError):
             row = error_row(f.path, f.size, f.mtime_ns, res.stage, str(res), now, severity=res.severity)
             row["path_hash"] = path_key(f.path, key)
+            row[IDENTIFIERS] = res.identifiers
             errors.append(row)
         else:
             res.update(path=f.path, path_hash=path_key(f.path, key), file_size=f.size, mtime_ns=f.mtime_ns,
@@ -237,9 +259,7 @@ def mark_duplicates(index: pd.DataFrame) -> pd.DataFrame:
     index["duplicate_of"] = None
     live = index[index["present"].astype(bool)]
     first = live.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")["path"]
-    dup = index["present"].astype(bool) & index.duplicated("sop_instance_uid", keep="first") & index[
-        "sop_instance_uid"
-    ].isin(first.index)
+    dup = live.index[live.duplicated("sop_instance_uid", keep="first")]
     index.loc[dup, "duplicate_of"] = index.loc[dup, "sop_instance_uid"].map(first)
     return index
 

@@ -27,7 +27,7 @@ from pebble import ProcessExpired, ProcessPool
 from pacs import index as ix
 from pacs import io
 from pacs.cache import MANIFEST_PATH, MANIFEST_SCHEMA, CacheParams, cache_one, image_path
-from pacs.pseudo import load_or_create_key
+from pacs.pseudo import KEY_ENV, load_or_create_key
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class IngestResult:
     errors: pd.DataFrame
     manifest: pd.DataFrame
     stats: dict[str, int]
+    found_hashes: frozenset[str] = frozenset()  # path hashes of the files found in this run
 
 
 def run_ingest(config: IngestConfig, *, progress: Callable[[int, int], None] | None = None) -> IngestResult:
@@ -86,7 +87,7 @@ def run_ingest(config: IngestConfig, *, progress: Callable[[int, int], None] | N
         progress: Called as ``progress(done, total)`` while decoding.
     """
     data_dir = Path(config.data_dir)
-    key = load_or_create_key(data_dir, config.pseudonym_key or os.environ.get("RADAUDIT_PSEUDONYM_KEY"))
+    key = load_or_create_key(data_dir, config.pseudonym_key or os.environ.get(KEY_ENV))
     now = pd.Timestamp.now(tz="UTC").floor("us")
     update = ix.update_index(
         config.export_dir, data_dir, key=key, full_rebuild=config.full_rebuild,
@@ -130,7 +131,8 @@ def run_ingest(config: IngestConfig, *, progress: Callable[[int, int], None] | N
         stats["written"] = 1
     else:
         stats["written"] = 0
-    return IngestResult(index=index, errors=errors, manifest=manifest, stats=stats)
+    return IngestResult(index=index, errors=errors, manifest=manifest, stats=stats,
+                        found_hashes=frozenset(update.real_paths))
 
 
 def _to_cache(index: pd.DataFrame, manifest: pd.DataFrame, fingerprint: str, data_dir: Path) -> pd.DataFrame:
@@ -197,6 +199,8 @@ def _who(job: dict[str, Any]) -> dict[str, str]:
 
 def _with_decode_facts(index: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
     """Copy how each image was decoded (frames, colour, window) from the manifest into the index."""
-    facts = manifest.set_index("sop_instance_uid")[["frames_in_file", "was_color", "window_source"]]
-    index = index.drop(columns=["frames_in_file", "was_color", "window_source"]).join(facts, on="sop_instance_uid")
-    return index
+    columns = ["frames_in_file", "was_color", "window_source"]
+    if index.empty or manifest.empty:
+        return index.assign(**{c: None for c in columns})
+    facts = manifest.set_index("sop_instance_uid")[columns]
+    return index.drop(columns=columns).join(facts, on="sop_instance_uid")

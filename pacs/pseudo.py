@@ -64,11 +64,12 @@ def pseudonymize(value: str | None, key: bytes, *, issuer: str | None = None) ->
 _TRANSLIT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
 
 
-def identifier_tokens(patient_name: str | None, patient_id: str | None) -> set[str]:
-    """Casefolded pieces of a patient's name and ID that must not appear in any output path.
+def identifier_tokens(patient_name: str | None, patient_id: str | None, birth_date: str | None = None) -> set[str]:
+    """Casefolded pieces of a patient's name, ID and birth date that must not appear in any output path.
 
     Name components shorter than 3 characters (initials, "Dr") are not tokens; umlauts also
-    count in their transliterated form ("Müller" -> "mueller").
+    count in their transliterated form ("Müller" -> "mueller"); a DICOM birth date YYYYMMDD
+    counts also as YYYY-MM-DD, DD.MM.YYYY and DDMMYYYY.
     """
     tokens: set[str] = set()
     for part in re.split(r"[\^\s,._\-=]+", str(patient_name or "")):
@@ -76,6 +77,10 @@ def identifier_tokens(patient_name: str | None, patient_id: str | None) -> set[s
             tokens |= {part.casefold(), part.casefold().translate(_TRANSLIT)}
     if patient_id and len(str(patient_id).strip()) >= 3:
         tokens.add(str(patient_id).strip().casefold())
+    date = str(birth_date or "").strip()
+    if re.fullmatch(r"\d{8}", date):
+        y, m, d = date[:4], date[4:6], date[6:]
+        tokens |= {date, f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}{m}{y}"}
     return tokens
 
 

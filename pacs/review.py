@@ -88,8 +88,8 @@ def read_review_file(path: str | os.PathLike[str], vocabulary: tuple[str, ...] |
             region, verdict_name = None, "reject"
         elif key == "out_of_domain":
             region, verdict_name = None, "out_of_domain"
-        elif verdict.strip().casefold() in regions:
-            region, verdict_name = regions[verdict.strip().casefold()], "region"
+        elif key in regions:
+            region, verdict_name = regions[key], "region"
         else:
             raise ReviewFileError(path, n, "verdict", f"unknown verdict {verdict!r}; use confirm, reject, "
                                                       f"out_of_domain or one of the regions: {', '.join(vocabulary)}")

@@ -51,21 +51,25 @@ weekly_retrain_schedule = dg.ScheduleDefinition(
 )
 
 
-def new_export_folders(export_dir: str | os.PathLike[str], seen: set[str]) -> list[str]:
-    """Top-level folders of the export that are not in ``seen``, in name order."""
-    root = Path(export_dir)
-    if not root.is_dir():
-        return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in seen)
-
-
 @dg.sensor(job=ingest_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.RUNNING,
            description="Starts the ingest when a new folder appears at the top of the export.")
 def new_export_sensor(context: dg.SensorEvaluationContext, radaudit: RadauditConfig):
-    """One ingest run per batch of new top-level export folders."""
+    """One ingest run per batch of new top-level export folders.
+
+    Folder names are often patient names, so the cursor, run key and tags hold only keyed hashes
+    and counts of them.
+    """
+    import hashlib
+
+    def digest(name: str) -> str:
+        return hashlib.sha256(f"{radaudit.data_dir}\x00{name}".encode()).hexdigest()[:16]
+
     seen = set(json.loads(context.cursor)) if context.cursor else set()
-    new = new_export_folders(radaudit.export_dir, seen)
+    root = Path(radaudit.export_dir)
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    new = [digest(name) for name in folders if digest(name) not in seen]
     if not new:
-        return dg.SkipReason(f"no new folder in {radaudit.export_dir}")
+        return dg.SkipReason("no new folder in the export")
     context.update_cursor(json.dumps(sorted(seen | set(new))))
-    return dg.RunRequest(run_key=f"export:{new[-1]}:{len(seen) + len(new)}", tags={"radaudit/new_folders": ",".join(new)[:200]})
+    return dg.RunRequest(run_key=f"export:{min(new)}:{len(seen) + len(new)}",
+                         tags={"radaudit/new_folders": str(len(new))})

@@ -205,18 +205,47 @@ def test_folders_named_after_the_patient_are_redacted(tmp_path, good_sources):
     folder.mkdir(parents=True)
     ds = pydicom.dcmread(good_sources["PAT1/ST1/SE1/IM0002.DCM"])
     ds.SpecificCharacterSet, ds.PatientName, ds.PatientID = "ISO_IR 192", "Müller^Hans", "4711-0815"
+    ds.PatientBirthDate = "19560312"
     ds.save_as(folder / "IM0001")
+    (export / "hans_19560312").mkdir()
+    (export / "hans_19560312" / "notes.txt").write_text("x")
     (folder / "broken.dcm").write_bytes(b"\x89PNG" + b"\0" * 100)
     (export / "MUELLER_HANS").mkdir()
     (export / "MUELLER_HANS" / "empty").write_bytes(b"")
     data = tmp_path / "data"
     first = run_ingest(config(export, data))
-    assert len(first.index) == 1 and len(first.errors) == 2
-    for parquet in data.rglob("*.parquet"):
-        text = pd.read_parquet(parquet).astype(str).to_csv().casefold()
-        for secret in ("müller", "mueller", "hans", "4711-0815"):
-            assert secret not in text, f"{secret!r} in {parquet}"
+    assert len(first.index) == 1 and len(first.errors) == 3
     key = first.index["patient_key"].iloc[0]
     assert first.index["path"].iloc[0] == f"patient-{key[:8]}/Knie li/IM0001"
     second = run_ingest(config(export, data))
-    assert second.stats["unchanged"] == 3 and second.stats["written"] == 0
+    assert second.stats["unchanged"] == 4 and second.stats["written"] == 0
+    (folder / "later.dcm").write_bytes(b"")  # a later run meets a bad file in the known patient folder
+    third = run_ingest(config(export, data))
+    assert f"patient-{key[:8]}/Knie li/later.dcm" in set(third.errors["path"])
+    for parquet in data.rglob("*.parquet"):
+        text = pd.read_parquet(parquet).astype(str).to_csv().casefold()
+        for secret in ("müller", "mueller", "hans", "4711-0815", "19560312"):
+            assert secret not in text, f"{secret!r} in {parquet}"
+
+
+def test_a_moved_file_stays_live_when_its_old_path_sorts_first(tmp_path, good_sources):
+    export = tmp_path / "export"
+    (export / "a").mkdir(parents=True)
+    (export / "a" / "x.dcm").write_bytes(good_sources["PAT1/ST1/SE1/IM0002.DCM"].read_bytes())
+    run_ingest(config(export, tmp_path / "data"))
+    (export / "b").mkdir()
+    (export / "a" / "x.dcm").rename(export / "b" / "x.dcm")
+    result = run_ingest(config(export, tmp_path / "data"))
+    rows = result.index.set_index("path")
+    assert not rows.loc["a/x.dcm", "present"] and rows.loc["b/x.dcm", "present"]
+    assert rows["duplicate_of"].isna().all()
+
+
+def test_an_invalid_uid_is_an_error_row_not_a_crash(tmp_path, good_sources):
+    export = tmp_path / "export"
+    export.mkdir()
+    ds = pydicom.dcmread(good_sources["PAT1/ST1/SE1/IM0002.DCM"])
+    ds.SOPInstanceUID = "../../etc"
+    ds.save_as(export / "evil.dcm")
+    result = run_ingest(config(export, tmp_path / "data"))
+    assert result.index.empty and "not a valid UID" in result.errors["reason"].iloc[0]
