@@ -43,19 +43,11 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
         op_tags=GPU_TAGS, description=f"Frozen {method} backbone features of every cached image "
         f"(embeddings/{method}.npy, rows in embeddings/{method}.uids.parquet).",
     )
-    def embeddings(radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
-        size = audit.pretrain_config(method)
-        features = stages.compute_embeddings(radaudit.data_dir, method, size=_train_size(size))
+    def embeddings(radaudit: RadauditConfig) -> dg.MaterializeResult:
+        features = stages.compute_embeddings(radaudit.data_dir, method)
         return dg.MaterializeResult(metadata={"dagster/row_count": int(features.shape[0]), "dim": int(features.shape[1])})
 
     return [backbone, embeddings]
-
-
-def _train_size(config: "object") -> int:
-    """The image size the backbone saw (the CPU fallback shrinks it)."""
-    import torch
-
-    return config.size if torch.cuda.is_available() or config.on_cpu != "shrink" else config.for_cpu().size
 
 
 pretrain_assets = [a for m in METHODS for a in method_assets(m)]

@@ -265,7 +265,7 @@ class ContrastiveModule(pl.LightningModule):
         checkpoint["history"] = list(self.history)
         checkpoint["radaudit"] = {  # SafetensorsCheckpointIO moves this into state.json
             "method": self.METHOD, "backbone": self.backbone_name, "in_chans": self.in_chans,
-            "epoch": self.completed_epochs, "history": list(self.history),
+            "size": self.size, "epoch": self.completed_epochs, "history": list(self.history),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -154,13 +154,19 @@ def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *
 
 def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: int | None = None,
                        batch_size: int = 256, device: str | None = None) -> np.ndarray:
-    """Embed every cached image with the method's latest backbone; write ``embeddings/<method>.*``."""
-    from models.checkpoint import load_backbone
+    """Embed every cached image with the method's latest backbone; write ``embeddings/<method>.*``.
+
+    ``size`` defaults to the image size the backbone was trained at (from its checkpoint).
+    """
+    from models.checkpoint import load_backbone, load_checkpoint
     from models.embed import embed
 
     data_dir = Path(data_dir)
     ts = load_training_set(data_dir)
-    backbone = load_backbone(data_dir / MODELS_DIR / method / "checkpoints")
+    checkpoints = data_dir / MODELS_DIR / method / "checkpoints"
+    if size is None:
+        size = load_checkpoint(checkpoints).state.get("size")
+    backbone = load_backbone(checkpoints)
     features = embed(backbone, ts.dataset(data_dir), batch_size=batch_size, device=device, size=size)
     _save_array(features.astype(np.float32), data_dir / EMBED_DIR / f"{method}.npy")
     pio.write_parquet_frame(pd.DataFrame({"sop_instance_uid": ts.uids}), data_dir / EMBED_DIR / f"{method}.uids.parquet")

@@ -22,12 +22,13 @@ ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.groups("ingest", "labels"),
     description="Index new DICOM files, cache their images and map their region labels.",
+    tags={"radaudit/ingest": "true"},
 )
 nightly_audit = dg.define_asset_job(
     "nightly_audit",
     selection=dg.AssetSelection.all() - BACKBONES,
     description="New files -> cache -> embeddings with the current backbones -> heads -> ensemble -> report.",
-    tags={"radaudit/gpu": "true"},
+    tags={"radaudit/gpu": "true", "radaudit/ingest": "true"},
 )
 retrain = dg.define_asset_job(
     "retrain",

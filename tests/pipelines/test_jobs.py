@@ -54,7 +54,9 @@ def test_instance_queues_at_most_one_gpu_run(tmp_path):
     try:
         queue = instance.get_concurrency_config().run_queue_config
         limits = [(t["key"], t["value"], t["limit"]) for t in queue.tag_concurrency_limits]
-        assert ("radaudit/gpu", "true", 1) in limits
+        assert ("radaudit/gpu", "true", 1) in limits and ("radaudit/ingest", "true", 1) in limits
+        for job in ("ingest_job", "nightly_audit"):
+            assert defs.resolve_job_def(job).tags["radaudit/ingest"] == "true"
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
     finally:
         instance.dispose()
