@@ -5,8 +5,8 @@
     radaudit synth --out EXPORT --truth truth.parquet --n 500 --seed 0
     radaudit synth --preview sheet.png
 
-Runs execute in-process through Dagster; with ``DAGSTER_HOME`` set they are recorded in that
-instance (``dagster dev`` shows them), otherwise in a throwaway one.
+Runs execute in-process through Dagster and are recorded in the instance at ``DAGSTER_HOME``, or
+by default in SQLite under ``<data dir>/dagster`` (``dagster dev`` with that ``DAGSTER_HOME`` shows them).
 """
 
 from __future__ import annotations
@@ -102,10 +102,30 @@ def run_assets(resource: Any, audit: Any = None, selection: str | None = None) -
     from assets.resources import AuditConfig
     from pipelines.definitions import defs
 
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
+    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else data_dir_instance(resource.data_dir)
     assets = list(defs.assets or [])
     resources = {"radaudit": resource, "audit": audit or AuditConfig()}
-    return dg.materialize(assets, resources=resources, instance=instance, selection=selection, raise_on_error=True)
+    try:
+        return dg.materialize(assets, resources=resources, instance=instance, selection=selection, raise_on_error=True)
+    finally:
+        instance.dispose()
+
+
+def data_dir_instance(data_dir: str | os.PathLike[str]) -> Any:
+    """The Dagster instance kept under ``<data dir>/dagster`` (SQLite), with the repository's settings.
+
+    ``DAGSTER_HOME=<data dir>/dagster dagster dev -m pipelines.definitions`` then shows these runs.
+    """
+    import shutil
+
+    import dagster as dg
+
+    home = Path(data_dir) / "dagster"
+    home.mkdir(parents=True, exist_ok=True)
+    settings = Path(__file__).resolve().parents[1] / "dagster.yaml"
+    if settings.exists() and not (home / "dagster.yaml").exists():
+        shutil.copy(settings, home / "dagster.yaml")
+    return dg.DagsterInstance.from_config(str(home))
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:

@@ -29,3 +29,19 @@ def test_ingest_command_indexes_an_export(messy_export, tmp_path, capsys):
     index = pd.read_parquet(data / INDEX_PATH)
     assert len(index) == sum(1 for o in expected.values() if o == "index")
     assert str(data / ERRORS_PATH) in out and "mapped" in out
+
+
+def test_cli_runs_are_recorded_under_the_data_dir(messy_export, tmp_path, monkeypatch):
+    import dagster as dg
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    export, _ = messy_export
+    data = tmp_path / "data"
+    assert main(["ingest", "--export", str(export), "--data", str(data), "--size", "32", "--workers", "1"]) == 0
+    assert (data / "dagster" / "dagster.yaml").exists()
+    instance = dg.DagsterInstance.from_config(str(data / "dagster"))
+    try:
+        runs = instance.get_runs()
+        assert len(runs) == 1 and runs[0].is_success
+    finally:
+        instance.dispose()
