@@ -27,7 +27,8 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
         from models.probe import plot_loss_curve
 
         result = stages.train_backbone(radaudit.data_dir, method, audit.pretrain_config(method),
-                                       truth_path=audit.truth_path, log=context.log.info)
+                                       truth_path=audit.truth_path, from_scratch=audit.from_scratch,
+                                       log=context.log.info)
         last = result.metrics[-1] if result.metrics else {}
         return dg.MaterializeResult(metadata={
             "device": result.device, "epochs": len(result.history), "steps": result.steps,

@@ -66,6 +66,7 @@ class AuditConfig(dg.ConfigurableResource):
     batch_size: int = 1024
     image_size: int = 224
     on_cpu: str = "shrink"
+    from_scratch: bool = False
     num_workers: int = 8
     seed: int = 0
     n_splits: int = 5

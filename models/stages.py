@@ -130,13 +130,15 @@ def truth_labels(ts: TrainingSet, truth_path: str | os.PathLike[str] | None) -> 
 
 
 def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *, truth_path: str | None = None,
-                   log: Log | None = None) -> Any:
+                   from_scratch: bool = False, log: Log | None = None) -> Any:
     """Pretrain one method's backbone on the image cache; checkpoints under ``models/<method>/``.
 
     Args:
         config: A :class:`models.train.PretrainConfig`; its method and checkpoint dir are set here.
         truth_path: Synthetic truth file: kNN accuracy during training is then measured on true
             labels; otherwise on the recorded ones (noisy, so a lower bound).
+        from_scratch: Delete the method's checkpoints first; otherwise an interrupted or shorter
+            earlier run is resumed (and a finished one is kept as it is).
 
     Returns:
         The :class:`models.train.PretrainResult`.
@@ -146,7 +148,12 @@ def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *
     data_dir = Path(data_dir)
     ts = load_training_set(data_dir)
     dataset = ts.dataset(data_dir)
-    config = config.replace(method=method, checkpoint_dir=str(data_dir / MODELS_DIR / method / "checkpoints"))
+    checkpoints = data_dir / MODELS_DIR / method / "checkpoints"
+    if from_scratch and checkpoints.exists():
+        import shutil
+
+        shutil.rmtree(checkpoints)
+    config = config.replace(method=method, checkpoint_dir=str(checkpoints))
     eval_labels = truth_labels(ts, truth_path)
     eval_fn = knn_monitor(dataset, eval_labels if eval_labels is not None else ts.labels, seed=config.seed)
     return pretrain(config, dataset, log=log, eval_fn=eval_fn)

@@ -99,6 +99,15 @@ def test_identical_inputs_and_seeds_give_identical_outputs(audited, tmp_path):
     pd.testing.assert_frame_equal(first, second)
 
 
+def test_a_backbone_resumes_unless_asked_to_start_from_scratch(audited):
+    data, *_ = audited
+    config = AuditConfig(epochs=1, batch_size=16, image_size=32, on_cpu="as_is", num_workers=0).pretrain_config("simclr")
+    kept = stages.train_backbone(data, "simclr", config)
+    assert kept.resumed_from_epoch == 1 and kept.steps_this_run == 0
+    fresh = stages.train_backbone(data, "simclr", config, from_scratch=True)
+    assert fresh.resumed_from_epoch == 0 and fresh.steps_this_run > 0
+
+
 def _rematerialize(data: Path, truth: Path, selection: list[dg.AssetKey]) -> dg.ExecuteInProcessResult:
     export = data.parent / "export"
     resources = {
