@@ -9,7 +9,7 @@ import pandas as pd
 from pacs import io
 from pacs.index import INDEX_PATH
 from pacs.regions import RegionMapper
-from pacs.review import OVERRIDES_PATH, REVIEW_DIR, read_reviews
+from pacs.review import OVERRIDES_PATH, REVIEW_DIR, read_reviews, unknown_uid_warnings
 from models.stages import LABELS_PATH, VOCABULARY_PATH
 from assets.resources import RadauditConfig
 
@@ -39,17 +39,23 @@ def region_labels(radaudit: RadauditConfig) -> dg.MaterializeResult:
 
 
 @dg.asset(
-    group_name="labels",
+    deps=["dicom_index"], group_name="labels",
     description="Radiologists' verdicts from the report CSVs returned into review/ under the data dir "
     "(labels/label_overrides.parquet): trusted as ground truth by the heads, resolved flags not raised again. "
     "A malformed file fails the run with file, row and column, and nothing is applied.",
 )
-def label_overrides(radaudit: RadauditConfig) -> dg.MaterializeResult:
-    """Read every returned review CSV into one overrides table."""
+def label_overrides(context: dg.AssetExecutionContext, radaudit: RadauditConfig) -> dg.MaterializeResult:
+    """Read every returned review CSV into one overrides table; warn about verdicts on unknown images."""
     mapper = RegionMapper.from_file(radaudit.region_map)
     overrides = read_reviews(radaudit.data_path, mapper.regions)
+    index_path = radaudit.data_path / INDEX_PATH
+    known = pd.read_parquet(index_path, columns=["sop_instance_uid"])["sop_instance_uid"] if index_path.exists() else []
+    unknown = unknown_uid_warnings(overrides, known)
+    for line in unknown:
+        context.log.warning(line)
     io.write_parquet_frame(overrides, radaudit.data_path / OVERRIDES_PATH)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(overrides), "review_dir": str(radaudit.data_path / REVIEW_DIR),
+        "files_with_unknown_images": len(unknown),
         "by_verdict": dg.MetadataValue.json({str(k): int(v) for k, v in overrides["verdict"].value_counts().items()}),
     })

@@ -8,7 +8,11 @@ from assets.resources import AuditConfig, RadauditConfig
 from models import stages
 
 METHODS = ("simclr", "byol", "supcon")
-GPU_TAGS = {"radaudit/gpu": "true"}
+# The concurrency pool of every step that holds the GPU: dagster.yaml limits each pool to one
+# step at a time, across all runs, whether a job or a steward's single materialization started it.
+GPU_POOL = "radaudit_gpu"
+# A training step that dies (a lost device, a killed worker) is tried again; it resumes its last checkpoint.
+GPU_RETRY = dg.RetryPolicy(max_retries=2, delay=30)
 
 
 def _png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
@@ -19,7 +23,8 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
     """The backbone and embeddings assets of one method."""
 
     @dg.asset(
-        key=["backbone", method], deps=["image_cache", "region_labels"], group_name="pretrain", op_tags=GPU_TAGS,
+        key=["backbone", method], deps=["image_cache", "region_labels"], group_name="pretrain", pool=GPU_POOL,
+        retry_policy=GPU_RETRY,
         description=f"{method} contrastive pretraining of the backbone on the image cache "
         f"(checkpoints in models/{method}/checkpoints, safetensors; resumes after a crash).",
     )
@@ -40,8 +45,8 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
         })
 
     @dg.asset(
-        key=["embeddings", method], deps=[dg.AssetKey(["backbone", method])], group_name="pretrain",
-        op_tags=GPU_TAGS, description=f"Frozen {method} backbone features of every cached image "
+        key=["embeddings", method], deps=[dg.AssetKey(["backbone", method]), "image_cache"],
+        group_name="pretrain", pool=GPU_POOL, retry_policy=GPU_RETRY, description=f"Frozen {method} backbone features of every cached image "
         f"(embeddings/{method}.npy, rows in embeddings/{method}.uids.parquet).",
     )
     def embeddings(radaudit: RadauditConfig) -> dg.MaterializeResult:

@@ -12,14 +12,19 @@ under the data dir:
 The next run trusts overridden labels as ground truth for the heads, does not flag resolved
 images again, and keeps a rejected flag suppressed unless the label's quality has since fallen
 below ``REFLAG_FACTOR`` times its quality at review. A malformed file stops the run with an
-error naming the file, row and column, and changes nothing.
+error naming the file, row and column, and changes nothing. Files are read as spreadsheets save
+them (see :func:`read_review_file`); :func:`unknown_uid_warnings` reports verdicts on UIDs
+that are not in the current index.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import os
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -44,42 +49,62 @@ class ReviewFileError(ValueError):
 def read_review_file(path: str | os.PathLike[str], vocabulary: tuple[str, ...] | list[str]) -> pd.DataFrame:
     """Parse one returned report into override rows (columns ``OVERRIDE_COLUMNS``).
 
-    Rows are numbered as a spreadsheet shows them (the header is row 1).
+    Reads what spreadsheets save: UTF-8 with or without BOM, UTF-16 with BOM, else cp1252
+    (German Excel's plain "CSV"); comma, semicolon or tab separated (or a ``sep=`` first
+    line); decimal commas in ``label_quality``. Header names and verdicts ignore case and
+    surrounding whitespace. Rows are numbered as a spreadsheet shows them (the header is row 1).
 
     Raises:
-        ReviewFileError: Missing columns, an unknown verdict, a confirm without a valid
-            suggestion, a bad label quality, or a UID given two verdicts.
+        ReviewFileError: Missing or doubled columns, an unknown verdict, a confirm without a
+            valid suggestion, a bad label quality, a reviewed row with more cells than the
+            header, or a UID given two verdicts.
     """
     path = Path(path)
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ReviewFileError(path, None, None, f"not UTF-8 text ({exc.reason}); save it as CSV UTF-8") from exc
-    try:
-        dialect = csv.Sniffer().sniff(text.splitlines()[0] if text else ",", delimiters=",;\t")
-    except csv.Error:
-        dialect = csv.excel
-    reader = csv.DictReader(io.StringIO(text), dialect=dialect)
-    needed = {"sop_instance_uid", "verdict", "suggested_region", "label_quality"}
-    missing = sorted(needed - set(reader.fieldnames or []))
+    text = _decode(path.read_bytes())
+    if "\x00" in text:
+        raise ReviewFileError(path, None, None, "contains NUL characters, so it is not CSV text; "
+                                                "save it from the spreadsheet as CSV")
+    delimiter, text = _delimiter(text)
+    records = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = [_header_name(c) for c in next(records, [])]
+    needed = ("sop_instance_uid", "verdict", "suggested_region", "label_quality")
+    missing = sorted(c for c in needed if c not in header)
     if missing:
         raise ReviewFileError(path, 1, missing[0], f"missing column(s) {missing}; return the report with its columns "
                                                     "and add a 'verdict' column")
+    doubled = [c for c in needed if header.count(c) > 1]
+    if doubled:
+        raise ReviewFileError(path, 1, doubled[0], f"column {doubled[0]!r} appears {header.count(doubled[0])} times; "
+                                                   "keep one")
+    col = {c: header.index(c) for c in needed}
     regions = {r.casefold(): r for r in vocabulary}
-    rows, seen = [], {}
-    for n, rec in enumerate(reader, start=2):
-        verdict = (rec.get("verdict") or "").strip()
+    rows: list[dict[str, object]] = []
+    seen: dict[str, int] = {}
+    n = 1
+    while True:
+        n += 1
+        try:
+            cells = next(records)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise ReviewFileError(path, n, None, f"not readable as CSV ({exc})") from exc
+        rec = {c: (cells[i] if i < len(cells) else "") for c, i in col.items()}
+        verdict = rec["verdict"].strip()
         if not verdict:
             continue
-        uid = (rec.get("sop_instance_uid") or "").strip()
+        if any(c.strip() for c in cells[len(header):]):
+            raise ReviewFileError(path, n, None, f"{len(cells)} cells but the header has {len(header)}; a value "
+                                                 f"containing {delimiter!r} must be quoted")
+        uid = rec["sop_instance_uid"].strip()
         if not uid:
             raise ReviewFileError(path, n, "sop_instance_uid", "empty UID in a reviewed row")
         if uid in seen:
             raise ReviewFileError(path, n, "sop_instance_uid", f"{uid} already has a verdict in row {seen[uid]}")
         seen[uid] = n
-        key = verdict.casefold().replace(" ", "_").replace("-", "_")
+        key = _VERDICT_SEPARATORS.sub("_", verdict.casefold()).strip("_")
         if key == "confirm":
-            suggestion = (rec.get("suggested_region") or "").strip().casefold()
+            suggestion = rec["suggested_region"].strip().casefold()
             if suggestion not in regions:
                 raise ReviewFileError(path, n, "suggested_region",
                                       f"'confirm' needs a suggested region of the vocabulary, got {suggestion!r}")
@@ -94,12 +119,65 @@ def read_review_file(path: str | os.PathLike[str], vocabulary: tuple[str, ...] |
             raise ReviewFileError(path, n, "verdict", f"unknown verdict {verdict!r}; use confirm, reject, "
                                                       f"out_of_domain or one of the regions: {', '.join(vocabulary)}")
         try:
-            quality = float(rec.get("label_quality") or "nan")
+            quality = _number(rec["label_quality"])
         except ValueError as exc:
-            raise ReviewFileError(path, n, "label_quality", f"not a number: {rec.get('label_quality')!r}") from exc
+            raise ReviewFileError(path, n, "label_quality", f"not a number: {rec['label_quality']!r}") from exc
         rows.append({"sop_instance_uid": uid, "verdict": verdict_name, "region": region,
                      "reviewed_quality": quality, "source": path.name, "row": n})
     return _frame(rows)
+
+
+_VERDICT_SEPARATORS = re.compile(r"[\s_\-]+")
+_SEP_LINE = re.compile(r"sep=(.)[ \t]*(?:\r\n|\r|\n|\Z)", re.IGNORECASE)
+_DE_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:\.\d{3})+,\d*(?:[eE][+-]?\d+)?")
+
+
+def _decode(data: bytes) -> str:
+    """UTF-8 (BOM or not), UTF-16 with BOM, else cp1252; latin-1 as the last resort never fails."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        try:
+            return data.decode("utf-16")
+        except UnicodeDecodeError:
+            pass
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1")
+
+
+def _delimiter(text: str) -> tuple[str, str]:
+    """The field separator, and the text without a leading ``sep=`` line (an Excel hint)."""
+    hint = _SEP_LINE.match(text)
+    if hint:
+        return hint.group(1), text[hint.end():]
+    first = text.splitlines()[0] if text else ""
+    wanted = {"sop_instance_uid", "verdict", "suggested_region", "label_quality"}
+
+    def score(sep: str) -> tuple[int, int]:
+        cells = next(csv.reader([first], delimiter=sep), [])
+        return len(wanted & {_header_name(c) for c in cells}), len(cells)
+
+    return max((",", ";", "\t"), key=score), text
+
+
+def _header_name(cell: str) -> str:
+    return cell.replace("\ufeff", "").strip().casefold()
+
+
+def _number(cell: str) -> float:
+    """A float from a cell; accepts decimal commas (``0,05``, ``5,0E-02``, ``1.234,5``). Empty: NaN."""
+    s = cell.strip()
+    if not s:
+        return float("nan")
+    if "," in s:
+        if _DE_THOUSANDS.fullmatch(s):
+            s = s.replace(".", "")
+        if s.count(",") != 1 or "." in s:
+            raise ValueError(cell)
+        s = s.replace(",", ".")
+    return float(s)
 
 
 def _frame(rows: list[dict[str, object]]) -> pd.DataFrame:
@@ -122,6 +200,28 @@ def read_reviews(data_dir: str | os.PathLike[str], vocabulary: tuple[str, ...] |
         return _frame([])
     merged = pd.concat(frames, ignore_index=True)
     return merged.drop_duplicates("sop_instance_uid", keep="last").reset_index(drop=True)
+
+
+def unknown_uid_warnings(overrides: pd.DataFrame, known_uids: Iterable[str], *, examples: int = 10) -> list[str]:
+    """One warning per returned file whose reviewed rows name UIDs not in ``known_uids``.
+
+    Such verdicts are kept (they apply again if the image comes back) but change nothing now;
+    a caller with the instance index should log these. Empty when every UID is known.
+
+    Args:
+        overrides: :func:`read_reviews` or :func:`read_review_file` output.
+        known_uids: The UIDs of the current index.
+        examples: Rows quoted per file before "and N more".
+    """
+    known = set(known_uids)
+    unknown = overrides[~overrides["sop_instance_uid"].isin(known)]
+    out = []
+    for source, group in unknown.groupby("source", sort=True):
+        listed = ", ".join(f"row {r} ({u})" for r, u in zip(group["row"].head(examples), group["sop_instance_uid"]))
+        more = f" and {len(group) - examples} more" if len(group) > examples else ""
+        out.append(f"{REVIEW_DIR / str(source)}: {len(group)} reviewed row(s) name a sop_instance_uid not in the "
+                   f"current index, so their verdicts change nothing: {listed}{more}")
+    return out
 
 
 def label_for_training(overrides: pd.DataFrame, recorded: pd.Series) -> pd.Series:

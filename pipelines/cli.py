@@ -2,6 +2,9 @@
 
     radaudit demo                                   # synthetic export -> full pipeline, in ./demo
     radaudit ingest --export EXPORT --data DATA     # index, cache and label a real export
+    radaudit audit --export EXPORT --data DATA      # the whole audit: ingest -> backbones -> report
+    radaudit materialize --select 'backbone/byol' --from-scratch   # re-run part of the graph
+    radaudit instance                               # set up $DAGSTER_HOME with radaudit's dagster.yaml
     radaudit synth --out EXPORT --truth truth.parquet --n 500 --seed 0
     radaudit synth --preview sheet.png
 
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("radaudit")
+REPO_SETTINGS = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,6 +48,28 @@ def _parser() -> argparse.ArgumentParser:
     _add_paths(ingest)
     _add_ingest_options(ingest)
     ingest.set_defaults(func=_cmd_ingest)
+
+    audit = sub.add_parser("audit", help="run the whole audit on an export: ingest, pretraining (resumed or "
+                           "kept where done), embeddings, heads, ensemble, label issues, report")
+    _add_paths(audit)
+    _add_ingest_options(audit)
+    _add_audit_options(audit)
+    audit.set_defaults(func=_cmd_audit, selection=None)
+
+    mat = sub.add_parser("materialize", help="re-run chosen assets, e.g. one method's backbone, or all of them")
+    _add_paths(mat)
+    mat.add_argument("--select", dest="selection", required=True,
+                     help="Dagster asset selection: 'backbone/byol', 'group:audit', 'embeddings/simclr+', '*'")
+    _add_ingest_options(mat)
+    _add_audit_options(mat)
+    mat.set_defaults(func=_cmd_audit)
+
+    inst = sub.add_parser("instance", help="copy radaudit's dagster.yaml into $DAGSTER_HOME (or <data dir>/dagster) "
+                          "so that `dagster dev` runs with its queue, GPU pool and retry settings")
+    inst.add_argument("--data", default=os.environ.get("RADAUDIT_DATA_DIR"),
+                      help="data dir whose dagster/ folder to use when DAGSTER_HOME is not set")
+    inst.add_argument("--force", action="store_true", help="replace an existing dagster.yaml")
+    inst.set_defaults(func=_cmd_instance)
 
     synth = sub.add_parser("synth", help="write a synthetic PACS export with known ground truth")
     synth.add_argument("--out", type=Path, help="export folder to create")
@@ -85,6 +111,30 @@ def _add_ingest_options(p: argparse.ArgumentParser, default_size: int = 256) -> 
     p.add_argument("--region-map", help="region mapping file (TOML or YAML); default: the packaged one")
 
 
+def _add_audit_options(p: argparse.ArgumentParser) -> None:
+    from assets.resources import AuditConfig
+
+    defaults = AuditConfig()
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"pretraining epochs (default {defaults.epochs})")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                   help=f"pretraining batch size (default {defaults.batch_size})")
+    p.add_argument("--image-size", type=int, default=defaults.image_size,
+                   help=f"pretraining view size (default {defaults.image_size})")
+    p.add_argument("--backbone", default=defaults.backbone, help=f"timm model name (default {defaults.backbone})")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--from-scratch", action="store_true",
+                   help="train selected backbones anew instead of resuming or keeping their last checkpoint")
+    p.add_argument("--no-accession", action="store_true", help="leave the Accession Number out of the report")
+
+
+def _audit_config(args: argparse.Namespace) -> Any:
+    from assets.resources import AuditConfig
+
+    return AuditConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
+                       backbone=args.backbone, seed=args.seed, from_scratch=args.from_scratch,
+                       include_accession=not args.no_accession)
+
+
 def _resource(export: str | os.PathLike[str], data: str | os.PathLike[str], args: argparse.Namespace) -> Any:
     from assets.resources import RadauditConfig
 
@@ -122,9 +172,8 @@ def data_dir_instance(data_dir: str | os.PathLike[str]) -> Any:
 
     home = Path(data_dir) / "dagster"
     home.mkdir(parents=True, exist_ok=True)
-    settings = Path(__file__).resolve().parents[1] / "dagster.yaml"
-    if settings.exists() and not (home / "dagster.yaml").exists():
-        shutil.copy(settings, home / "dagster.yaml")
+    if REPO_SETTINGS.exists() and not (home / "dagster.yaml").exists():
+        shutil.copy(REPO_SETTINGS, home / "dagster.yaml")
     return dg.DagsterInstance.from_config(str(home))
 
 
@@ -133,6 +182,54 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         raise ValueError("give --export and --data (or set RADAUDIT_EXPORT_DIR and RADAUDIT_DATA_DIR)")
     run_assets(_resource(args.export, args.data, args), selection="group:ingest or group:labels")
     _print_ingest_summary(Path(args.data))
+    return 0
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    if not args.export or not args.data:
+        raise ValueError("give --export and --data (or set RADAUDIT_EXPORT_DIR and RADAUDIT_DATA_DIR)")
+    if args.selection is not None:
+        _check_selection(args.selection)
+    result = run_assets(_resource(args.export, args.data, args), _audit_config(args), selection=args.selection)
+    done = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})
+    print(f"materialized {len(done)} assets: {', '.join(done)}")
+    report = Path(args.data) / "reports" / "mislabel_report.csv"
+    if report.exists():
+        print(f"report: {report}")
+    return 0
+
+
+def _check_selection(selection: str) -> None:
+    """Fail with the valid asset keys when ``selection`` is malformed or selects nothing."""
+    import dagster as dg
+
+    from pipelines.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
+    try:
+        chosen = dg.AssetSelection.from_string(selection).resolve(graph)
+    except Exception as exc:  # noqa: BLE001 - Dagster raises several types for a bad selection string
+        raise ValueError(f"cannot read the selection {selection!r} ({exc}); assets: {', '.join(keys)}") from exc
+    if not chosen:
+        raise ValueError(f"the selection {selection!r} names no asset; assets: {', '.join(keys)}")
+
+
+def _cmd_instance(args: argparse.Namespace) -> int:
+    import shutil
+
+    if os.environ.get("DAGSTER_HOME"):
+        home = Path(os.environ["DAGSTER_HOME"])
+    elif args.data:
+        home = Path(args.data) / "dagster"
+    else:
+        raise ValueError("set DAGSTER_HOME, or give --data (or set RADAUDIT_DATA_DIR)")
+    target = home / "dagster.yaml"
+    if target.exists() and not args.force:
+        raise FileExistsError(f"{target} exists; --force replaces it")
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO_SETTINGS, target)
+    print(f"wrote {target}\nnow: DAGSTER_HOME={home} dagster dev -m pipelines.definitions")
     return 0
 
 

@@ -108,6 +108,31 @@ def test_a_backbone_resumes_unless_asked_to_start_from_scratch(audited):
     assert fresh.resumed_from_epoch == 0 and fresh.steps_this_run > 0
 
 
+def test_nightly_audit_embeds_the_new_files_of_the_night(audited, tmp_path):
+    """The nightly job caches new files before it embeds them with the current backbones."""
+    data, truth, _ = audited
+    export, night = tmp_path / "export", tmp_path / "data"
+    shutil.copytree(data.parent / "export", export)
+    shutil.copytree(data, night)
+    before = len(stages.load_training_set(night).uids)
+    generate_export(export / "night-2", tmp_path / "night.parquet", n=12, seed=9, size=64, noise=0, missing=0, ood=0)
+    job = defs.resolve_job_def("nightly_audit")
+    paths = {"export_dir": str(export), "data_dir": str(night)}
+    config = {"resources": {"radaudit": {"config": {**paths, "cache_size": 32, "workers": 1}},
+                            "audit": {"config": {"n_splits": 3, "max_flag_fraction": 1.0}}}}
+    with dg.instance_for_test() as instance:
+        result = job.execute_in_process(run_config=config, instance=instance)
+    assert result.success
+    uids = stages.load_training_set(night).uids
+    assert len(uids) == before + 12
+    for m in METHODS:
+        assert np.load(night / "embeddings" / f"{m}.npy").shape[0] == len(uids)
+        assert (night / "models" / m / "checkpoints" / "latest.json").read_bytes() == \
+            (data / "models" / m / "checkpoints" / "latest.json").read_bytes()
+    issues = pd.read_parquet(night / "audit" / "label_issues.parquet")
+    assert set(pd.read_parquet(tmp_path / "night.parquet")["sop_instance_uid"]) <= set(issues["sop_instance_uid"])
+
+
 def _rematerialize(data: Path, truth: Path, selection: list[dg.AssetKey]) -> dg.ExecuteInProcessResult:
     export = data.parent / "export"
     resources = {

@@ -45,3 +45,42 @@ def test_cli_runs_are_recorded_under_the_data_dir(messy_export, tmp_path, monkey
         assert len(runs) == 1 and runs[0].is_success
     finally:
         instance.dispose()
+
+
+def test_audit_then_rematerialize_one_backbone_from_scratch(tmp_path, capsys, monkeypatch):
+    from pacs.synth import generate_export
+
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    export, data = tmp_path / "export", tmp_path / "data"
+    generate_export(export, tmp_path / "truth.parquet", n=40, seed=3, size=64)
+    tiny = ["--export", str(export), "--data", str(data), "--size", "32", "--workers", "1",
+            "--epochs", "1", "--batch-size", "16", "--image-size", "32"]
+    assert main(["audit", *tiny]) == 0
+    out = capsys.readouterr().out
+    report = pd.read_csv(data / "reports" / "mislabel_report.csv", encoding="utf-8-sig")
+    assert "backbone/byol" in out and "mislabel_report" in out and str(data / "reports") in out
+    assert list(report["rank"]) == list(range(1, len(report) + 1))
+
+    weights = sorted((data / "models" / "simclr" / "checkpoints").rglob("*.safetensors"))
+    before = {p: p.stat().st_mtime_ns for p in weights}
+    assert main(["materialize", "--select", "backbone/simclr", "--from-scratch", *tiny]) == 0
+    assert "materialized 1 assets: backbone/simclr" in capsys.readouterr().out
+    after = sorted((data / "models" / "simclr" / "checkpoints").rglob("*.safetensors"))
+    assert after and any(p not in before or p.stat().st_mtime_ns != before[p] for p in after)
+
+
+def test_instance_copies_the_settings_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert main(["instance"]) == 0
+    written = (tmp_path / "home" / "dagster.yaml").read_text()
+    assert "radaudit/gpu" in written and "default_limit: 1" in written
+    assert main(["instance"]) == 2 and "--force" in capsys.readouterr().err
+    assert main(["instance", "--force"]) == 0
+
+
+def test_materialize_names_the_assets_when_the_selection_is_wrong(tmp_path, capsys):
+    paths = ["--export", str(tmp_path), "--data", str(tmp_path / "data")]
+    assert main(["materialize", "--select", "backbone/resnet", *paths]) == 2
+    err = capsys.readouterr().err
+    assert "backbone/resnet" in err and "backbone/byol" in err and "mislabel_report" in err
+    assert not (tmp_path / "data").exists()

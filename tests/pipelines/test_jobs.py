@@ -58,5 +58,20 @@ def test_instance_queues_at_most_one_gpu_run(tmp_path):
         for job in ("ingest_job", "nightly_audit"):
             assert defs.resolve_job_def(job).tags["radaudit/ingest"] == "true"
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        # A failed step does not re-run the whole run (a malformed review file fails once) ...
+        assert instance.run_retries_retry_on_asset_or_op_failure is False
+        # ... and every step that holds the GPU is in one pool, limited to one step across all runs,
+        # so a steward's single backbone from the UI queues behind the nightly run's embeddings.
+        assert instance.get_concurrency_config().pool_config.default_pool_limit == 1
     finally:
         instance.dispose()
+
+
+def test_gpu_steps_share_one_pool_and_retry_from_their_checkpoint():
+    gpu = {a.key.to_user_string(): a.op for a in defs.assets if a.op.pool == "radaudit_gpu"}
+    assert set(gpu) == {f"{kind}/{m}" for kind in ("backbone", "embeddings") for m in ("simclr", "byol", "supcon")}
+    assert all(op.retry_policy and op.retry_policy.max_retries >= 1 for op in gpu.values())
+    # The embeddings of a night wait for that night's image cache.
+    key = dg.AssetKey(["embeddings", "simclr"])
+    deps = defs.resolve_assets_def(key).asset_deps[key]
+    assert dg.AssetKey("image_cache") in deps
