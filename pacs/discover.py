@@ -32,7 +32,7 @@ class Kind(enum.Enum):
 class FoundFile:
     """One regular file under the export root."""
 
-    path: str  # relative to the export root, POSIX separators
+    path: str  # relative to the export root, POSIX separators; bytes that are not UTF-8 as surrogate escapes
     size: int
     mtime_ns: int
 
@@ -68,6 +68,25 @@ def walk(root: str | os.PathLike[str]) -> Iterator[FoundFile | tuple[str, str]]:
                 continue
             yield FoundFile(rel, st.st_size, st.st_mtime_ns)
         stack.extend(reversed(subdirs))
+
+
+def display_path(text: str) -> str:
+    """``text`` as valid UTF-8, for outputs: a name's bytes that are not UTF-8 written as ``\\xfc``.
+
+    File names from Windows or CD-viewer exports are often Latin-1 (``M\\xfcller.dcm``); Python
+    keeps their undecodable bytes as surrogate escapes, which UTF-8 and so Parquet cannot store.
+    Valid text comes back unchanged.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = os.fsencode(text)
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def _rel(path: Path, root: Path) -> str:

@@ -81,7 +81,7 @@ class HeaderError(ValueError):
         super().__init__(reason)
         self.stage = stage
         self.severity = severity
-        self.identifiers: set[str] = set()  # of a file that was read but refused: to redact paths
+        self.identifiers: frozenset[str] = frozenset()  # of a file that was read but refused: to redact paths
 
 
 @dataclass(frozen=True)

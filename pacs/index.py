@@ -8,24 +8,28 @@ Every discovered file ends in exactly one table: the index, or the errors with a
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+from pebble import ProcessExpired, ProcessPool
 
 from pacs import io
-from pacs.discover import FoundFile, walk
+from pacs.discover import FoundFile, display_path, walk
 from pacs.header import HEADER_TAGS, IDENTIFIERS, INT_COLUMNS, HeaderError, read_header
-from pacs.pseudo import path_key, redact_path
+from pacs.pseudo import Redactor, path_key
 
 INDEX_PATH = Path("index") / "dicom_index.parquet"
 ERRORS_PATH = Path("index") / "ingest_errors.parquet"
 
 STAGES = ("discover", "header", "pixels")
+# Fewer files than this are read in this process: a worker pool costs more than it saves.
+POOL_MIN_FILES = 64
 
 _FILE_FIELDS = [
     # Relative path with any folder or file name holding a patient's name or ID redacted.
@@ -86,7 +90,8 @@ class IndexUpdate:
     index: pd.DataFrame
     errors: pd.DataFrame
     stats: dict[str, int] = field(default_factory=dict)
-    # path_hash -> real relative path of every file found in this run; kept in memory only.
+    # path_hash -> real relative path of every file found in this run (surrogate escapes for bytes that
+    # are not UTF-8: open with it, never write it); kept in memory only.
     real_paths: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -103,6 +108,7 @@ def update_index(
     full_rebuild: bool = False,
     retry_errors: bool = False,
     workers: int = 1,
+    file_timeout_s: float = 60.0,
     now: pd.Timestamp | None = None,
 ) -> IndexUpdate:
     """Scan the export and bring the index and error tables up to date (in memory; see ``write``).
@@ -114,6 +120,7 @@ def update_index(
         full_rebuild: Ignore the previous tables and read every file again.
         retry_errors: Read again files that failed before even if they did not change.
         workers: Processes for header reading (1 = in this process).
+        file_timeout_s: Wall-time limit for reading one header in a worker process.
         now: Timestamp for first_seen / missing_since (default: the current time).
     """
     root = Path(export_root)
@@ -166,10 +173,9 @@ def update_index(
         kept.loc[present, "missing_since"] = pd.NaT
         kept["present"] = present
 
-    rows, header_errors = read_headers(root, todo, key=key, workers=workers, now=now)
-    errors_now = [error_row(p, None, None, "discover", reason, now) for p, reason in walk_errors]
-    for r in errors_now:
-        r["path_hash"] = path_key(r["path"], key)
+    rows, header_errors = read_headers(root, todo, key=key, workers=workers, now=now, timeout_s=file_timeout_s)
+    errors_now = [error_row(p, None, None, "discover", reason, now, path_hash=path_key(p, key))
+                  for p, reason in walk_errors]
     _redact(rows, header_errors + errors_now, known=_known_folders(kept_index, real_paths))
     index = pd.concat([kept_index, frame(rows, INDEX_SCHEMA)], ignore_index=True)
     errors = pd.concat(
@@ -186,7 +192,7 @@ def _known_folders(index: pd.DataFrame, real_paths: dict[str, str]) -> dict[str,
     """Real folder -> its redacted form, from indexed files still present (earlier runs' redactions)."""
     known: dict[str, str] = {}
     for h, redacted in zip(index["path_hash"], index["path"]):
-        real = real_paths.get(h)
+        real = display_path(real_paths[h]) if h in real_paths else None
         if real is None or real == redacted:
             continue
         real_parts, red_parts = real.split("/")[:-1], redacted.split("/")[:-1]
@@ -206,8 +212,9 @@ def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, kno
     tokens: set[str] = set()
     for r in rows + error_rows:
         tokens |= r.pop(IDENTIFIERS, None) or set()
+    redactor = Redactor(tokens)
     for r in rows:
-        r["path"] = redact_path(r["path"], tokens, f"patient-{(r.get('patient_key') or 'unknown')[:8]}")
+        r["path"] = redactor.redact(r["path"], f"patient-{(r.get('patient_key') or 'unknown')[:8]}")
     for r in error_rows:
         parts = r["path"].split("/")
         for depth in range(len(parts) - 1, 0, -1):
@@ -215,30 +222,38 @@ def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, kno
             if prefix in known:
                 r["path"] = "/".join([known[prefix], *parts[depth:]])
                 break
-        r["path"] = redact_path(r["path"], tokens, "patient-redacted")
+        r["path"] = redactor.redact(r["path"], "patient-redacted")
 
 
 def read_headers(
-    root: Path, files: Sequence[FoundFile], *, key: bytes, workers: int, now: pd.Timestamp
+    root: Path, files: Sequence[FoundFile], *, key: bytes, workers: int, now: pd.Timestamp, timeout_s: float = 60.0,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Read the headers of ``files``; return (index rows, error rows)."""
+    """Read the headers of ``files``; return (index rows, error rows).
+
+    With several workers and at least ``POOL_MIN_FILES`` files, each header is read in a worker
+    process under ``timeout_s`` (``run_isolated``): a file that hangs the reader or kills its
+    worker is one error row. Small runs read in this process, where the pool would cost more
+    than the reading.
+    """
     jobs = [(str(root / f.path), key) for f in files]
-    if workers > 1 and len(jobs) >= 64:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results: Iterable[dict[str, Any] | HeaderError] = pool.map(_read_one, jobs, chunksize=64)
-            results = list(results)
+    results: list[dict[str, Any] | HeaderError | JobFailure]
+    if workers > 1 and len(jobs) >= POOL_MIN_FILES:
+        results = run_isolated(_read_one, jobs, workers=workers, timeout_s=timeout_s,
+                               action="reading the header", actor="header reader")
     else:
         results = [_read_one(job) for job in jobs]
     rows, errors = [], []
     for f, res in zip(files, results):
+        if isinstance(res, JobFailure):
+            res = HeaderError(res.reason)
         if isinstance(res, HeaderError):
-            row = error_row(f.path, f.size, f.mtime_ns, res.stage, str(res), now, severity=res.severity)
-            row["path_hash"] = path_key(f.path, key)
+            row = error_row(f.path, f.size, f.mtime_ns, res.stage, str(res), now, severity=res.severity,
+                            path_hash=path_key(f.path, key))
             row[IDENTIFIERS] = res.identifiers
             errors.append(row)
         else:
-            res.update(path=f.path, path_hash=path_key(f.path, key), file_size=f.size, mtime_ns=f.mtime_ns,
-                       present=True, first_seen=now)
+            res.update(path=display_path(f.path), path_hash=path_key(f.path, key), file_size=f.size,
+                       mtime_ns=f.mtime_ns, present=True, first_seen=now)
             rows.append(res)
     return rows, errors
 
@@ -251,6 +266,65 @@ def _read_one(job: tuple[str, bytes]) -> dict[str, Any] | HeaderError:
         return exc
     except Exception as exc:  # noqa: BLE001 - a damaged file must become a row, whatever pydicom raises
         return HeaderError(f"unexpected {type(exc).__name__} while reading the header: {exc}")
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    """Why one job of ``run_isolated`` gave no result."""
+
+    reason: str
+
+
+def run_isolated(
+    fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int, timeout_s: float, action: str, actor: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Any]:
+    """``[fn(job) for job in jobs]``, each job in a worker process under a wall-time limit.
+
+    A job that runs too long, kills its worker (a segfault in a decoder, the OOM killer) or raises
+    gets a ``JobFailure`` with a readable reason in its place; the pool replaces the worker and
+    the other jobs go on, so one damaged file never costs the run. Workers are forked: ``fn``
+    sees the parent's module state.
+
+    Args:
+        fn: A module-level function of one job.
+        jobs: Picklable arguments, one per call.
+        workers: Worker processes (at most one per job).
+        timeout_s: Wall-time limit of one job.
+        action: What a job does, for a timeout: "decoding" -> "decoding took longer than 60 s".
+        actor: What runs it, for a crash: "decoder" -> "decoder crashed (exit code -11: killed by SIGSEGV)".
+        progress: Called as ``progress(done, total)`` after each job.
+    """
+    if not jobs:
+        return []
+    results: list[Any] = []
+    with ProcessPool(max_workers=max(1, min(workers, len(jobs)))) as pool:
+        futures = [pool.schedule(fn, args=(job,), timeout=timeout_s) for job in jobs]
+        for done, future in enumerate(futures, start=1):
+            try:
+                results.append(future.result())
+            except FutureTimeout:
+                results.append(JobFailure(f"{action} took longer than {timeout_s:g} s"))
+            except ProcessExpired as exc:
+                results.append(JobFailure(f"{actor} crashed (exit code {exc.exitcode}{_signal_note(exc.exitcode)})"))
+            except MemoryError:
+                results.append(JobFailure(f"{actor} ran out of memory"))
+            except Exception as exc:  # noqa: BLE001 - any failure of one job becomes that job's reason
+                results.append(JobFailure(f"{type(exc).__name__}: {exc}"))
+            if progress:
+                progress(done, len(jobs))
+    return results
+
+
+def _signal_note(exitcode: int | None) -> str:
+    """": killed by SIGSEGV" and the like for a negative exit code, else ""."""
+    if exitcode is None or exitcode >= 0:
+        return ""
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        return f": killed by signal {-exitcode}"
+    return f": killed by {name}" + (", e.g. by the out-of-memory killer" if name == "SIGKILL" else "")
 
 
 def mark_duplicates(index: pd.DataFrame) -> pd.DataFrame:
@@ -275,10 +349,11 @@ def error_row(
     path: str, file_size: int | None, mtime_ns: int | None, stage: str, reason: str, now: pd.Timestamp, *,
     sop_instance_uid: str | None = None, severity: str = "error", path_hash: str | None = None,
 ) -> dict[str, Any]:
-    """An ingest_errors row for a file that failed at ``stage``."""
+    """An ingest_errors row for a file that failed at ``stage`` (path and reason made valid UTF-8)."""
     return {
-        "path": path, "path_hash": path_hash, "file_size": file_size, "mtime_ns": mtime_ns, "present": True, "first_seen": now,
-        "missing_since": None, "stage": stage, "severity": severity, "reason": reason,
+        "path": display_path(path), "path_hash": path_hash, "file_size": file_size, "mtime_ns": mtime_ns,
+        "present": True, "first_seen": now, "missing_since": None, "stage": stage, "severity": severity,
+        "reason": display_path(reason),
         "sop_instance_uid": sop_instance_uid,
     }
 

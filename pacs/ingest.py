@@ -1,9 +1,10 @@
 """Ingest: export folder -> instance index, ingest errors and image cache, in one incremental pass.
 
 Headers are read first (cheap); then the pixels of new or changed instances are decoded in a pool
-of worker processes, each file under a time limit, so a damaged file that hangs or crashes a
-decoder costs one error row, not the run. A file whose pixels fail moves from the index to the
-errors with stage ``pixels``: every file ends in exactly one of the two tables.
+of worker processes, each file under a time limit (``pacs.index.run_isolated``, which large header
+runs use too), so a damaged file that hangs or crashes a decoder costs one error row, not the run.
+A file whose pixels fail moves from the index to the errors with stage ``pixels``: every file ends
+in exactly one of the two tables.
 
 Run from a notebook::
 
@@ -16,13 +17,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from pebble import ProcessExpired, ProcessPool
 
 from pacs import index as ix
 from pacs import io
@@ -41,7 +41,7 @@ class IngestConfig:
         data_dir: Where the index, errors and cache are written.
         cache: Image cache parameters.
         workers: Decode worker processes (0 = all cores).
-        file_timeout_s: Wall-time limit for decoding one file.
+        file_timeout_s: Wall-time limit for reading the header of or decoding one file.
         full_rebuild: Forget the previous index and cache and process every file again.
         retry_errors: Try again files that failed in an earlier run although they did not change.
         pseudonym_key: Key for the patient pseudonym; None = generated once under the data dir.
@@ -91,7 +91,7 @@ def run_ingest(config: IngestConfig, *, progress: Callable[[int, int], None] | N
     now = pd.Timestamp.now(tz="UTC").floor("us")
     update = ix.update_index(
         config.export_dir, data_dir, key=key, full_rebuild=config.full_rebuild,
-        retry_errors=config.retry_errors, workers=config.n_workers, now=now,
+        retry_errors=config.retry_errors, workers=config.n_workers, file_timeout_s=config.file_timeout_s, now=now,
     )
     prev_manifest = (
         ix.empty_frame(MANIFEST_SCHEMA) if config.full_rebuild else ix.read_table(data_dir / MANIFEST_PATH, MANIFEST_SCHEMA)
@@ -147,9 +147,10 @@ def _to_cache(index: pd.DataFrame, manifest: pd.DataFrame, fingerprint: str, dat
         | merged["path_hash_cached"].ne(merged["path_hash"])
         | merged["file_size_cached"].ne(merged["file_size"])
         | merged["mtime_ns_cached"].ne(merged["mtime_ns"])
-    )
-    missing_file = ~merged["sop_instance_uid"].map(lambda u: image_path(data_dir, u).exists())
-    return live[(stale | missing_file).to_numpy()]
+    ).to_numpy(dtype=bool, na_value=True)
+    # Plain bool arrays: mapping an empty str column gives a str Series, which pandas will not "or".
+    missing_file = np.array([not image_path(data_dir, u).exists() for u in merged["sop_instance_uid"]], dtype=bool)
+    return live[stale | missing_file]
 
 
 def _decode_all(
@@ -173,21 +174,13 @@ def _decode_all(
     ]
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
-    with ProcessPool(max_workers=min(config.n_workers, len(jobs))) as pool:
-        futures = [(job, pool.schedule(cache_one, args=(job,), timeout=config.file_timeout_s)) for job in jobs]
-        for done, (job, future) in enumerate(futures, start=1):
-            try:
-                rows.append(future.result())
-            except FutureTimeout:
-                failures.append({**_who(job), "reason": f"decoding took longer than {config.file_timeout_s:g} s"})
-            except ProcessExpired as exc:
-                failures.append({**_who(job), "reason": f"decoder crashed (exit code {exc.exitcode})"})
-            except MemoryError:
-                failures.append({**_who(job), "reason": "decoder ran out of memory"})
-            except Exception as exc:  # noqa: BLE001 - any decoder failure becomes the file's error row
-                failures.append({**_who(job), "reason": f"{type(exc).__name__}: {exc}".replace(job["abs_path"], job["path"])})
-            if progress:
-                progress(done, len(jobs))
+    results = ix.run_isolated(cache_one, jobs, workers=config.n_workers, timeout_s=config.file_timeout_s,
+                              action="decoding", actor="decoder", progress=progress)
+    for job, res in zip(jobs, results):
+        if isinstance(res, ix.JobFailure):
+            failures.append({**_who(job), "reason": res.reason.replace(job["abs_path"], job["path"])})
+        else:
+            rows.append(res)
     for f in failures:
         log.warning("pixels failed for %s: %s", f["path"], f["reason"])
     return rows, failures

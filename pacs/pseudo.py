@@ -7,11 +7,14 @@ so folds grouped by patient stay stable; without the key the mapping cannot be r
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
 import re
 import secrets
+import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 
 KEY_ENV = "RADAUDIT_PSEUDONYM_KEY"
@@ -61,42 +64,129 @@ def pseudonymize(value: str | None, key: bytes, *, issuer: str | None = None) ->
     return hmac.new(key, msg, hashlib.sha256).hexdigest()[:20]
 
 
+# Characters that join the pieces of one name component ("O'Brien", "Karl-Heinz", "von Arnim"), and
+# what exports turn them into: removed ("OBrien"), "_" (file-name sanitizers), a space or a hyphen.
+_JOINTS = re.compile(r"[\s'’`´_.\-]+")
+_JOINED = ("", "_", " ", "-")
 _TRANSLIT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
+MIN_TOKEN = 3
+_NO_TOKENS: tuple[list[int], frozenset[str]] = ([], frozenset())
 
 
-def identifier_tokens(patient_name: str | None, patient_id: str | None, birth_date: str | None = None) -> set[str]:
-    """Casefolded pieces of a patient's name, ID and birth date that must not appear in any output path.
+def _letter_forms(text: str) -> set[str]:
+    """``text`` lower-cased, case-folded and with its non-ASCII letters written as exports write them.
 
-    Name components shorter than 3 characters (initials, "Dr") are not tokens; umlauts also
-    count in their transliterated form ("Müller" -> "mueller"); a DICOM birth date YYYYMMDD
+    German transliteration ("müller" -> "mueller"), the bare letter ("muller"), "_" for every
+    non-ASCII character ("m_ller", what file-name sanitizers write) and the escaped Latin-1 bytes
+    of a file name that is not UTF-8 ("m\\xfcller", see ``pacs.discover.display_path``).
+    """
+    low = text.lower()
+    forms = {low, text.casefold(), low.translate(_TRANSLIT)}
+    bare = "".join(c for c in unicodedata.normalize("NFKD", low.replace("ß", "ss")) if not unicodedata.combining(c))
+    forms |= {bare, "".join(c if c.isascii() else "_" for c in low)}
+    for case in (low, text.upper()):
+        try:
+            forms.add(case.encode("cp1252").decode("utf-8", "backslashreplace").lower())
+        except UnicodeEncodeError:
+            pass
+    return forms
+
+
+@functools.lru_cache(maxsize=4096)  # one patient has many files
+def identifier_tokens(
+    patient_name: str | None, patient_id: str | None, birth_date: str | None = None
+) -> frozenset[str]:
+    """Lower-case pieces of a patient's name, ID and birth date that must not appear in any output path.
+
+    Tokens come from the family, given and middle names (not prefix or suffix such as "Dr."):
+    each name, each piece of it ("Meyer-Lüdenscheidt" -> "meyer", "lüdenscheidt") and the name
+    with its joints removed or replaced ("o'brien" -> "obrien", "o_brien", "o brien", "o-brien"),
+    each also with its umlauts folded (see ``_letter_forms``). Pieces shorter than 3 characters
+    (initials, the "O" of "O'Brien") are not tokens, so ordinary words stay. The ID counts also
+    with other characters than letters and digits as "_" or removed; a DICOM birth date YYYYMMDD
     counts also as YYYY-MM-DD, DD.MM.YYYY and DDMMYYYY.
     """
-    tokens: set[str] = set()
-    for part in re.split(r"[\^\s,._\-=]+", str(patient_name or "")):
-        if len(part) >= 3:
-            tokens |= {part.casefold(), part.casefold().translate(_TRANSLIT)}
-    if patient_id and len(str(patient_id).strip()) >= 3:
-        tokens.add(str(patient_id).strip().casefold())
+    texts: set[str] = set()
+    for group in str(patient_name or "").split("="):  # alphabetic, ideographic, phonetic
+        for component in group.split("^")[:3]:  # family, given, middle
+            for name in re.split(r"[,;]+", component):
+                pieces = [p for p in _JOINTS.split(name) if p]
+                texts |= set(pieces)
+                if len(pieces) > 1:
+                    texts |= {joint.join(pieces) for joint in _JOINED}
+    tokens = {form for text in texts for form in _letter_forms(text)}
+    pid = str(patient_id or "").strip().lower()
+    if pid:
+        tokens |= {pid, re.sub(r"[^\w-]", "_", pid), re.sub(r"[\W_]+", "", pid)}
     date = str(birth_date or "").strip()
     if re.fullmatch(r"\d{8}", date):
         y, m, d = date[:4], date[4:6], date[6:]
         tokens |= {date, f"{y}-{m}-{d}", f"{d}.{m}.{y}", f"{d}{m}{y}"}
-    return tokens
+    return frozenset(t for t in tokens if len(t) >= MIN_TOKEN)
 
 
-def redact_path(path: str, tokens: set[str], replacement: str) -> str:
-    """Replace the identifier parts of ``path`` by ``replacement``, keeping the rest of each name.
+class Redactor:
+    """Finds the identifier tokens of many patients in paths, case-insensitively.
 
-    ``MÜLLER^HANS 4711/Knie`` becomes ``<replacement>/Knie``; ``MUELLER_HANS_2021`` becomes
-    ``<replacement>_2021``, so different folders of one patient stay apart.
+    One regular expression over thousands of tokens costs milliseconds per path (an archive's
+    first ingest meets thousands of patients); here each position of a path costs a dict lookup
+    of its first ``MIN_TOKEN`` characters and, where a token starts so, one set lookup per token
+    length, longest first, as the alternation matched.
     """
-    if not tokens:
-        return path
-    pattern = re.compile("|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)), re.IGNORECASE)
-    marked = pattern.sub("\0", path)
-    return re.sub(r"\0(?:[^\w/]*\0|_+\0)*", replacement, marked)
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        heads: dict[str, set[str]] = {}
+        for token in {t.lower() for t in tokens if len(t) >= MIN_TOKEN}:
+            heads.setdefault(token[:MIN_TOKEN], set()).add(token)
+        # head -> (token lengths, longest first; the tokens): a few set lookups per position.
+        self._by_head = {
+            head: (sorted({len(t) for t in group}, reverse=True), frozenset(group)) for head, group in heads.items()
+        }
+
+    def redact(self, path: str, replacement: str) -> str:
+        """Replace the identifier parts of ``path`` by ``replacement``, keeping the rest of each name.
+
+        ``MÜLLER^HANS 4711/Knie`` becomes ``<replacement>/Knie``; ``MUELLER_HANS_2021`` becomes
+        ``<replacement>_2021``, so different folders of one patient stay apart.
+        """
+        if not self._by_head:
+            return path
+        low = path.lower()
+        if len(low) != len(path):  # a character whose lower case is longer ("İ"): keep positions
+            low = "".join(c if len(c.lower()) != 1 else c.lower() for c in path)
+        parts: list[str] = []
+        start = i = 0
+        while i <= len(low) - MIN_TOKEN:
+            lengths, group = self._by_head.get(low[i : i + MIN_TOKEN], _NO_TOKENS)
+            for n in lengths:
+                if low[i : i + n] in group:
+                    parts += [path[start:i], "\0"]
+                    start = i = i + n
+                    break
+            else:
+                i += 1
+        if not parts:
+            return path
+        marked = "".join(parts) + path[start:]
+        return re.sub(r"\0(?:[^\w/]*\0|_+\0)*", replacement, marked)
+
+
+def redact_path(path: str, tokens: Iterable[str], replacement: str) -> str:
+    """``Redactor(tokens).redact(path, replacement)``; build one ``Redactor`` for many paths."""
+    return Redactor(tokens).redact(path, replacement)
 
 
 def path_key(path: str, key: bytes) -> str:
-    """Keyed hash of a path relative to the export root: its identity in the index without the path."""
-    return pseudonymize(path, key, issuer="path") or ""
+    """Keyed hash of a path relative to the export root: its identity in the index without the path.
+
+    Hashes the path's UTF-8 bytes, or, for a name that is not UTF-8 (Latin-1 bytes from a Windows
+    export, which ``os.fsdecode`` keeps as surrogate escapes), the real bytes of the name.
+    """
+    path = path.strip()
+    if not path:
+        return ""
+    try:
+        raw = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(path)
+    return hmac.new(key, b"path\x00" + raw, hashlib.sha256).hexdigest()[:20]

@@ -58,12 +58,14 @@ def new_export_sensor(context: dg.SensorEvaluationContext, radaudit: RadauditCon
     """One ingest run per batch of new top-level export folders.
 
     Folder names are often patient names, so the cursor, run key and tags hold only keyed hashes
-    and counts of them.
+    (the pseudonym key's, as for file paths) and counts of them.
     """
-    import hashlib
+    from pacs.pseudo import KEY_ENV, load_or_create_key, path_key
+
+    key = load_or_create_key(radaudit.data_dir, radaudit.pseudonym_key or os.environ.get(KEY_ENV))
 
     def digest(name: str) -> str:
-        return hashlib.sha256(f"{radaudit.data_dir}\x00{name}".encode()).hexdigest()[:16]
+        return path_key(name, key)[:16]
 
     seen = set(json.loads(context.cursor)) if context.cursor else set()
     root = Path(radaudit.export_dir)

@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import re
+import signal
 import stat
 import time
+import unicodedata
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pydicom
+import pyarrow.parquet as pq
 import pytest
 
 from pacs import cache
-from pacs.cache import CacheParams
+from pacs import index as ix
+from pacs.cache import MANIFEST_SCHEMA, CacheParams
 from pacs.index import ERRORS_PATH, INDEX_PATH
-from pacs.ingest import IngestConfig, run_ingest
+from pacs.ingest import IngestConfig, _to_cache, run_ingest
 from pacs.pseudo import KEY_FILE, pseudonymize
+from pacs.regions import RegionMapper
+from pacs.synth import generate_export
 
 SIZE = 48
 
@@ -249,3 +259,131 @@ def test_an_invalid_uid_is_an_error_row_not_a_crash(tmp_path, good_sources):
     ds.save_as(export / "evil.dcm")
     result = run_ingest(config(export, tmp_path / "data"))
     assert result.index.empty and "not a valid UID" in result.errors["reason"].iloc[0]
+
+
+def test_a_file_name_that_is_not_utf8_is_indexed_and_found_again(tmp_path, good_sources):
+    """Latin-1 names (Windows and CD-viewer exports) are indexed under their real bytes' hash."""
+    export = tmp_path / "export"
+    export.mkdir()
+    raw_export = os.fsencode(export)
+    ct = good_sources["PAT1/ST1/SE1/IM0002.DCM"].read_bytes()
+    Path(os.fsdecode(raw_export + b"/R\xf6ntgen.dcm")).write_bytes(ct)
+    os.mkdir(raw_export + b"/Sch\xe4del")
+    Path(os.fsdecode(raw_export + b"/Sch\xe4del/Notiz \xe4.txt")).write_text("x")
+    ds = pydicom.dcmread(good_sources["PAT1/ST1/SE1/IM0002.DCM"])
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.PatientName, ds.PatientID = "Müller^Hans", "4711-0815"
+    os.mkdir(raw_export + b"/M\xdcLLER HANS")
+    ds.save_as(os.fsdecode(raw_export + b"/M\xdcLLER HANS/IM1"))
+    data = tmp_path / "data"
+
+    first = run_ingest(config(export, data))
+    index = pd.read_parquet(data / INDEX_PATH)
+    errors = pd.read_parquet(data / ERRORS_PATH)
+    key = (data / KEY_FILE).read_bytes()
+    row = index.set_index("path").loc["R\\xf6ntgen.dcm"]
+    assert row["path_hash"] == hmac.new(key, b"path\x00R\xf6ntgen.dcm", hashlib.sha256).hexdigest()[:20]
+    assert cache.read(data, row["sop_instance_uid"]).shape == (SIZE, SIZE)
+    patient = index[index["sop_instance_uid"] == ds.SOPInstanceUID]
+    assert patient["path"].tolist() == [f"patient-{patient['patient_key'].iloc[0][:8]}/IM1"]
+    assert errors["path"].tolist() == ["Sch\\xe4del/Notiz \\xe4.txt"] and errors["stage"].tolist() == ["discover"]
+    assert len(first.index) == 2
+
+    second = run_ingest(config(export, data))
+    assert second.stats["unchanged"] == 3 and second.stats["new"] == second.stats["changed"] == 0
+    assert second.stats["written"] == 0
+
+
+def _folded(text: str) -> set[str]:
+    """A name as exports write it: as is, transliterated, bare letters, non-ASCII as "_"."""
+    low = text.lower()
+    translit = low.translate(str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"}))
+    bare = "".join(c for c in unicodedata.normalize("NFKD", low) if not unicodedata.combining(c))
+    return {low, translit, bare, re.sub(r"[^\x00-\x7f]", "_", low)}
+
+
+def test_a_synthetic_export_leaks_no_identifier_and_keeps_every_label(tmp_path):
+    """Viewer-export folders ("O_Brien Günter (00122147)") must not survive into any output."""
+    export, truth_path, data = tmp_path / "export", tmp_path / "truth.parquet", tmp_path / "data"
+    generate_export(export, truth_path, n=60, seed=0, size=64)
+    files = [p for p in export.rglob("*") if p.is_file()]
+    assert any(p.relative_to(export).as_posix().startswith("O_Brien ") for p in files)  # the case at issue
+    secrets: set[str] = set()
+    for p in files:
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        for component in str(ds.PatientName).split("^")[:3]:  # family, given, middle
+            for piece in re.split(r"[\W_]+", component):
+                if len(piece) >= 3:
+                    secrets |= _folded(piece)
+        secrets |= {str(ds.PatientID).lower(), str(ds.PatientBirthDate)}
+    assert {"brien", "müller", "mueller", "muller", "m_ller", "00122147"} <= secrets
+
+    result = run_ingest(IngestConfig(export_dir=export, data_dir=data, cache=CacheParams(size=32), workers=2))
+    outputs = [p for p in data.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".parquet" for p in outputs)
+    for p in outputs:
+        if p.suffix == ".parquet":
+            text = pq.read_table(p).to_pandas().astype(str).to_csv()
+        elif p.suffix == ".npy":
+            text = ""  # pixels only; the file name is checked below
+        else:
+            text = p.read_bytes().decode("utf-8", "replace")
+        text = (p.relative_to(data).as_posix() + "\n" + text).lower()
+        leaked = sorted(s for s in secrets if s in text)
+        assert not leaked, f"{leaked} in {p.relative_to(data)}"
+
+    truth = pq.read_table(truth_path).to_pylist()
+    index = pd.read_parquet(data / INDEX_PATH)
+    assert pd.read_parquet(data / ERRORS_PATH).empty
+    assert len(index) == len(files) == len(truth)
+    assert set(index["sop_instance_uid"]) == {r["sop_instance_uid"] for r in truth}
+    labels = RegionMapper.from_file().label_frame(index)
+    recorded = dict(zip(labels["sop_instance_uid"], labels["recorded_region"]))
+    assert {r["sop_instance_uid"]: recorded[r["sop_instance_uid"]] for r in truth} == {
+        r["sop_instance_uid"]: r["recorded_region"] for r in truth
+    }
+    assert result.stats["cached"] == len(truth)
+
+
+def test_a_header_read_that_hangs_or_kills_its_worker_is_one_error_row(tmp_path, good_sources, monkeypatch):
+    export = tmp_path / "export"
+    export.mkdir()
+    ct = good_sources["PAT1/ST1/SE1/IM0002.DCM"].read_bytes()
+    names = [f"im{i:02d}.dcm" for i in range(ix.POOL_MIN_FILES)] + ["crash.dcm", "hang.dcm"]
+    for name in names:
+        (export / name).write_bytes(ct)  # one instance many times: all indexed, one cached
+    read_header = ix.read_header
+
+    def sabotaged(path, **kwargs):
+        if path.endswith("hang.dcm"):
+            time.sleep(30)
+        if path.endswith("crash.dcm"):
+            os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a segfault would
+        return read_header(path, **kwargs)
+
+    monkeypatch.setattr(ix, "read_header", sabotaged)  # workers are forked and inherit the patch
+    t0 = time.monotonic()
+    result = run_ingest(IngestConfig(export_dir=export, data_dir=tmp_path / "data", workers=2, file_timeout_s=1))
+    assert time.monotonic() - t0 < 20
+    errors = pd.read_parquet(tmp_path / "data" / ERRORS_PATH).set_index("path")
+    assert sorted(errors.index) == ["crash.dcm", "hang.dcm"]
+    assert set(errors["stage"]) == {"header"}
+    assert "reading the header took longer than 1 s" in errors.loc["hang.dcm", "reason"]
+    assert errors.loc["crash.dcm", "reason"].startswith("header reader crashed (exit code -9: killed by SIGKILL")
+    index = pd.read_parquet(tmp_path / "data" / INDEX_PATH)
+    assert sorted(index["path"]) == names[:-2]
+    assert result.stats["cached"] == 1
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_choosing_what_to_cache_emits_no_pandas_warning(tmp_path, good_sources, indexed):
+    index = ix.empty_frame(ix.INDEX_SCHEMA)
+    if indexed:
+        export = tmp_path / "export"
+        export.mkdir()
+        (export / "a.dcm").write_bytes(good_sources["PAT1/ST1/SE1/IM0002.DCM"].read_bytes())
+        index = ix.update_index(export, tmp_path / "data", key=b"k").index
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        todo = _to_cache(index, ix.empty_frame(MANIFEST_SCHEMA), "params", tmp_path / "data")
+    assert len(todo) == len(index) == int(indexed)

@@ -75,3 +75,16 @@ def test_gpu_steps_share_one_pool_and_retry_from_their_checkpoint():
     key = dg.AssetKey(["embeddings", "simclr"])
     deps = defs.resolve_assets_def(key).asset_deps[key]
     assert dg.AssetKey("image_cache") in deps
+
+
+def test_sensor_copes_with_a_folder_name_that_is_not_utf8(tmp_path):
+    import os
+
+    export = tmp_path / "export"
+    export.mkdir()
+    os.mkdir(os.path.join(os.fsencode(export), b"M\xfcller Hans"))  # Latin-1 bytes from a Windows export
+    resource = RadauditConfig(export_dir=str(export), data_dir=str(tmp_path / "data"))
+    with dg.build_sensor_context(resources={"radaudit": resource}) as ctx:
+        request = new_export_sensor(ctx)
+        assert isinstance(request, dg.RunRequest) and request.tags["radaudit/new_folders"] == "1"
+        assert "ller" not in ctx.cursor and "ller" not in request.run_key

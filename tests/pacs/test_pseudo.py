@@ -1,0 +1,85 @@
+"""Pseudonymization: path identity across runs, identifier tokens and path redaction."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+
+import pytest
+
+from pacs.discover import display_path
+from pacs.pseudo import Redactor, identifier_tokens, path_key, redact_path
+
+KEY = b"test key"
+
+
+def _hmac(msg: bytes) -> str:
+    return hmac.new(KEY, msg, hashlib.sha256).hexdigest()[:20]
+
+
+@pytest.mark.parametrize("path", ["PAT1/ST1/SE1/IM0002.DCM", "PAT2/Röntgen/älter.dcm", "Bild mit leerzeichen.dcm "])
+def test_path_key_of_a_utf8_path_is_what_it_always_was(path: str) -> None:
+    """Existing indexes identify files by this hash: it must not change for ordinary names."""
+    assert path_key(path, KEY) == _hmac(b"path\x00" + path.strip().encode("utf-8"))
+
+
+def test_path_key_of_a_name_that_is_not_utf8_hashes_its_real_bytes() -> None:
+    latin1 = os.fsdecode(b"M\xfcller/Bild 1.dcm")
+    assert path_key(latin1, KEY) == _hmac(b"path\x00M\xfcller/Bild 1.dcm")
+    assert path_key(latin1, KEY) != path_key("Müller/Bild 1.dcm", KEY)
+    assert path_key(os.fsdecode(b"M\xdcller/Bild 1.dcm"), KEY) != path_key(latin1, KEY)
+
+
+def test_display_path_is_valid_utf8() -> None:
+    shown = display_path(os.fsdecode(b"Sch\xe4del/M\xfcller.dcm"))
+    assert shown == "Sch\\xe4del/M\\xfcller.dcm"
+    shown.encode("utf-8")
+    assert display_path("Müller/Knie li.dcm") == "Müller/Knie li.dcm"
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "kept"),
+    [
+        ("O'Brien^Mary", "O_Brien Mary (4711234)/Knie li", "/Knie li"),
+        ("O'Brien^Mary", "OBrien_Mary/Knie li", "/Knie li"),
+        ("O'Brien^Mary", "o-brien mary/Knie li", "/Knie li"),
+        ("Müller^Hans", "MUELLER_HANS_2021/Knie", "_2021/Knie"),
+        ("Müller^Hans", "Muller Hans/Knie", "/Knie"),
+        ("Müller^Hans", "M_ller Hans/Knie", "/Knie"),
+        ("MÜLLER^HANS", "müller hans/Knie", "/Knie"),
+        ("Groß^Anna", "Groß Anna/Hand", "/Hand"),
+        ("Groß^Anna", "GROSS_ANNA/Hand", "/Hand"),
+        ("Meyer-Lüdenscheidt^Karl-Heinz", "Meyer_Luedenscheidt KarlHeinz/Fuss", "/Fuss"),
+        ("Meyer-Lüdenscheidt^Karl-Heinz", "Meyer-Lüdenscheidt Karl Heinz/Fuss", "/Fuss"),
+        ("Müller^Hans", display_path(os.fsdecode(b"M\xfcller Hans/Knie")), "/Knie"),
+        ("Müller^Hans", display_path(os.fsdecode(b"M\xdcLLER HANS/Knie")), "/Knie"),
+    ],
+)
+def test_folded_and_joined_name_forms_are_redacted(name: str, path: str, kept: str) -> None:
+    tokens = identifier_tokens(name, "4711234", "19560312")
+    redacted = redact_path(path, tokens, "patient-x")
+    assert redacted.startswith("patient-x") and redacted.endswith(kept), redacted
+
+
+def test_short_fragments_and_titles_are_not_tokens() -> None:
+    """The "O" of O'Brien and a "Dr." prefix must not redact ordinary words."""
+    tokens = identifier_tokens("O'Brien^Al^^Dr.", "12", None)
+    assert all(len(t) >= 3 for t in tokens)
+    assert not {"o", "al", "dr", "dr.", "12"} & tokens
+    path = "Orthopaedie/Dr. Keller/Knie Ost/Bild 1.dcm"
+    assert redact_path(path, tokens, "patient-x") == path
+
+
+def test_birth_date_and_id_forms_are_tokens() -> None:
+    tokens = identifier_tokens("Weber^Lea", "KH-2019/00815", "19560312")
+    assert {"19560312", "1956-03-12", "12.03.1956", "12031956", "kh-2019_00815", "kh201900815"} <= tokens
+
+
+def test_redactor_takes_the_longest_token_and_many_patients() -> None:
+    tokens: set[str] = set()
+    for i in range(2000):
+        tokens |= identifier_tokens(f"Name{i:04d}^Vorname{i:04d}", f"ID{i:06d}", None)
+    redactor = Redactor(tokens)
+    assert redactor.redact("Name1234 Vorname1234 (ID001234)/Knie", "patient-x") == "patient-x)/Knie"
+    assert redactor.redact("Knie li/Bild 1.dcm", "patient-x") == "Knie li/Bild 1.dcm"
