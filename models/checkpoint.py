@@ -287,6 +287,10 @@ class SafetensorsCheckpointIO(CheckpointIO):
         self.keep_last = keep_last
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: PathLike, storage_options: Any | None = None) -> None:
+        if "state_dict" not in checkpoint:
+            # A bare module state dict: ddp_spawn hands rank 0's weights back to the main process so.
+            save_file({k: v.detach().contiguous().cpu() for k, v in checkpoint.items()}, str(path))
+            return
         rest = dict(checkpoint)
         state_dict = rest.pop("state_dict")
         info = dict(rest.pop("radaudit", {}) or {})
@@ -296,10 +300,14 @@ class SafetensorsCheckpointIO(CheckpointIO):
 
     def load_checkpoint(self, path: PathLike, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
+        if Path(path).is_file():
+            return load_file(str(path))
         ckpt = load_checkpoint(path)
         return {**ckpt.optimizer_state, "state_dict": ckpt.state_dict, "radaudit": ckpt.state}
 
     def remove_checkpoint(self, path: PathLike) -> None:
         p = Path(path)
-        if p.exists():
+        if p.is_file():
+            p.unlink()
+        elif p.exists():
             shutil.rmtree(p, ignore_errors=True)

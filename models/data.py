@@ -41,11 +41,12 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, int]]):
             raise ValueError(f"labels must be {n} ints (one per image, -1 for null), got {lab.dtype} {lab.shape}")
         if (lab < -1).any():
             raise ValueError("labels must be class indices >= 0, or -1 for null")
-        self.images = torch.from_numpy(np.ascontiguousarray(arr))  # (N, H, W) uint8
+        # numpy, not a tensor: pickles by value into spawned processes (DDP, loader workers)
+        self.images = np.ascontiguousarray(arr)  # (N, H, W) uint8
         self.labels = lab.astype(np.int64)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.images[index][None], int(self.labels[index])  # (1, H, W)
+        return torch.from_numpy(self.images[index][None]), int(self.labels[index])  # (1, H, W)

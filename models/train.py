@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import os
 import tempfile
 import time
 import warnings
@@ -267,6 +268,9 @@ class _EpochEnd(Callback):
         self.eval_every = eval_every
         self.metrics: list[dict[str, float]] = []
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        _guard_broken_omegaconf()  # again in each process that ddp_spawn starts
+
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.t0 = time.perf_counter()
 
@@ -302,6 +306,22 @@ def _guard_broken_omegaconf() -> None:
         from pytorch_lightning.trainer.connectors import checkpoint_connector
 
         checkpoint_connector._OMEGACONF_AVAILABLE = False
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+def _strategy(devices: int) -> str:
+    """DDP for several devices: ``ddp`` under torchrun, else ``ddp_spawn``.
+
+    Lightning's plain ``ddp`` starts the other ranks by running ``sys.argv`` again, which inside
+    a Dagster step, a notebook or the ``radaudit`` CLI is the wrong program (and imports hydra,
+    broken by the newer antlr, see DESIGN.md); ``ddp_spawn`` starts them from this process.
+    """
+    if devices == 1:
+        return "auto"
+    return "ddp" if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ else "ddp_spawn"
 
 
 def _describe_device(cuda: bool, devices: int) -> str:
@@ -388,13 +408,16 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
                          drop_last=True, seed=config.seed)
     if not isinstance(eval_every, int) or eval_every < 1:
         raise ValueError(f"eval_every must be an int >= 1 (epochs), got {eval_every!r}")
-    epoch_end = _EpochEnd(config, emit, eval_fn, eval_every)
+    spawn = _strategy(config.devices) == "ddp_spawn"
+    # Spawned ranks get a copy of the callbacks: the caller's log and eval_fn may not pickle
+    # (a Dagster logger, a closure), so there they print, and the evaluation runs here afterwards.
+    epoch_end = _EpochEnd(config, _print if spawn else emit, None if spawn else eval_fn, eval_every)
     root = config.checkpoint_dir or tempfile.mkdtemp(prefix="radaudit-pretrain-")
     trainer = pl.Trainer(
         accelerator="gpu" if cuda else "cpu",
         devices=config.devices,
-        strategy="ddp" if config.devices > 1 else "auto",
-        sync_batchnorm=config.devices > 1,
+        strategy=_strategy(config.devices),
+        sync_batchnorm=config.devices > 1 and cuda,  # CPU DDP (gloo) runs the tests; it has no SyncBatchNorm
         precision=config.precision,  # type: ignore[arg-type]
         max_epochs=config.epochs,
         max_steps=config.max_steps if config.max_steps is not None else -1,
@@ -409,6 +432,10 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
         num_sanity_val_steps=0,
         use_distributed_sampler=config.devices > 1,
     )
+    if spawn:
+        # Spawning pickles the module with its CPU tensors; the default file-descriptor sharing
+        # passes one descriptor per tensor and the spawn fails ("bad value(s) in fds_to_keep").
+        torch.multiprocessing.set_sharing_strategy("file_system")
     start_step = 0
     if ckpt_path is not None:
         start_step = int(load_checkpoint(ckpt_path).state.get("global_step", 0))
@@ -419,9 +446,18 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
         trainer.fit(model, loader, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
     wall = time.perf_counter() - t0
     backbone = model.backbone.to("cpu").eval()
+    history, steps, metrics, last = list(model.history), int(trainer.global_step), epoch_end.metrics, epoch_end.last_checkpoint
+    if spawn:
+        # The ranks trained in child processes: Lightning brought the weights back; the rest is in
+        # rank 0's last checkpoint, and the evaluation runs here once on the final backbone.
+        last = latest_checkpoint(root)
+        state = load_checkpoint(last).state if last is not None else {}
+        history = [float(v) for v in state.get("history", [])]
+        steps = int(state.get("global_step", 0))
+        metrics = [{"epoch": len(history), **eval_fn(backbone)}] if eval_fn is not None else []
     return PretrainResult(
-        method=config.method, backbone=backbone, history=list(model.history),
-        device=_describe_device(cuda, config.devices), wall_time_s=wall, steps=int(trainer.global_step),
-        steps_this_run=int(trainer.global_step) - start_step, resumed_from_epoch=resumed_from,
-        checkpoint=epoch_end.last_checkpoint, config=config, metrics=epoch_end.metrics,
+        method=config.method, backbone=backbone, history=history,
+        device=_describe_device(cuda, config.devices), wall_time_s=wall, steps=steps,
+        steps_this_run=steps - start_step, resumed_from_epoch=resumed_from,
+        checkpoint=last, config=config, metrics=metrics,
     )
