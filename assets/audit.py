@@ -48,15 +48,19 @@ def ensemble_probabilities(radaudit: RadauditConfig, audit: AuditConfig) -> dg.M
     labelled = rows["label"].to_numpy() >= 0
     y, pred = rows["label"].to_numpy()[labelled], probs[labelled].argmax(1)
     names = list(stages.load_training_set(radaudit.data_dir).vocabulary)
-    fractions = {}
+    truth = {}
     if audit.truth_path:
-        scores = stages.evaluate_label_fractions(radaudit.data_dir, audit.truth_path, METHODS, seed=audit.seed)
-        fractions = {f"linear_eval/{m}@{int(f * 100)}%": round(a, 4) for m, by in scores.items() for f, a in by.items()}
+        scores, (y_true, y_clean) = stages.evaluate_label_fractions(radaudit.data_dir, audit.truth_path, METHODS,
+                                                                   seed=audit.seed, with_predictions=True)
+        truth = {f"linear_eval/{m}@{int(f * 100)}%": round(a, 4) for m, by in scores.items() for f, a in by.items()}
+        truth["confusion_matrix_clean_test"] = _png_markdown(confusion_matrix_png(y_true, y_clean, names),
+                                                             "confusion matrix on the true regions of a held-out split")
     return dg.MaterializeResult(metadata={
-        **fractions,
+        **truth,
         "dagster/row_count": int(probs.shape[0]), "weights": audit.ensemble_weights,
         "accuracy_vs_recorded": round(float((pred == y).mean()), 4) if labelled.any() else None,
-        "confusion_matrix": _png_markdown(confusion_matrix_png(y, pred, names), "confusion matrix"),
+        # Out-of-fold predictions against the recorded labels: label noise shows up off the diagonal.
+        "confusion_matrix": _png_markdown(confusion_matrix_png(y, pred, names), "confusion matrix vs recorded labels"),
     })
 
 

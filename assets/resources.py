@@ -58,10 +58,16 @@ class AuditConfig(dg.ConfigurableResource):
     """Settings of pretraining, heads, ensemble, cleanlab and the report.
 
     Without a GPU, pretraining shrinks itself to CPU-sized settings (``on_cpu="shrink"``) and
-    says so in the run's log.
+    says so in the run's log. ``devices`` > 1 trains with DDP on that many GPUs (the batch size
+    is global); ``compile`` None turns torch.compile on for long GPU runs; ``gauge_dir`` adds a
+    folder of real calibration-gauge crops to the drawn ones.
     """
 
     backbone: str = "resnet18"
+    devices: int = 1
+    compile: bool | None = None
+    progress_bar: bool = True
+    gauge_dir: str | None = None
     epochs: int = 100
     batch_size: int = 1024
     image_size: int = 224
@@ -83,6 +89,6 @@ class AuditConfig(dg.ConfigurableResource):
         from models.train import PretrainConfig
 
         return PretrainConfig(method=method, backbone=self.backbone, epochs=self.epochs, batch_size=self.batch_size,
-                              size=self.image_size, on_cpu=self.on_cpu, seed=self.seed, progress_bar=False,
-                              num_workers=self.num_workers,
-                              warmup_epochs=min(10.0, self.epochs / 10))
+                              size=self.image_size, on_cpu=self.on_cpu, seed=self.seed, progress_bar=self.progress_bar,
+                              num_workers=self.num_workers, devices=self.devices, compile=self.compile,
+                              gauge_dir=self.gauge_dir, warmup_epochs=min(10.0, self.epochs / 10))

@@ -155,8 +155,10 @@ def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *
         shutil.rmtree(checkpoints)
     config = config.replace(method=method, checkpoint_dir=str(checkpoints))
     eval_labels = truth_labels(ts, truth_path)
-    eval_fn = knn_monitor(dataset, eval_labels if eval_labels is not None else ts.labels, seed=config.seed)
-    return pretrain(config, dataset, log=log, eval_fn=eval_fn)
+    eval_fn = knn_monitor(dataset, eval_labels if eval_labels is not None else ts.labels, seed=config.seed,
+                          linear_probe=True)
+    # About ten evaluations per run (and always after the last epoch): each embeds every image.
+    return pretrain(config, dataset, log=log, eval_fn=eval_fn, eval_every=max(1, config.epochs // 10))
 
 
 def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: int | None = None,
@@ -332,14 +334,17 @@ def evaluate_against_truth(data_dir: str | os.PathLike[str], truth_path: str | o
 
 def evaluate_label_fractions(data_dir: str | os.PathLike[str], truth_path: str | os.PathLike[str],
                              methods: Sequence[str], *, fractions: Sequence[float] = (0.01, 0.1, 1.0),
-                             test_share: float = 0.3, seed: int = 0) -> dict[str, dict[float, float]]:
+                             test_share: float = 0.3, seed: int = 0,
+                             with_predictions: bool = False) -> Any:
     """Linear-eval accuracy with a fraction of the labels, per method and for the ensemble (the paper's protocol).
 
     Heads are trained on the *true* regions of a patient-grouped training split of the synthetic
     export's in-domain images and scored on the rest: this measures the features, not the noise.
 
     Returns:
-        ``{method or "ensemble": {fraction: accuracy}}``.
+        ``{method or "ensemble": {fraction: accuracy}}``; with ``with_predictions``, also the test
+        split's true classes and the ensemble's predictions with the largest fraction, as
+        ``(scores, (y_true, y_pred))`` (for a confusion matrix on clean labels).
     """
     from models.heads import check_groups, group_stratified_folds, label_fraction_probabilities
 
@@ -359,7 +364,6 @@ def evaluate_label_fractions(data_dir: str | os.PathLike[str], truth_path: str |
     scores: dict[str, dict[float, float]] = {
         m: {f: float((p.argmax(1) == y[test]).mean()) for f, p in probs.items()} for m, probs in per_method.items()
     }
-    scores["ensemble"] = {
-        f: float((np.mean([per_method[m][f] for m in methods], axis=0).argmax(1) == y[test]).mean()) for f in fractions
-    }
-    return scores
+    ensemble = {f: np.mean([per_method[m][f] for m in methods], axis=0).argmax(1) for f in fractions}
+    scores["ensemble"] = {f: float((pred == y[test]).mean()) for f, pred in ensemble.items()}
+    return (scores, (y[test], ensemble[max(fractions)])) if with_predictions else scores

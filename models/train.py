@@ -46,11 +46,14 @@ from models.base import OPTIMIZERS, ContrastiveModule
 from models.byol import BYOLModel
 from models.checkpoint import SafetensorsCheckpointIO, latest_checkpoint, load_checkpoint
 from models.embed import embed
-from models.probe import knn_accuracy
+from models.probe import knn_accuracy, linear_probe_accuracy
 from models.simclr import SimCLRModel
 from models.supcon import SupConModel
 
 __all__ = ["METHODS", "PRECISIONS", "PretrainConfig", "PretrainResult", "build_model", "knn_monitor", "pretrain"]
+
+# torch.compile costs about a minute up front; below this many steps it does not pay back.
+COMPILE_MIN_STEPS = 2000
 
 METHODS: dict[str, type[ContrastiveModule]] = {"simclr": SimCLRModel, "byol": BYOLModel, "supcon": SupConModel}
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
@@ -79,7 +82,9 @@ class PretrainConfig:
         temperature: SimCLR/SupCon temperature; None: 0.1.
         devices: GPUs to use (DDP when > 1).
         precision: ``auto`` (bf16-mixed on GPU, 32-true on CPU), ``32-true``, ``bf16-mixed``, ``16-mixed``.
-        compile: ``torch.compile`` the backbone (pays off on GPU for long runs; off on CPU).
+        compile: ``torch.compile`` the backbone; None (default): on for GPU runs of at least
+            ``COMPILE_MIN_STEPS`` optimizer steps, where the minute it takes to compile pays
+            back, off otherwise (always off on CPU).
         channels_last: Channels-last memory format for the backbone.
         num_workers: DataLoader workers per device (they only read uint8 arrays).
         seed: Seeds Python, numpy, torch, the loader's shuffling and the augmentations.
@@ -89,6 +94,8 @@ class PretrainConfig:
             schedules then span ``max_steps``.
         on_cpu: Without a GPU: ``shrink`` to :meth:`for_cpu` settings, ``as_is``, or ``fail``.
         progress_bar: Show Lightning's progress bar.
+        gauge_dir: A folder of grey crops of real calibration gauges, inserted beside the drawn
+            ones (:meth:`augment.gauges.GaugeBank.from_folder`); None: drawn gauges only.
         augment: Overrides for :func:`augment.pipeline.make_two_view`, as ``(name, value)`` pairs.
 
     Raises:
@@ -109,7 +116,7 @@ class PretrainConfig:
     temperature: float | None = None
     devices: int = 1
     precision: str = "auto"
-    compile: bool = False
+    compile: bool | None = None
     channels_last: bool = True
     num_workers: int = 8
     seed: int = 0
@@ -118,6 +125,7 @@ class PretrainConfig:
     max_steps: int | None = None
     on_cpu: str = "shrink"
     progress_bar: bool = True
+    gauge_dir: str | None = None
     augment: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
@@ -208,10 +216,15 @@ class PretrainResult:
 
 def build_model(config: PretrainConfig) -> ContrastiveModule:
     """The method's LightningModule for a config (the settings a paper fixes are the defaults)."""
+    augment = dict(config.augment)
+    if config.gauge_dir is not None and "gauge_bank" not in augment:
+        from augment.gauges import GaugeBank
+
+        augment["gauge_bank"] = GaugeBank.from_folder(config.gauge_dir)
     common: dict[str, Any] = dict(
         in_chans=config.in_chans, size=config.size, batch_size=config.batch_size, lr=config.lr,
         optimizer=config.optimizer, weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
-        channels_last=config.channels_last, compile=config.compile, seed=config.seed, augment=dict(config.augment),
+        channels_last=config.channels_last, compile=bool(config.compile), seed=config.seed, augment=augment,
     )
     if config.method == "byol":
         return BYOLModel(config.backbone, tau_base=config.tau_base, **common)
@@ -222,8 +235,9 @@ EvalFn = Callable[[nn.Module], dict[str, float]]
 
 
 def knn_monitor(dataset: Dataset, labels: Sequence[int] | np.ndarray, *, size: int | None = None, k: int = 20,
-                test_fraction: float = 0.5, seed: int = 0, batch_size: int = 256) -> EvalFn:
-    """An ``eval_fn`` for :func:`pretrain`: kNN accuracy of the current backbone on a labelled set.
+                test_fraction: float = 0.5, seed: int = 0, batch_size: int = 256,
+                linear_probe: bool = False) -> EvalFn:
+    """An ``eval_fn`` for :func:`pretrain`: kNN (and linear-probe) accuracy of the current backbone.
 
     Args:
         dataset: Images to embed (``(uint8 image, label)`` items); the items' labels are ignored.
@@ -233,9 +247,11 @@ def knn_monitor(dataset: Dataset, labels: Sequence[int] | np.ndarray, *, size: i
         test_fraction: Share of the labelled images scored; the rest are the kNN memory.
         seed: Seed of the split.
         batch_size: Embedding batch size.
+        linear_probe: Also fit a logistic-regression probe on the same split
+            (:func:`models.probe.linear_probe_accuracy`), the paper's linear evaluation.
 
     Returns:
-        ``eval_fn(backbone) -> {"knn_accuracy": float}``.
+        ``eval_fn(backbone) -> {"knn_accuracy": float[, "linear_probe_accuracy": float]}``.
     """
     y = np.asarray(labels, dtype=np.int64)
     if y.shape != (len(dataset),):  # type: ignore[arg-type]
@@ -251,7 +267,11 @@ def knn_monitor(dataset: Dataset, labels: Sequence[int] | np.ndarray, *, size: i
 
     def evaluate(backbone: nn.Module) -> dict[str, float]:
         feats = embed(backbone, dataset, batch_size=batch_size, size=size)  # (N, D)
-        return {"knn_accuracy": knn_accuracy(feats[train], y[train], feats[test], y[test], k=k)}
+        scores = {"knn_accuracy": knn_accuracy(feats[train], y[train], feats[test], y[test], k=k)}
+        if linear_probe:
+            scores["linear_probe_accuracy"] = linear_probe_accuracy(feats[train], y[train], feats[test], y[test],
+                                                                    seed=seed)
+        return scores
 
     return evaluate
 
@@ -377,6 +397,11 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
     if n < config.batch_size:
         raise ValueError(f"the dataset has {n} images, fewer than one batch (batch_size={config.batch_size}); "
                          "lower batch_size or add images")
+    if config.compile is None:
+        steps = config.max_steps or config.epochs * (n // config.batch_size)
+        config = config.replace(compile=cuda and steps >= COMPILE_MIN_STEPS)
+        if config.compile:
+            emit(f"compiling the backbone with torch.compile ({steps} steps to train)")
 
     ckpt_path: Path | None = None
     resumed_from = 0

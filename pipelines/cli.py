@@ -121,6 +121,9 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=defaults.image_size,
                    help=f"pretraining view size (default {defaults.image_size})")
     p.add_argument("--backbone", default=defaults.backbone, help=f"timm model name (default {defaults.backbone})")
+    p.add_argument("--devices", type=int, default=defaults.devices, help="GPUs to train on (DDP when > 1)")
+    p.add_argument("--gauge-dir", default=defaults.gauge_dir,
+                   help="folder of grey crops of real calibration gauges, inserted beside the drawn ones")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--from-scratch", action="store_true",
                    help="train selected backbones anew instead of resuming or keeping their last checkpoint")
@@ -132,6 +135,7 @@ def _audit_config(args: argparse.Namespace) -> Any:
 
     return AuditConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                        backbone=args.backbone, seed=args.seed, from_scratch=args.from_scratch,
+                       devices=args.devices, gauge_dir=args.gauge_dir,
                        include_accession=not args.no_accession)
 
 

@@ -44,6 +44,18 @@ def test_every_stage_writes_its_files(audited):
     assert len(issues) == n and set(issues["issue"].dropna()) <= {"mislabel", "out_of_domain", "missing_label"}
 
 
+def test_backbone_metadata_shows_device_evaluation_and_loss_curve(audited):
+    _, _, result = audited
+    for m in METHODS:
+        (mat,) = result.asset_materializations_for_node(f"backbone__{m}")
+        meta = mat.metadata
+        assert meta["device"].value == "cpu" and meta["epochs"].value == 1
+        assert 0.0 <= meta["eval/knn_accuracy"].value <= 1.0
+        assert 0.0 <= meta["eval/linear_probe_accuracy"].value <= 1.0
+        assert meta["eval_labels"].value == "synthetic truth"
+        assert meta["loss_curve"].value.startswith("![loss curve](data:image/png;base64,")
+
+
 def test_report_is_ranked_and_checked(audited):
     data, _, result = audited
     csv = pd.read_csv(data / "reports" / "mislabel_report.csv", encoding="utf-8-sig")
@@ -74,7 +86,9 @@ def test_label_fraction_accuracies_are_reported(audited):
         assert set(by_fraction) == {0.01, 0.1, 1.0}
         assert all(0.0 <= a <= 1.0 for a in by_fraction.values())
     mats = result.asset_materializations_for_node("ensemble_probabilities")
-    assert "linear_eval/ensemble@100%" in mats[0].metadata and "confusion_matrix" in mats[0].metadata
+    meta = mats[0].metadata
+    assert "linear_eval/ensemble@100%" in meta and "confusion_matrix" in meta
+    assert meta["confusion_matrix_clean_test"].value.startswith("![confusion matrix on the true regions")
 
 
 def test_identical_inputs_and_seeds_give_identical_outputs(audited, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -120,3 +121,32 @@ def test_knn_monitor_during_training(tiny_dataset: ArrayDataset) -> None:
     assert [m["epoch"] for m in result.metrics] == [1, 2]
     assert all(0.0 <= m["knn_accuracy"] <= 1.0 for m in result.metrics)
     assert "knn_accuracy" in lines[-1]
+
+
+def test_a_gauge_folder_joins_the_drawn_gauges(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from augment.gauges import GaugeBank
+    from models.train import build_model
+
+    ring = np.zeros((40, 40), np.uint8)
+    yy, xx = np.mgrid[:40, :40]
+    ring[np.abs(np.hypot(yy - 20, xx - 20) - 14) < 3] = 255
+    Image.fromarray(ring).save(tmp_path / "ring.png")
+    drawn = len(GaugeBank.default())
+    model = build_model(PretrainConfig(method="simclr", gauge_dir=str(tmp_path), **TINY))
+    assert len(model.two_view.view1.gauges.bank) == drawn + 1
+    with pytest.raises(FileNotFoundError, match="gauge folder"):
+        build_model(PretrainConfig(method="simclr", gauge_dir=str(tmp_path / "absent"), **TINY))
+
+
+def test_compile_is_decided_by_the_run_length(tiny_dataset: ArrayDataset) -> None:
+    result = pretrain(PretrainConfig(method="simclr", **TINY), tiny_dataset)
+    assert result.config.compile is False  # 2 steps, and no GPU here: compiling would not pay
+
+
+def test_the_monitor_also_fits_a_linear_probe(tiny_dataset: ArrayDataset) -> None:
+    monitor = knn_monitor(tiny_dataset, tiny_dataset.labels, size=32, k=3, linear_probe=True)
+    scores = monitor(pretrain(PretrainConfig(method="simclr", **TINY), tiny_dataset).backbone)
+    assert set(scores) == {"knn_accuracy", "linear_probe_accuracy"}
+    assert 0.0 <= scores["linear_probe_accuracy"] <= 1.0

@@ -70,13 +70,23 @@ def test_asset_graph_and_report_page_render(tmp_path):
             pytest.fail("the Dagster webserver did not answer within 60 s")
         shots = Path(os.environ.get("RADAUDIT_SCREENSHOT_DIR", tmp_path / "shots"))
         shots.mkdir(parents=True, exist_ok=True)
-        pages = {"asset_graph": "/asset-groups", "report_asset": "/assets/mislabel_report"}
-        for name, page in pages.items():
+        group = "/locations/__repository__@pipelines.definitions/asset-groups/{}"
+        # page -> what a steward must see there (metadata keys, descriptions, asset names)
+        pages = {
+            "asset_graph": ("/asset-groups", ["ingest", "labels", "pretrain", "audit"]),
+            "audit_group": (group.format("audit"), ["ensemble_probabilities", "label_issues", "mislabel_report"]),
+            "report_asset": ("/assets/mislabel_report", ["radiologists' report", "top_flags", "flagged_fraction"]),
+            "backbone_asset": ("/assets/backbone/simclr", ["contrastive pretraining", "loss_curve",
+                                                          "eval/knn_accuracy", "eval/linear_probe_accuracy"]),
+            "ensemble_asset": ("/assets/ensemble_probabilities", ["confusion_matrix", "accuracy_vs_recorded"]),
+        }
+        for name, (page, expected) in pages.items():
             _chromium([f"--screenshot={shots / (name + '.png')}", base + page], tmp_path / "profile")
             png = shots / f"{name}.png"
             assert png.exists() and png.stat().st_size > 20_000, f"no screenshot of {page}"
-        dom = _chromium(["--dump-dom", base + "/assets/mislabel_report"], tmp_path / "profile").stdout
-        assert "mislabel_report" in dom
+            dom = _chromium(["--dump-dom", base + page], tmp_path / "profile").stdout
+            missing = [text for text in expected if text not in dom]
+            assert not missing, f"{page} does not show {missing}"
     finally:
         web.terminate()
         web.wait(timeout=30)
