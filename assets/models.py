@@ -49,8 +49,8 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
         group_name="pretrain", pool=GPU_POOL, retry_policy=GPU_RETRY, description=f"Frozen {method} backbone features of every cached image "
         f"(embeddings/{method}.npy, rows in embeddings/{method}.uids.parquet).",
     )
-    def embeddings(radaudit: RadauditConfig) -> dg.MaterializeResult:
-        features = stages.compute_embeddings(radaudit.data_dir, method)
+    def embeddings(context: dg.AssetExecutionContext, radaudit: RadauditConfig) -> dg.MaterializeResult:
+        features = stages.compute_embeddings(radaudit.data_dir, method, log=context.log.info)
         return dg.MaterializeResult(metadata={"dagster/row_count": int(features.shape[0]), "dim": int(features.shape[1])})
 
     return [backbone, embeddings]

@@ -162,23 +162,77 @@ def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *
 
 
 def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: int | None = None,
-                       batch_size: int = 256, device: str | None = None) -> np.ndarray:
+                       batch_size: int = 256, device: str | None = None, reuse: bool = True,
+                       log: Log | None = None) -> np.ndarray:
     """Embed every cached image with the method's latest backbone; write ``embeddings/<method>.*``.
 
-    ``size`` defaults to the image size the backbone was trained at (from its checkpoint).
+    ``size`` defaults to the image size the backbone was trained at (from its checkpoint). With
+    ``reuse``, an image embedded before by the same weights at the same size, whose cached pixels
+    have not changed since, keeps its row: a nightly run embeds only the night's new images.
     """
-    from models.checkpoint import load_backbone, load_checkpoint
+    from augment.dataset import CacheDataset
+    from models.checkpoint import WEIGHTS_FILE, latest_checkpoint, load_backbone, load_checkpoint
     from models.embed import embed
 
     data_dir = Path(data_dir)
     ts = load_training_set(data_dir)
     checkpoints = data_dir / MODELS_DIR / method / "checkpoints"
+    latest = latest_checkpoint(checkpoints)
+    if latest is None:
+        raise FileNotFoundError(f"no {method} backbone under {checkpoints}: materialize backbone/{method} first")
     if size is None:
-        size = load_checkpoint(checkpoints).state.get("size")
-    backbone = load_backbone(checkpoints)
-    features = embed(backbone, ts.dataset(data_dir), batch_size=batch_size, device=device, size=size)
-    _save_array(features.astype(np.float32), data_dir / EMBED_DIR / f"{method}.npy")
-    pio.write_parquet_frame(pd.DataFrame({"sop_instance_uid": ts.uids}), data_dir / EMBED_DIR / f"{method}.uids.parquet")
+        size = load_checkpoint(latest).state.get("size")
+    model_key = f"{_file_digest(latest / WEIGHTS_FILE)}:{size}"
+    cache_keys = _cache_keys(data_dir, ts.uids)
+    features = _previous_rows(data_dir, method, model_key, ts.uids, cache_keys) if reuse else None
+    todo = np.arange(len(ts.uids)) if features is None else np.flatnonzero(np.isnan(features[:, 0]))
+    if len(todo):
+        read = functools.partial(cache.read, data_dir)
+        new = embed(load_backbone(checkpoints), CacheDataset.from_reader(read, [ts.uids[i] for i in todo]),
+                    batch_size=batch_size, device=device, size=size).astype(np.float32)  # (len(todo), D)
+        if features is None or features.shape[1] != new.shape[1]:
+            features = np.full((len(ts.uids), new.shape[1]), np.nan, np.float32)
+        features[todo] = new
+    if log is not None:
+        log(f"{method} embeddings: {len(todo)} images embedded, {len(ts.uids) - len(todo)} kept from the last run")
+    _save_array(features, data_dir / EMBED_DIR / f"{method}.npy")
+    pio.write_parquet_frame(pd.DataFrame({"sop_instance_uid": ts.uids, "cache_key": cache_keys,
+                                          "model_key": model_key}),
+                            data_dir / EMBED_DIR / f"{method}.uids.parquet")
+    return features
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
+
+
+def _cache_keys(data_dir: Path, uids: Sequence[str]) -> list[str]:
+    """Per image, what its cached pixels depend on: source file identity, size, mtime, cache settings."""
+    manifest = pd.read_parquet(data_dir / MANIFEST_PATH,
+                               columns=["sop_instance_uid", "path_hash", "file_size", "mtime_ns", "params"])
+    manifest = manifest.drop_duplicates("sop_instance_uid", keep="last").set_index("sop_instance_uid").loc[list(uids)]
+    return [f"{h}:{s}:{t}:{p}" for h, s, t, p in zip(manifest["path_hash"], manifest["file_size"],
+                                                      manifest["mtime_ns"], manifest["params"])]
+
+
+def _previous_rows(data_dir: Path, method: str, model_key: str, uids: Sequence[str],
+                   cache_keys: Sequence[str]) -> np.ndarray | None:
+    """The last run's rows that still hold, in ``uids`` order, NaN rows elsewhere; None if nothing holds."""
+    npy, rows_path = data_dir / EMBED_DIR / f"{method}.npy", data_dir / EMBED_DIR / f"{method}.uids.parquet"
+    if not (npy.exists() and rows_path.exists()):
+        return None
+    rows = pd.read_parquet(rows_path)
+    old = np.load(npy, mmap_mode="r")
+    if "model_key" not in rows or len(rows) != old.shape[0] or not (rows["model_key"] == model_key).all():
+        return None
+    position = pd.Series(np.arange(len(rows)), index=rows["sop_instance_uid"] + "|" + rows["cache_key"])
+    where = position.reindex([f"{u}|{k}" for u, k in zip(uids, cache_keys)]).to_numpy()
+    features = np.full((len(uids), old.shape[1]), np.nan, np.float32)
+    hit = ~np.isnan(where)
+    features[hit] = old[where[hit].astype(np.int64)]
     return features
 
 
@@ -295,11 +349,36 @@ def evaluate_against_truth(data_dir: str | os.PathLike[str], truth_path: str | o
         ``ood_auroc``, ``ood_precision``, ``ood_recall``, ``missing_suggestion_accuracy``,
         and the counts behind them.
     """
-    from sklearn.metrics import roc_auc_score
+    data_dir = Path(data_dir)
+    return score_issues(pd.read_parquet(data_dir / ISSUES_PATH), load_training_set(data_dir), truth_path)
+
+
+def evaluate_methods(data_dir: str | os.PathLike[str], truth_path: str | os.PathLike[str], methods: Sequence[str],
+                     **options: Any) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_against_truth` for each method's own audit and for the ensemble's.
+
+    Each method's out-of-fold probabilities and embeddings go through the same cleanlab scoring
+    as the ensemble's (``options`` as for :func:`audit`); nothing is written.
+    """
+    from models.audit import find_issues
 
     data_dir = Path(data_dir)
-    issues = pd.read_parquet(data_dir / ISSUES_PATH)
     ts = load_training_set(data_dir)
+    scores = {}
+    for m in methods:
+        probs, rows = load_probabilities(data_dir, m)
+        uids = rows["sop_instance_uid"].tolist()
+        issues = find_issues(probs.astype(np.float64), rows["label"].to_numpy(), load_embeddings(data_dir, m, uids),
+                             sop_instance_uids=uids, out_of_fold=rows["out_of_fold"].to_numpy(), **options)
+        scores[m] = score_issues(issues, ts, truth_path)
+    scores["ensemble"] = evaluate_against_truth(data_dir, truth_path)
+    return scores
+
+
+def score_issues(issues: pd.DataFrame, ts: TrainingSet, truth_path: str | os.PathLike[str]) -> dict[str, float]:
+    """The figures of :func:`evaluate_against_truth` for one label-issues table."""
+    from sklearn.metrics import roc_auc_score
+
     path = Path(truth_path)
     truth = (pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)).set_index("sop_instance_uid")
     issues = issues.set_index("sop_instance_uid").loc[ts.uids]

@@ -76,6 +76,12 @@ def test_evaluation_against_truth_counts_what_the_audit_sees(audited):
     assert scores["out_of_domain"] == int(t["is_ood"].sum())
     assert 0 < scores["truly_mislabelled"] <= int((t["corruption"].isin(["swap", "confusion"])).sum())
     assert 0.0 <= scores["ood_auroc"] <= 1.0
+    per_method = stages.evaluate_methods(data, truth, METHODS)
+    assert set(per_method) == {*METHODS, "ensemble"}
+    assert pd.Series(per_method["ensemble"]).equals(pd.Series(scores))  # NaN-aware
+    for m in METHODS:  # the same images and truth; each method's own flags
+        assert per_method[m]["truly_mislabelled"] == scores["truly_mislabelled"]
+        assert 0 <= per_method[m]["flagged_mislabel"] <= scores["images"]
 
 
 def test_label_fraction_accuracies_are_reported(audited):
@@ -136,7 +142,10 @@ def test_nightly_audit_embeds_the_new_files_of_the_night(audited, tmp_path):
                             "audit": {"config": {"n_splits": 3, "max_flag_fraction": 1.0}}}}
     with dg.instance_for_test() as instance:
         result = job.execute_in_process(run_config=config, instance=instance)
+        messages = [e.user_message for e in instance.all_logs(result.run_id)]
     assert result.success
+    for m in METHODS:
+        assert f"{m} embeddings: 12 images embedded, {before} kept from the last run" in messages
     uids = stages.load_training_set(night).uids
     assert len(uids) == before + 12
     for m in METHODS:
@@ -145,6 +154,12 @@ def test_nightly_audit_embeds_the_new_files_of_the_night(audited, tmp_path):
             (data / "models" / m / "checkpoints" / "latest.json").read_bytes()
     issues = pd.read_parquet(night / "audit" / "label_issues.parquet")
     assert set(pd.read_parquet(tmp_path / "night.parquet")["sop_instance_uid"]) <= set(issues["sop_instance_uid"])
+    # Only the night's images were embedded; the others kept their rows, and a re-run embeds none.
+    old = stages.load_training_set(data).uids
+    np.testing.assert_array_equal(stages.load_embeddings(night, "byol", old), stages.load_embeddings(data, "byol", old))
+    lines: list[str] = []
+    stages.compute_embeddings(night, "byol", log=lines.append)
+    assert lines == [f"byol embeddings: 0 images embedded, {len(uids)} kept from the last run"]
 
 
 def _rematerialize(data: Path, truth: Path, selection: list[dg.AssetKey]) -> dg.ExecuteInProcessResult:
