@@ -157,8 +157,8 @@ def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *
     eval_labels = truth_labels(ts, truth_path)
     eval_fn = knn_monitor(dataset, eval_labels if eval_labels is not None else ts.labels, seed=config.seed,
                           linear_probe=True)
-    # About ten evaluations per run (and always after the last epoch): each embeds every image.
-    return pretrain(config, dataset, log=log, eval_fn=eval_fn, eval_every=max(1, config.epochs // 10))
+    # About five evaluations per run (and always after the last epoch): each embeds every image.
+    return pretrain(config, dataset, log=log, eval_fn=eval_fn, eval_every=max(1, config.epochs // 5))
 
 
 def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: int | None = None,

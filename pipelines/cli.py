@@ -259,7 +259,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from pacs.synth import generate_export
 
     export, data, truth = args.dir / "export", args.dir / "data", args.dir / "truth.parquet"
-    if not truth.exists():
+    if not truth.exists() or not export.is_dir() or not any(export.iterdir()):
         print(f"making the synthetic demo export in {export} ({args.n} images) ...")
         generate_export(export, truth, n=args.n, seed=args.seed, size=max(args.size * 2, 128), force=True)
     audit = AuditConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.size, on_cpu="as_is",
