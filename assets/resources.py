@@ -70,6 +70,7 @@ class AuditConfig(dg.ConfigurableResource):
     gauge_dir: str | None = None
     epochs: int = 100
     batch_size: int = 1024
+    tau_base: float = 0.9995
     image_size: int = 224
     on_cpu: str = "shrink"
     from_scratch: bool = False
@@ -91,4 +92,5 @@ class AuditConfig(dg.ConfigurableResource):
         return PretrainConfig(method=method, backbone=self.backbone, epochs=self.epochs, batch_size=self.batch_size,
                               size=self.image_size, on_cpu=self.on_cpu, seed=self.seed, progress_bar=self.progress_bar,
                               num_workers=self.num_workers, devices=self.devices, compile=self.compile,
-                              gauge_dir=self.gauge_dir, warmup_epochs=min(10.0, self.epochs / 10))
+                              gauge_dir=self.gauge_dir, tau_base=self.tau_base,
+                              warmup_epochs=min(10.0, self.epochs / 10))

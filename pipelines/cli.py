@@ -262,7 +262,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not truth.exists() or not export.is_dir() or not any(export.iterdir()):
         print(f"making the synthetic demo export in {export} ({args.n} images) ...")
         generate_export(export, truth, n=args.n, seed=args.seed, size=max(args.size * 2, 128), force=True)
+    # A few hundred steps on the CPU: BYOL's target must move faster than the paper's 0.9995 lets it.
     audit = AuditConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.size, on_cpu="as_is",
+                        tau_base=0.99,
                         num_workers=min(2, os.cpu_count() or 1), seed=args.seed, truth_path=str(truth))
     run_assets(_resource(export, data, args), audit)
     _print_ingest_summary(data)

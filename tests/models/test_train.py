@@ -106,6 +106,7 @@ def test_config_validation() -> None:
         PretrainConfig(epochs=2, warmup_epochs=5)
     small = PretrainConfig().for_cpu()
     assert (small.size, small.batch_size, small.epochs, small.precision) == (64, 64, 2, "32-true")
+    assert small.tau_base == 0.99 and PretrainConfig(tau_base=0.9).for_cpu().tau_base == 0.9
 
 
 def test_dataset_smaller_than_a_batch(tiny_dataset: ArrayDataset) -> None:
