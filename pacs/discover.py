@@ -44,9 +44,10 @@ def walk(root: str | os.PathLike[str]) -> Iterator[FoundFile | tuple[str, str]]:
     yielded as ``(relative_path, reason)`` so the caller can record them instead of losing them.
     """
     root = Path(root)
-    stack = [root]
+    # (folder, its path relative to the root with a trailing "/", or "" for the root itself)
+    stack: list[tuple[str, str]] = [(str(root), "")]
     while stack:
-        folder = stack.pop()
+        folder, rel_folder = stack.pop()
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError as exc:
@@ -54,10 +55,10 @@ def walk(root: str | os.PathLike[str]) -> Iterator[FoundFile | tuple[str, str]]:
             continue
         subdirs = []
         for entry in entries:
-            rel = _rel(Path(entry.path), root)
+            rel = rel_folder + entry.name
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    subdirs.append(Path(entry.path))
+                    subdirs.append((entry.path, rel + "/"))
                     continue
                 if not entry.is_file(follow_symlinks=True):
                     yield (rel, "not a regular file (broken link, socket or device)")

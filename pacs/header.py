@@ -2,11 +2,13 @@
 
 Only the tags the index needs are parsed (``specific_tags``), the pixel data is never read,
 and large values are deferred, so a damaged length field cannot make the reader allocate
-or read gigabytes.
+or read gigabytes. The file is opened once; conversions of header values that files share
+(a study's UIDs, the modality, sizes, descriptions) are memoized on their raw bytes.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import struct
@@ -15,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.charset import convert_encodings
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from pacs.discover import Kind, sniff
+from pacs.discover import Kind, sniff_bytes
 from pacs.pseudo import identifier_tokens, pseudonymize
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -64,11 +68,35 @@ _EXTRA_TAGS = [
     "MediaStorageSOPClassUID",
 ]
 _SPECIFIC_TAGS = list(HEADER_TAGS.values()) + _EXTRA_TAGS
-_HEADER_TAG_NUMBERS = {column: tag_for_keyword(keyword) for column, keyword in HEADER_TAGS.items()}
-_PATIENT_ID, _ISSUER = tag_for_keyword("PatientID"), tag_for_keyword("IssuerOfPatientID")
-_PATIENT_NAME, _BIRTH_DATE = tag_for_keyword("PatientName"), tag_for_keyword("PatientBirthDate")
+_SPECIFIC_TAG_NUMBERS = [BaseTag(tag_for_keyword(keyword)) for keyword in _SPECIFIC_TAGS]
+_COLUMN_TAGS = [(column, BaseTag(tag_for_keyword(keyword)), column in INT_COLUMNS)
+                for column, keyword in HEADER_TAGS.items()]
+_PATIENT_ID, _ISSUER = BaseTag(tag_for_keyword("PatientID")), BaseTag(tag_for_keyword("IssuerOfPatientID"))
+_PATIENT_NAME, _BIRTH_DATE = BaseTag(tag_for_keyword("PatientName")), BaseTag(tag_for_keyword("PatientBirthDate"))
+_CHARSET = BaseTag(tag_for_keyword("SpecificCharacterSet"))
+_DIRECTORY_RECORDS = BaseTag(tag_for_keyword("DirectoryRecordSequence"))
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 IDENTIFIERS = "_identifiers"
+
+# Read by the pixel plausibility check, with their dictionary VR (US, IS, CS: no character set and no
+# ambiguity changes their conversion): converted once here (see _convert_plausibility_tags).
+_PLAUSIBILITY_TAGS = {
+    BaseTag(tag_for_keyword(keyword)): dictionary_VR(keyword) for keyword in (
+        "Rows", "Columns", "BitsAllocated", "BitsStored", "SamplesPerPixel", "NumberOfFrames",
+        "PhotometricInterpretation",
+    )
+}
+_SNIFF_BYTES = 132
+_PYDICOM_ERRORS = (InvalidDicomError, EOFError, struct.error, OSError, ValueError, KeyError,
+                   NotImplementedError, OverflowError, TypeError, IndexError)
+
+# Memoized conversions by raw bytes (see _value); values longer than _MEMO_VALUE_BYTES are converted each time.
+_VALUES: dict[tuple[Any, ...], Any] = {}
+_CHARSETS: dict[Any, tuple[str, ...]] = {}
+_ELEMENTS: dict[tuple[Any, ...], DataElement] = {}
+_MEMO_ENTRIES = 1 << 14
+_MEMO_VALUE_BYTES = 256
+_UNIQUE_TAGS = frozenset({BaseTag(tag_for_keyword("SOPInstanceUID"))})  # one value per file: never memoized
 
 # Values larger than this are not read into memory while parsing the header.
 _DEFER_BYTES = 64 * 1024
@@ -104,51 +132,57 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        file_size = path.stat().st_size
-        kind = sniff(path)
+        fp = open(path, "rb")
     except OSError as exc:
         raise HeaderError(f"cannot read file: {exc.strerror or exc}", stage="discover") from exc
-    if kind is Kind.EMPTY:
-        raise HeaderError("empty file (0 bytes)", stage="discover")
-    if kind is Kind.NOT_DICOM:
-        raise HeaderError(f"not DICOM: {_describe_foreign(path)}", stage="discover", severity="skipped")
+    with fp:
+        try:
+            file_size = os.fstat(fp.fileno()).st_size
+            head = fp.read(_SNIFF_BYTES)
+        except OSError as exc:
+            raise HeaderError(f"cannot read file: {exc.strerror or exc}", stage="discover") from exc
+        kind = sniff_bytes(head)
+        if kind is Kind.EMPTY:
+            raise HeaderError("empty file (0 bytes)", stage="discover")
+        if kind is Kind.NOT_DICOM:
+            raise HeaderError(f"not DICOM: {_describe_foreign(head)}", stage="discover", severity="skipped")
 
-    try:
-        with open(path, "rb") as fp:
+        try:
+            fp.seek(0)
             ds = pydicom.dcmread(
                 fp,
                 force=kind is Kind.RAW,
                 stop_before_pixels=True,
                 defer_size=_DEFER_BYTES,
-                specific_tags=_SPECIFIC_TAGS,
+                specific_tags=_SPECIFIC_TAG_NUMBERS,
             )
             pixel = _probe_pixel_element(fp, ds)
-        if pixel is None and _transfer_syntax(ds) == pydicom.uid.DeflatedExplicitVRLittleEndian:
-            # The dataset was inflated into memory, so the file position says nothing: look again.
-            full = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
-            pixel = PixelElement(offset=-1, length=None) if "PixelData" in full else None
-    except (InvalidDicomError, EOFError, struct.error, OSError, ValueError, KeyError,
-            NotImplementedError, OverflowError, TypeError, IndexError) as exc:
-        raise HeaderError(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
+            if pixel is None and _transfer_syntax(ds) == pydicom.uid.DeflatedExplicitVRLittleEndian:
+                # The dataset was inflated into memory, so the file position says nothing: look again.
+                full = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
+                pixel = PixelElement(offset=-1, length=None) if "PixelData" in full else None
+        except _PYDICOM_ERRORS as exc:
+            raise HeaderError(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
 
     media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", "")) if ds.file_meta else ""
-    if media_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+    if media_class == MEDIA_STORAGE_DIRECTORY or _DIRECTORY_RECORDS in ds:
         raise HeaderError("DICOMDIR (a directory of the export, not an image)", severity="skipped")
 
-    encodings = convert_encodings(ds.get("SpecificCharacterSet") or "ISO_IR 6")
-    row: dict[str, Any] = {}
-    for column, tag in _HEADER_TAG_NUMBERS.items():
-        row[column] = _value(ds, tag, encodings, integer=column in INT_COLUMNS)
+    _convert_plausibility_tags(ds)
+    encodings, enc_key = _encodings(ds)
+    row: dict[str, Any] = {
+        column: _value(ds, tag, encodings, enc_key, integer=integer) for column, tag, integer in _COLUMN_TAGS
+    }
     if not row["sop_instance_uid"]:
         raise HeaderError("no SOP Instance UID")
     if not _UID.fullmatch(row["sop_instance_uid"]):
         raise HeaderError("SOP Instance UID is not a valid UID (digits and dots, at most 64 characters)")
     row["transfer_syntax_uid"] = _transfer_syntax(ds)
-    patient_id = _value(ds, _PATIENT_ID, encodings, integer=False)
-    row["patient_key"] = pseudonymize(patient_id, key, issuer=_value(ds, _ISSUER, encodings, integer=False))
+    patient_id = _value(ds, _PATIENT_ID, encodings, enc_key, integer=False)
+    row["patient_key"] = _patient_key(patient_id, key, _value(ds, _ISSUER, encodings, enc_key, integer=False))
     # Used to redact paths, then dropped: never written anywhere.
-    row[IDENTIFIERS] = identifier_tokens(_value(ds, _PATIENT_NAME, encodings, integer=False), patient_id,
-                                         _value(ds, _BIRTH_DATE, encodings, integer=False))
+    row[IDENTIFIERS] = identifier_tokens(_value(ds, _PATIENT_NAME, encodings, enc_key, integer=False), patient_id,
+                                         _value(ds, _BIRTH_DATE, encodings, enc_key, integer=False))
     try:
         if pixel is None:
             raise HeaderError("no Pixel Data element (not an image)", stage="pixels", severity="skipped")
@@ -159,11 +193,91 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
     return row
 
 
-def _value(ds: Dataset, tag: int, encodings: list[str], *, integer: bool) -> Any:
+def clear_memos() -> None:
+    """Forget the memoized conversions, as in a fresh process (for benchmarks)."""
+    for memo in (_VALUES, _CHARSETS, _ELEMENTS):
+        memo.clear()
+    _patient_key.cache_clear()
+
+
+@functools.lru_cache(maxsize=4096)  # one patient has many files
+def _patient_key(patient_id: str | None, key: bytes, issuer: str | None) -> str | None:
+    return pseudonymize(patient_id, key, issuer=issuer)
+
+
+def _remember(memo: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(memo) >= _MEMO_ENTRIES:
+        memo.clear()
+    memo[key] = value
+
+
+def _convert_plausibility_tags(ds: Dataset) -> None:
+    """Convert the raw elements the pixel plausibility check reads, as ``Dataset.__getitem__`` would.
+
+    Done once, memoized on the raw bytes, so that neither the index columns nor the check convert
+    them again. Only elements read with their dictionary VR, whose conversion depends on neither
+    the character set nor the dataset; any other (a deferred value, an odd VR) is left to pydicom.
+    The converted elements are shared by the datasets of many files, which only read them.
+    """
+    elements = ds._dict
+    for tag, dictionary_vr in _PLAUSIBILITY_TAGS.items():
+        raw = elements.get(tag)
+        if not isinstance(raw, RawDataElement) or type(raw.value) is not bytes \
+                or (raw.VR or dictionary_vr) != dictionary_vr:
+            continue
+        memo_key = (tag, raw.VR, raw.value, raw.is_little_endian)
+        elem = _ELEMENTS.get(memo_key)
+        if elem is None:
+            try:
+                elem = convert_raw_data_element(raw, encoding=default_encoding)
+            except Exception:  # noqa: BLE001 - left raw: the plausibility check meets the error as before
+                continue
+            if len(raw.value) <= _MEMO_VALUE_BYTES:
+                _remember(_ELEMENTS, memo_key, elem)
+        elements[tag] = elem
+
+
+def _encodings(ds: Dataset) -> tuple[list[str], tuple[str, ...]]:
+    """The Specific Character Set as Python codecs (ISO_IR 6 where absent), and as a memo key."""
+    charset = (ds[_CHARSET].value if _CHARSET in ds else None) or "ISO_IR 6"
+    memo_key: Any = None
+    if type(charset) is str:
+        memo_key = charset
+    elif isinstance(charset, MultiValue) and all(type(c) is str for c in charset):
+        memo_key = tuple(charset)
+    if memo_key is not None:
+        known = _CHARSETS.get(memo_key)
+        if known is not None:
+            return list(known), known
+    encodings = convert_encodings(charset)
+    enc_key = tuple(encodings)
+    if memo_key is not None:
+        _remember(_CHARSETS, memo_key, enc_key)
+    return encodings, enc_key
+
+
+def _value(ds: Dataset, tag: BaseTag, encodings: list[str], enc_key: tuple[str, ...], *, integer: bool) -> Any:
+    """The element's value as the index stores it (str, int or None), memoized on its raw bytes.
+
+    The conversion depends only on the tag, VR, bytes, byte order and character set.
+    """
     # get_item + convert_raw_data_element skip Dataset's attribute machinery (5x cheaper per tag).
     raw = ds.get_item(tag)
     if raw is None:
         return None
+    if tag not in _UNIQUE_TAGS and isinstance(raw, RawDataElement) and type(raw.value) is bytes \
+            and len(raw.value) <= _MEMO_VALUE_BYTES:
+        memo_key = (tag, raw.VR, raw.value, raw.is_little_endian, enc_key, integer)
+        try:
+            return _VALUES[memo_key]
+        except KeyError:
+            value = _convert(raw, encodings, ds, integer=integer)
+            _remember(_VALUES, memo_key, value)
+            return value
+    return _convert(raw, encodings, ds, integer=integer)
+
+
+def _convert(raw: Any, encodings: list[str], ds: Dataset, *, integer: bool) -> Any:
     try:
         value = convert_raw_data_element(raw, encoding=encodings, ds=ds).value if isinstance(raw, RawDataElement) \
             else raw.value
@@ -173,10 +287,10 @@ def _value(ds: Dataset, tag: int, encodings: list[str], *, integer: bool) -> Any
         return None
     if integer:
         try:
-            return int(value[0] if isinstance(value, (list, pydicom.multival.MultiValue)) else value)
+            return int(value[0] if isinstance(value, (list, MultiValue)) else value)
         except (TypeError, ValueError):
             return None
-    if isinstance(value, (list, pydicom.multival.MultiValue)):
+    if isinstance(value, (list, MultiValue)):
         return "\\".join(str(v) for v in value)
     text = str(value).strip()
     return text or None
@@ -244,9 +358,9 @@ def _check_pixels(ds: Dataset, pixel: PixelElement, file_size: int, row: dict[st
         )
 
 
-def _describe_foreign(path: Path) -> str:
-    with open(path, "rb") as f:
-        head = f.read(8)
+def _describe_foreign(head: bytes) -> str:
+    """What a file that is not DICOM is, from its first bytes."""
+    head = head[:8]
     for magic, name in ((b"\x89PNG", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"%PDF", "PDF document"),
                         (b"PK\x03\x04", "ZIP archive"), (b"GIF8", "GIF image"), (b"II*\x00", "TIFF image"),
                         (b"MM\x00*", "TIFF image")):

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from pebble import ProcessExpired, ProcessPool
@@ -30,6 +32,8 @@ ERRORS_PATH = Path("index") / "ingest_errors.parquet"
 STAGES = ("discover", "header", "pixels")
 # Fewer files than this are read in this process: a worker pool costs more than it saves.
 POOL_MIN_FILES = 64
+# Headers read per worker job: one job per file costs more in scheduling and IPC than the reading.
+HEADER_CHUNK = 32
 
 _FILE_FIELDS = [
     # Relative path with any folder or file name holding a patient's name or ID redacted.
@@ -66,9 +70,15 @@ ERRORS_SCHEMA = pa.schema(
 )
 
 
+_EMPTY_FRAMES: dict[pa.Schema, pd.DataFrame] = {}
+
+
 def empty_frame(schema: pa.Schema) -> pd.DataFrame:
     """An empty DataFrame with the schema's columns and dtypes."""
-    return schema.empty_table().to_pandas()
+    empty = _EMPTY_FRAMES.get(schema)
+    if empty is None:
+        empty = _EMPTY_FRAMES[schema] = schema.empty_table().to_pandas()
+    return empty.copy()
 
 
 def to_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
@@ -162,18 +172,19 @@ def update_index(
             stats["unchanged"] += 1
 
     redo = {hashes[f.path] for f in todo}
-    kept_index = prev_index[~prev_index["path_hash"].isin(redo)].copy()
+    kept_index = prev_index[~_isin(prev_index["path_hash"], redo)].copy()
     # Rows without a size came from the walk itself (unreadable entries): the walk reports them afresh.
-    kept_errors = prev_errors[~prev_errors["path_hash"].isin(redo) & prev_errors["file_size"].notna()].copy()
+    kept_errors = prev_errors[~_isin(prev_errors["path_hash"], redo) & prev_errors["file_size"].notna()].copy()
     for kept in (kept_index, kept_errors):
-        present = kept["path_hash"].isin(real_paths)
+        present = _isin(kept["path_hash"], real_paths)
         stats["vanished"] += int((~present & kept["present"].astype(bool)).sum())
         stats["reappeared"] += int((present & ~kept["present"].astype(bool)).sum())
         kept.loc[~present & kept["missing_since"].isna(), "missing_since"] = now
         kept.loc[present, "missing_since"] = pd.NaT
         kept["present"] = present
 
-    rows, header_errors = read_headers(root, todo, key=key, workers=workers, now=now, timeout_s=file_timeout_s)
+    rows, header_errors = read_headers(root, todo, key=key, workers=workers, now=now, timeout_s=file_timeout_s,
+                                       path_hashes=hashes)
     errors_now = [error_row(p, None, None, "discover", reason, now, path_hash=path_key(p, key))
                   for p, reason in walk_errors]
     _redact(rows, header_errors + errors_now, known=_known_folders(kept_index, real_paths))
@@ -186,6 +197,16 @@ def update_index(
     stats["indexed"] = len(rows)
     stats["errors_new"] = len(header_errors) + len(errors_now)
     return IndexUpdate(index=index, errors=errors, stats=stats, real_paths=real_paths)
+
+
+def _isin(column: pd.Series, values: Collection[str]) -> pd.Series:
+    """``column.isin(values)`` for a set or dict of strings, by lookups of the column's values.
+
+    pandas converts every element of ``values`` to an Arrow scalar (microseconds each: seconds for
+    a large archive's paths).
+    """
+    return pd.Series(np.fromiter((v in values for v in column.tolist()), dtype=bool, count=len(column)),
+                     index=column.index)
 
 
 def _known_folders(index: pd.DataFrame, real_paths: dict[str, str]) -> dict[str, str]:
@@ -227,32 +248,37 @@ def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, kno
 
 def read_headers(
     root: Path, files: Sequence[FoundFile], *, key: bytes, workers: int, now: pd.Timestamp, timeout_s: float = 60.0,
+    path_hashes: Mapping[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Read the headers of ``files``; return (index rows, error rows).
 
-    With several workers and at least ``POOL_MIN_FILES`` files, each header is read in a worker
-    process under ``timeout_s`` (``run_isolated``): a file that hangs the reader or kills its
-    worker is one error row. Small runs read in this process, where the pool would cost more
-    than the reading.
+    With several workers and at least ``POOL_MIN_FILES`` files, headers are read in worker
+    processes, ``HEADER_CHUNK`` files per job, each file under ``timeout_s`` (``run_isolated``): a
+    file that hangs the reader or kills its worker is one error row. Small runs read in this
+    process, where the pool would cost more than the reading.
+
+    Args:
+        path_hashes: ``path_key(f.path, key)`` of the files where the caller has it already.
     """
     jobs = [(str(root / f.path), key) for f in files]
     results: list[dict[str, Any] | HeaderError | JobFailure]
     if workers > 1 and len(jobs) >= POOL_MIN_FILES:
         results = run_isolated(_read_one, jobs, workers=workers, timeout_s=timeout_s,
-                               action="reading the header", actor="header reader")
+                               action="reading the header", actor="header reader", chunk_size=HEADER_CHUNK)
     else:
         results = [_read_one(job) for job in jobs]
     rows, errors = [], []
     for f, res in zip(files, results):
+        path_hash = path_hashes[f.path] if path_hashes is not None else path_key(f.path, key)
         if isinstance(res, JobFailure):
             res = HeaderError(res.reason)
         if isinstance(res, HeaderError):
             row = error_row(f.path, f.size, f.mtime_ns, res.stage, str(res), now, severity=res.severity,
-                            path_hash=path_key(f.path, key))
+                            path_hash=path_hash)
             row[IDENTIFIERS] = res.identifiers
             errors.append(row)
         else:
-            res.update(path=display_path(f.path), path_hash=path_key(f.path, key), file_size=f.size,
+            res.update(path=display_path(f.path), path_hash=path_hash, file_size=f.size,
                        mtime_ns=f.mtime_ns, present=True, first_seen=now)
             rows.append(res)
     return rows, errors
@@ -268,6 +294,9 @@ def _read_one(job: tuple[str, bytes]) -> dict[str, Any] | HeaderError:
         return HeaderError(f"unexpected {type(exc).__name__} while reading the header: {exc}")
 
 
+_STOPPING: list[threading.Thread] = []  # pools of finished run_isolated calls, stopping in the background
+
+
 @dataclass(frozen=True)
 class JobFailure:
     """Why one job of ``run_isolated`` gave no result."""
@@ -277,43 +306,87 @@ class JobFailure:
 
 def run_isolated(
     fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int, timeout_s: float, action: str, actor: str,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, chunk_size: int = 1,
 ) -> list[Any]:
-    """``[fn(job) for job in jobs]``, each job in a worker process under a wall-time limit.
+    """``[fn(job) for job in jobs]``, in worker processes under a wall-time limit per job.
 
     A job that runs too long, kills its worker (a segfault in a decoder, the OOM killer) or raises
     gets a ``JobFailure`` with a readable reason in its place; the pool replaces the worker and
     the other jobs go on, so one damaged file never costs the run. Workers are forked: ``fn``
     sees the parent's module state.
 
+    Jobs go to the workers ``chunk_size`` at a time, under ``timeout_s`` times the chunk's length,
+    which saves the scheduling and IPC of one task per job where jobs are short. A chunk that fails
+    as a whole (too slow, its worker died, an exception) is run again one job per task, so each job
+    gets the result or the reason it would have had alone.
+
     Args:
         fn: A module-level function of one job.
         jobs: Picklable arguments, one per call.
-        workers: Worker processes (at most one per job).
+        workers: Worker processes (at most one per chunk).
         timeout_s: Wall-time limit of one job.
         action: What a job does, for a timeout: "decoding" -> "decoding took longer than 60 s".
         actor: What runs it, for a crash: "decoder" -> "decoder crashed (exit code -11: killed by SIGSEGV)".
-        progress: Called as ``progress(done, total)`` after each job.
+        progress: Called as ``progress(done, total)`` after each job or chunk.
+        chunk_size: Jobs per worker task (1: each job alone).
     """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if not jobs:
         return []
+    chunks = [list(jobs[i : i + chunk_size]) for i in range(0, len(jobs), chunk_size)]
     results: list[Any] = []
-    with ProcessPool(max_workers=max(1, min(workers, len(jobs)))) as pool:
-        futures = [pool.schedule(fn, args=(job,), timeout=timeout_s) for job in jobs]
-        for done, future in enumerate(futures, start=1):
-            try:
-                results.append(future.result())
-            except FutureTimeout:
-                results.append(JobFailure(f"{action} took longer than {timeout_s:g} s"))
-            except ProcessExpired as exc:
-                results.append(JobFailure(f"{actor} crashed (exit code {exc.exitcode}{_signal_note(exc.exitcode)})"))
-            except MemoryError:
-                results.append(JobFailure(f"{actor} ran out of memory"))
-            except Exception as exc:  # noqa: BLE001 - any failure of one job becomes that job's reason
-                results.append(JobFailure(f"{type(exc).__name__}: {exc}"))
+    pool = ProcessPool(max_workers=max(1, min(workers, len(chunks))))
+    try:
+        futures = [
+            pool.schedule(fn, args=(chunk[0],), timeout=timeout_s) if len(chunk) == 1
+            else pool.schedule(_run_chunk, args=(fn, chunk), timeout=timeout_s * len(chunk))
+            for chunk in chunks
+        ]
+        for chunk, future in zip(chunks, futures):
+            if len(chunk) == 1:
+                results.append(_result(future, timeout_s, action, actor))
+            else:
+                outcome = _result(future, timeout_s * len(chunk), action, actor)
+                if isinstance(outcome, JobFailure):
+                    alone = [pool.schedule(fn, args=(job,), timeout=timeout_s) for job in chunk]
+                    outcome = [_result(f, timeout_s, action, actor) for f in alone]
+                results.extend(outcome)
             if progress:
-                progress(done, len(jobs))
+                progress(len(results), len(jobs))
+    finally:
+        pool.stop()
+        # pebble's join waits out its manager threads' 0.1 s polling; every result is in and the
+        # workers are idle, so they are stopped in the background (a non-daemon thread: the
+        # interpreter waits for it at exit; so does ``wait_for_workers``).
+        stopping = threading.Thread(target=pool.join, name="run_isolated-join")
+        stopping.start()
+        _STOPPING[:] = [t for t in _STOPPING if t.is_alive()] + [stopping]
     return results
+
+
+def wait_for_workers() -> None:
+    """Wait until the worker processes of finished ``run_isolated`` calls have exited."""
+    while _STOPPING:
+        _STOPPING.pop().join()
+
+
+def _run_chunk(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any]:
+    return [fn(job) for job in chunk]
+
+
+def _result(future: Any, timeout_s: float, action: str, actor: str) -> Any:
+    """The future's result, or a ``JobFailure`` saying why there is none."""
+    try:
+        return future.result()
+    except FutureTimeout:
+        return JobFailure(f"{action} took longer than {timeout_s:g} s")
+    except ProcessExpired as exc:
+        return JobFailure(f"{actor} crashed (exit code {exc.exitcode}{_signal_note(exc.exitcode)})")
+    except MemoryError:
+        return JobFailure(f"{actor} ran out of memory")
+    except Exception as exc:  # noqa: BLE001 - any failure of one job becomes that job's reason
+        return JobFailure(f"{type(exc).__name__}: {exc}")
 
 
 def _signal_note(exitcode: int | None) -> str:
@@ -330,11 +403,14 @@ def _signal_note(exitcode: int | None) -> str:
 def mark_duplicates(index: pd.DataFrame) -> pd.DataFrame:
     """Fill ``duplicate_of``: among present rows sharing a SOP Instance UID, all but the first path."""
     index = index.copy()
-    index["duplicate_of"] = None
-    live = index[index["present"].astype(bool)]
-    first = live.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid")["path"]
-    dup = live.index[live.duplicated("sop_instance_uid", keep="first")]
-    index.loc[dup, "duplicate_of"] = index.loc[dup, "sop_instance_uid"].map(first)
+    live = np.flatnonzero(index["present"].astype(bool).to_numpy())
+    codes, _ = pd.factorize(index["sop_instance_uid"].to_numpy()[live], use_na_sentinel=False)
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    original = live[first[inverse]]  # per live row: the first live row with its UID
+    dup = original != live
+    duplicate_of = np.full(len(index), None, dtype=object)
+    duplicate_of[live[dup]] = index["path"].to_numpy(dtype=object)[original[dup]]
+    index["duplicate_of"] = pd.Series(duplicate_of, index=index.index, dtype=object)
     return index
 
 

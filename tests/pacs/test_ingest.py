@@ -375,6 +375,32 @@ def test_a_header_read_that_hangs_or_kills_its_worker_is_one_error_row(tmp_path,
     assert result.stats["cached"] == 1
 
 
+def _job(x: int) -> int:
+    """A job for run_isolated that hangs, kills its worker or raises for some inputs."""
+    if x == 3:
+        time.sleep(30)
+    if x == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if x == 7:
+        raise ValueError("bad seven")
+    return x * 10
+
+
+def test_run_isolated_in_chunks_gives_each_job_its_own_result_or_reason():
+    done = []
+    t0 = time.monotonic()
+    results = ix.run_isolated(_job, list(range(10)), workers=2, timeout_s=0.5, action="working", actor="worker",
+                              chunk_size=4, progress=lambda n, total: done.append((n, total)))
+    assert time.monotonic() - t0 < 15
+    assert [r for i, r in enumerate(results) if i not in (3, 5, 7)] == [0, 10, 20, 40, 60, 80, 90]
+    assert results[3] == ix.JobFailure("working took longer than 0.5 s")
+    assert results[5].reason.startswith("worker crashed (exit code -9: killed by SIGKILL")
+    assert results[7] == ix.JobFailure("ValueError: bad seven")
+    assert done[-1] == (10, 10)
+    with pytest.raises(ValueError, match="chunk_size"):
+        ix.run_isolated(_job, [1], workers=1, timeout_s=1, action="working", actor="worker", chunk_size=0)
+
+
 @pytest.mark.parametrize("indexed", [False, True])
 def test_choosing_what_to_cache_emits_no_pandas_warning(tmp_path, good_sources, indexed):
     index = ix.empty_frame(ix.INDEX_SCHEMA)
