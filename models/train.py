@@ -333,6 +333,11 @@ def _guard_broken_omegaconf() -> None:
         checkpoint_connector._OMEGACONF_AVAILABLE = False
 
 
+def should_compile(cuda: bool, steps: int) -> bool:
+    """Whether ``compile=None`` (auto) compiles: GPU runs of at least ``COMPILE_MIN_STEPS`` steps."""
+    return cuda and steps >= COMPILE_MIN_STEPS
+
+
 def _print(line: str) -> None:
     print(line, flush=True)
 
@@ -404,7 +409,7 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
                          "lower batch_size or add images")
     if config.compile is None:
         steps = config.max_steps or config.epochs * (n // config.batch_size)
-        config = config.replace(compile=cuda and steps >= COMPILE_MIN_STEPS)
+        config = config.replace(compile=should_compile(cuda, steps))
         if config.compile:
             emit(f"compiling the backbone with torch.compile ({steps} steps to train)")
 

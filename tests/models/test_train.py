@@ -143,7 +143,11 @@ def test_a_gauge_folder_joins_the_drawn_gauges(tmp_path: Path) -> None:
 
 def test_compile_is_decided_by_the_run_length(tiny_dataset: ArrayDataset) -> None:
     result = pretrain(PretrainConfig(method="simclr", **TINY), tiny_dataset)
-    assert result.config.compile is False  # 2 steps, and no GPU here: compiling would not pay
+    assert result.config.compile is False  # 2 steps: compiling would not pay
+    from models.train import COMPILE_MIN_STEPS, should_compile
+
+    assert should_compile(True, COMPILE_MIN_STEPS) and not should_compile(True, COMPILE_MIN_STEPS - 1)
+    assert not should_compile(False, 10 * COMPILE_MIN_STEPS)
 
 
 def test_the_monitor_also_fits_a_linear_probe(tiny_dataset: ArrayDataset) -> None:
