@@ -119,8 +119,9 @@ def test_identical_inputs_and_seeds_give_identical_outputs(audited, tmp_path):
     pd.testing.assert_frame_equal(first, second)
 
 
-def test_a_backbone_resumes_unless_asked_to_start_from_scratch(audited):
-    data, *_ = audited
+def test_a_backbone_resumes_unless_asked_to_start_from_scratch(audited, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(audited[0], data)  # training from scratch must not change the shared fixture's weights
     config = AuditConfig(epochs=1, batch_size=16, image_size=32, on_cpu="as_is", num_workers=0).pretrain_config("simclr")
     kept = stages.train_backbone(data, "simclr", config)
     assert kept.resumed_from_epoch == 1 and kept.steps_this_run == 0
