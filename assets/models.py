@@ -15,6 +15,11 @@ GPU_POOL = "radaudit_gpu"
 GPU_RETRY = dg.RetryPolicy(max_retries=2, delay=30)
 
 
+def _no_retry_on_bad_input(error: Exception) -> dg.Failure:
+    """A bad configuration or missing input fails the same way every time: fail once, do not retry."""
+    return dg.Failure(f"{type(error).__name__}: {error}", allow_retries=False)
+
+
 def _png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})")
 
@@ -31,9 +36,14 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
     def backbone(context: dg.AssetExecutionContext, radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
         from models.probe import plot_loss_curve
 
-        result = stages.train_backbone(radaudit.data_dir, method, audit.pretrain_config(method),
-                                       truth_path=audit.truth_path, from_scratch=audit.from_scratch,
-                                       log=context.log.info)
+        # A retry resumes the checkpoints of the attempt that died; only the first attempt may wipe them.
+        from_scratch = audit.from_scratch and context.retry_number == 0
+        try:
+            result = stages.train_backbone(radaudit.data_dir, method, audit.pretrain_config(method),
+                                           truth_path=audit.truth_path, from_scratch=from_scratch,
+                                           log=context.log.info)
+        except (ValueError, FileNotFoundError) as error:
+            raise _no_retry_on_bad_input(error) from error
         last = result.metrics[-1] if result.metrics else {}
         return dg.MaterializeResult(metadata={
             "device": result.device, "epochs": len(result.history), "steps": result.steps,
@@ -50,7 +60,10 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
         f"(embeddings/{method}.npy, rows in embeddings/{method}.uids.parquet).",
     )
     def embeddings(context: dg.AssetExecutionContext, radaudit: RadauditConfig) -> dg.MaterializeResult:
-        features = stages.compute_embeddings(radaudit.data_dir, method, log=context.log.info)
+        try:
+            features = stages.compute_embeddings(radaudit.data_dir, method, log=context.log.info)
+        except (ValueError, FileNotFoundError) as error:
+            raise _no_retry_on_bad_input(error) from error
         return dg.MaterializeResult(metadata={"dagster/row_count": int(features.shape[0]), "dim": int(features.shape[1])})
 
     return [backbone, embeddings]

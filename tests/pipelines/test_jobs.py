@@ -77,6 +77,33 @@ def test_gpu_steps_share_one_pool_and_retry_from_their_checkpoint():
     assert dg.AssetKey("image_cache") in deps
 
 
+def test_a_retried_backbone_step_resumes_and_bad_input_is_not_retried(tmp_path, monkeypatch):
+    """Attempt 1 (from scratch) dies of a lost device; attempt 2 must resume, not wipe the checkpoints
+    attempt 1 wrote; a ValueError (bad input) then fails the step at once instead of using up retries."""
+    import assets.models as asset_models
+    from assets.resources import AuditConfig
+    from models import stages
+
+    calls: list[bool] = []
+
+    def flaky(data_dir, method, config, *, truth_path=None, from_scratch=False, log=None):
+        calls.append(from_scratch)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        raise ValueError("the image cache is empty")
+
+    monkeypatch.setattr(stages, "train_backbone", flaky)
+    monkeypatch.setattr(asset_models, "GPU_RETRY", dg.RetryPolicy(max_retries=3, delay=0))
+    backbone, _ = asset_models.method_assets("simclr")
+    resources = {"radaudit": RadauditConfig(export_dir=str(tmp_path / "export"), data_dir=str(tmp_path / "data")),
+                 "audit": AuditConfig(from_scratch=True)}
+    result = dg.materialize([backbone], resources=resources, raise_on_error=False)
+    assert not result.success
+    assert calls == [True, False]
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert "the image cache is empty" in str(failure.step_failure_data.error.message)
+
+
 def test_sensor_copes_with_a_folder_name_that_is_not_utf8(tmp_path):
     import os
 
