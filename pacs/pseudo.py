@@ -45,11 +45,20 @@ def load_or_create_key(data_dir: str | os.PathLike[str], configured: str | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     key = secrets.token_hex(32).encode("ascii")
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(key)
-    os.replace(tmp, path)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        # A hard link never replaces an existing file: when two processes (a sensor and a run, two
+        # runs) create the key at once, one wins and both use its key, never a half-written file.
+        os.link(tmp, path)
+    except FileExistsError:
+        return path.read_bytes()
+    finally:
+        tmp.unlink()
     return key
 
 
@@ -76,15 +85,22 @@ _NO_TOKENS: tuple[list[int], frozenset[str]] = ([], frozenset())
 def _letter_forms(text: str) -> set[str]:
     """``text`` lower-cased, case-folded and with its non-ASCII letters written as exports write them.
 
-    German transliteration ("müller" -> "mueller"), the bare letter ("muller"), "_" for every
-    non-ASCII character ("m_ller", what file-name sanitizers write) and the escaped Latin-1 bytes
-    of a file name that is not UTF-8 ("m\\xfcller", see ``pacs.discover.display_path``).
+    German transliteration ("müller" -> "mueller"), the bare letter ("muller"), decomposed Unicode
+    (macOS file names), "_" for every non-ASCII character ("m_ller", what file-name sanitizers
+    write; only where at least ``MIN_TOKEN`` real letters remain, so "Çam" does not make "_am" a
+    token) and the escaped Latin-1 bytes of a file name that is not UTF-8 ("m\\xfcller", see
+    ``pacs.discover.display_path``).
     """
-    low = text.lower()
-    forms = {low, text.casefold(), low.translate(_TRANSLIT)}
+    low = unicodedata.normalize("NFC", text).lower()
+    forms = {low, low.casefold(), low.translate(_TRANSLIT)}
+    decomposed = unicodedata.normalize("NFD", low)  # macOS writes file names decomposed: "u" + U+0308
     bare = "".join(c for c in unicodedata.normalize("NFKD", low.replace("ß", "ss")) if not unicodedata.combining(c))
-    forms |= {bare, "".join(c if c.isascii() else "_" for c in low)}
-    for case in (low, text.upper()):
+    forms |= {bare, decomposed}
+    for spelled in (low, decomposed):  # a sanitizer's "_" for each non-ASCII character; needs real letters
+        sanitized = "".join(c if c.isascii() else "_" for c in spelled)
+        if sum(c.isalnum() for c in sanitized) >= MIN_TOKEN:
+            forms.add(sanitized)
+    for case in (low, low.upper()):
         try:
             forms.add(case.encode("cp1252").decode("utf-8", "backslashreplace").lower())
         except UnicodeEncodeError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +55,9 @@ def test_display_path_is_valid_utf8() -> None:
         ("Meyer-Lüdenscheidt^Karl-Heinz", "Meyer-Lüdenscheidt Karl Heinz/Fuss", "/Fuss"),
         ("Müller^Hans", display_path(os.fsdecode(b"M\xfcller Hans/Knie")), "/Knie"),
         ("Müller^Hans", display_path(os.fsdecode(b"M\xdcLLER HANS/Knie")), "/Knie"),
+        ("Müller^Hans", "Mu\u0308ller Hans/Knie", "/Knie"),  # decomposed, as macOS writes names
+        ("Mu\u0308ller^Hans", "Müller Hans/Knie", "/Knie"),  # a decomposed name in the header
+        ("Müller^Hans", "Mu_ller Hans/Knie", "/Knie"),  # the decomposed name through a sanitizer
     ],
 )
 def test_folded_and_joined_name_forms_are_redacted(name: str, path: str, kept: str) -> None:
@@ -83,3 +87,30 @@ def test_redactor_takes_the_longest_token_and_many_patients() -> None:
     redactor = Redactor(tokens)
     assert redactor.redact("Name1234 Vorname1234 (ID001234)/Knie", "patient-x") == "patient-x)/Knie"
     assert redactor.redact("Knie li/Bild 1.dcm", "patient-x") == "Knie li/Bild 1.dcm"
+
+
+def test_sanitized_form_keeps_enough_real_letters() -> None:
+    """"Çam" written with "_" for the Ç would be "_am": that would redact ordinary words."""
+    tokens = identifier_tokens("Çam^Ayşe", None, None)
+    assert "_am" not in tokens and {"çam", "cam"} <= tokens
+    assert "ay_e" in tokens
+    path = "Knie_am_Morgen/Bild 1.dcm"
+    assert redact_path(path, tokens, "patient-x") == path
+
+
+def test_two_processes_creating_the_key_at_once_agree(tmp_path, monkeypatch) -> None:
+    """The loser of the race reads the winner's key instead of replacing it."""
+    from pacs import pseudo
+
+    real_link = os.link
+
+    def race(src, dst):
+        Path(dst).write_bytes(b"the other process's key")
+        os.chmod(dst, 0o600)
+        real_link(src, dst)
+
+    monkeypatch.setattr(pseudo.os, "link", race)
+    assert pseudo.load_or_create_key(tmp_path) == b"the other process's key"
+    monkeypatch.setattr(pseudo.os, "link", real_link)
+    assert pseudo.load_or_create_key(tmp_path) == b"the other process's key"
+    assert [p.name for p in (tmp_path / "secrets").iterdir()] == ["pseudonym.key"]
