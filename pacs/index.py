@@ -8,6 +8,7 @@ Every discovered file ends in exactly one table: the index, or the errors with a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -187,7 +188,8 @@ def update_index(
                                        path_hashes=hashes)
     errors_now = [error_row(p, None, None, "discover", reason, now, path_hash=path_key(p, key))
                   for p, reason in walk_errors]
-    _redact(rows, header_errors + errors_now, known=_known_folders(kept_index, real_paths))
+    _redact(rows, header_errors + errors_now, known=_known_folders(kept_index, real_paths),
+            indexed_paths=kept_index["path"].tolist(), key=key)
     index = pd.concat([kept_index, frame(rows, INDEX_SCHEMA)], ignore_index=True)
     errors = pd.concat(
         [kept_errors, frame(errors_now, ERRORS_SCHEMA), frame(header_errors, ERRORS_SCHEMA)], ignore_index=True
@@ -197,6 +199,20 @@ def update_index(
     stats["indexed"] = len(rows)
     stats["errors_new"] = len(header_errors) + len(errors_now)
     return IndexUpdate(index=index, errors=errors, stats=stats, real_paths=real_paths)
+
+
+def locate(export_root: str | os.PathLike[str], key: bytes, hashes: Collection[str]) -> dict[str, str]:
+    """The paths under ``export_root`` (relative, shown as valid UTF-8) whose ``path_hash`` is in ``hashes``.
+
+    Index and error rows show redacted paths; this finds the real file for a steward's terminal.
+    """
+    wanted, found = set(hashes), {}
+    for item in walk(export_root):
+        path = item.path if isinstance(item, FoundFile) else item[0]
+        h = path_key(path, key)
+        if h in wanted:
+            found[h] = display_path(path)
+    return found
 
 
 def _isin(column: pd.Series, values: Collection[str]) -> pd.Series:
@@ -222,21 +238,33 @@ def _known_folders(index: pd.DataFrame, real_paths: dict[str, str]) -> dict[str,
     return known
 
 
-def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, known: dict[str, str]) -> None:
+def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, known: dict[str, str],
+            indexed_paths: Sequence[str] = (), key: bytes = b"") -> None:
     """Replace the parts of paths that carry a patient's name, ID or birth date.
 
     Viewer exports often name folders after the patient. Tokens come from every header read in
     this run (error rows carry the tokens of files that were read but refused), and folders
     redacted in earlier runs are redacted the same way, so an unreadable file in a known
-    patient's folder never shows the folder's name.
+    patient's folder never shows the folder's name. A DICOM file whose header could not be read
+    (it hung or crashed the reader, or broke off before the patient's name) in a folder that holds
+    no indexed file may sit in a folder named after a patient nobody has read yet: such folders
+    and the file's name are shown as ``folder-<keyed hash>/file-<keyed hash>.dcm``; ``radaudit
+    locate`` finds the real file from its ``path_hash``.
     """
     tokens: set[str] = set()
-    for r in rows + error_rows:
+    unread: list[bool] = []
+    for r in rows:
         tokens |= r.pop(IDENTIFIERS, None) or set()
+    for r in error_rows:
+        found = r.pop(IDENTIFIERS, None) or set()
+        tokens |= found
+        unread.append(not found and r.get("stage") == "header")
     redactor = Redactor(tokens)
     for r in rows:
         r["path"] = redactor.redact(r["path"], f"patient-{(r.get('patient_key') or 'unknown')[:8]}")
-    for r in error_rows:
+    # Folder names that hold indexed files, as written in the index: they passed redaction.
+    safe = {part for p in [*indexed_paths, *(r["path"] for r in rows)] for part in p.split("/")[:-1]}
+    for r, never_read in zip(error_rows, unread):
         parts = r["path"].split("/")
         for depth in range(len(parts) - 1, 0, -1):
             prefix = "/".join(parts[:depth])
@@ -244,6 +272,13 @@ def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, kno
                 r["path"] = "/".join([known[prefix], *parts[depth:]])
                 break
         r["path"] = redactor.redact(r["path"], "patient-redacted")
+        if never_read:
+            *folders, name = r["path"].split("/")
+            if any(f not in safe for f in folders):
+                ext = name.rpartition(".")[2] if "." in name else ""
+                name = f"file-{path_key(name, key)[:8]}" + (f".{ext}" if 0 < len(ext) <= 5 else "")
+                folders = [f if f in safe else f"folder-{path_key(f, key)[:8]}" for f in folders]
+            r["path"] = "/".join([*folders, name])
 
 
 def read_headers(

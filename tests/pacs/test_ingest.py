@@ -24,7 +24,7 @@ from pacs import index as ix
 from pacs.cache import MANIFEST_SCHEMA, CacheParams
 from pacs.index import ERRORS_PATH, INDEX_PATH
 from pacs.ingest import IngestConfig, _to_cache, run_ingest
-from pacs.pseudo import KEY_FILE, pseudonymize
+from pacs.pseudo import KEY_FILE, load_or_create_key, path_key, pseudonymize
 from pacs.regions import RegionMapper
 from pacs.synth import generate_export
 
@@ -349,8 +349,12 @@ def test_a_header_read_that_hangs_or_kills_its_worker_is_one_error_row(tmp_path,
     export = tmp_path / "export"
     export.mkdir()
     ct = good_sources["PAT1/ST1/SE1/IM0002.DCM"].read_bytes()
-    names = [f"im{i:02d}.dcm" for i in range(ix.POOL_MIN_FILES)] + ["crash.dcm", "hang.dcm"]
+    # The hanging file is alone in a folder named after its patient, whose header nobody read; the
+    # crashing one sits beside indexed files in an ordinary folder.
+    names = [f"im{i:02d}.dcm" for i in range(ix.POOL_MIN_FILES - 1)] + ["Knie li/im.dcm", "Knie li/crash.dcm",
+                                                                        "Schmidt Erika 0815/hang.dcm"]
     for name in names:
+        (export / name).parent.mkdir(exist_ok=True)
         (export / name).write_bytes(ct)  # one instance many times: all indexed, one cached
     read_header = ix.read_header
 
@@ -366,12 +370,14 @@ def test_a_header_read_that_hangs_or_kills_its_worker_is_one_error_row(tmp_path,
     result = run_ingest(IngestConfig(export_dir=export, data_dir=tmp_path / "data", workers=2, file_timeout_s=1))
     assert time.monotonic() - t0 < 20
     errors = pd.read_parquet(tmp_path / "data" / ERRORS_PATH).set_index("path")
-    assert sorted(errors.index) == ["crash.dcm", "hang.dcm"]
+    key = load_or_create_key(tmp_path / "data")
+    hidden = f"folder-{path_key('Schmidt Erika 0815', key)[:8]}/file-{path_key('hang.dcm', key)[:8]}.dcm"
+    assert sorted(errors.index) == ["Knie li/crash.dcm", hidden]
     assert set(errors["stage"]) == {"header"}
-    assert "reading the header took longer than 1 s" in errors.loc["hang.dcm", "reason"]
-    assert errors.loc["crash.dcm", "reason"].startswith("header reader crashed (exit code -9: killed by SIGKILL")
+    assert "reading the header took longer than 1 s" in errors.loc[hidden, "reason"]
+    assert errors.loc["Knie li/crash.dcm", "reason"].startswith("header reader crashed (exit code -9: killed by SIGKILL")
     index = pd.read_parquet(tmp_path / "data" / INDEX_PATH)
-    assert sorted(index["path"]) == names[:-2]
+    assert sorted(index["path"]) == sorted(names[:-2])
     assert result.stats["cached"] == 1
 
 
