@@ -5,6 +5,7 @@
     radaudit audit --export EXPORT --data DATA      # the whole audit: ingest -> backbones -> report
     radaudit materialize --select 'backbone/byol' --from-scratch   # re-run part of the graph
     radaudit instance                               # set up $DAGSTER_HOME with radaudit's dagster.yaml
+    radaudit locate PATH_HASH ...                   # the real file behind a redacted path
     radaudit synth --out EXPORT --truth truth.parquet --n 500 --seed 0
     radaudit synth --preview sheet.png
 
@@ -24,6 +25,17 @@ from typing import Any
 
 log = logging.getLogger("radaudit")
 REPO_SETTINGS = Path(__file__).resolve().parents[1] / "dagster.yaml"
+# Where a non-editable install puts it (pyproject.toml: data-files).
+INSTALLED_SETTINGS = Path(sys.prefix) / "share" / "radaudit" / "dagster.yaml"
+
+
+def settings_file() -> Path:
+    """radaudit's dagster.yaml: the checkout's, else the installed copy."""
+    for path in (REPO_SETTINGS, INSTALLED_SETTINGS):
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"radaudit's dagster.yaml is neither in the checkout ({REPO_SETTINGS}) nor installed "
+                            f"({INSTALLED_SETTINGS}); reinstall radaudit, or copy dagster.yaml from its repository")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="data dir whose dagster/ folder to use when DAGSTER_HOME is not set")
     inst.add_argument("--force", action="store_true", help="replace an existing dagster.yaml")
     inst.set_defaults(func=_cmd_instance)
+
+    locate = sub.add_parser("locate", help="print the real path of files named by their path_hash (index and "
+                            "error tables show redacted paths): for your terminal, never written anywhere")
+    _add_paths(locate)
+    locate.add_argument("hashes", nargs="+", metavar="PATH_HASH", help="path_hash values from the index or errors")
+    locate.set_defaults(func=_cmd_locate)
 
     synth = sub.add_parser("synth", help="write a synthetic PACS export with known ground truth")
     synth.add_argument("--out", type=Path, help="export folder to create")
@@ -176,8 +194,14 @@ def data_dir_instance(data_dir: str | os.PathLike[str]) -> Any:
 
     home = Path(data_dir) / "dagster"
     home.mkdir(parents=True, exist_ok=True)
-    if REPO_SETTINGS.exists() and not (home / "dagster.yaml").exists():
-        shutil.copy(REPO_SETTINGS, home / "dagster.yaml")
+    settings, copy = settings_file(), home / "dagster.yaml"
+    if not copy.exists():
+        shutil.copy(settings, copy)
+    elif copy.read_bytes() != settings.read_bytes():
+        # A steward may have edited it on purpose, so it is not replaced; but an old copy lacks newer
+        # settings (the GPU pool), so say so on every run.
+        log.warning("%s differs from radaudit's settings (%s); if it was not edited on purpose, "
+                    "`radaudit instance --data %s --force` replaces it", copy, settings, data_dir)
     return dg.DagsterInstance.from_config(str(home))
 
 
@@ -231,10 +255,26 @@ def _cmd_instance(args: argparse.Namespace) -> int:
     target = home / "dagster.yaml"
     if target.exists() and not args.force:
         raise FileExistsError(f"{target} exists; --force replaces it")
+    settings = settings_file()
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(REPO_SETTINGS, target)
+    shutil.copy(settings, target)
     print(f"wrote {target}\nnow: DAGSTER_HOME={home} dagster dev -m pipelines.definitions")
     return 0
+
+
+def _cmd_locate(args: argparse.Namespace) -> int:
+    from pacs.index import locate
+    from pacs.pseudo import KEY_ENV, load_or_create_key
+
+    if not args.export or not args.data:
+        raise ValueError("give --export and --data (or set RADAUDIT_EXPORT_DIR and RADAUDIT_DATA_DIR)")
+    if not (Path(args.data) / "secrets").is_dir() and not os.environ.get(KEY_ENV):
+        raise FileNotFoundError(f"{args.data} has no pseudonymization key: was it ingested with this data dir?")
+    key = load_or_create_key(args.data, os.environ.get(KEY_ENV))
+    found = locate(args.export, key, args.hashes)
+    for h in args.hashes:
+        print(f"{h}\t{found.get(h, '(not in the export)')}")
+    return 0 if len(found) == len(set(args.hashes)) else 1
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:

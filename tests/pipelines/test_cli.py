@@ -84,3 +84,52 @@ def test_materialize_names_the_assets_when_the_selection_is_wrong(tmp_path, caps
     err = capsys.readouterr().err
     assert "backbone/resnet" in err and "backbone/byol" in err and "mislabel_report" in err
     assert not (tmp_path / "data").exists()
+
+
+def test_instance_without_a_checkout_uses_the_installed_settings(tmp_path, monkeypatch, capsys):
+    from pipelines import cli
+
+    installed = tmp_path / "share" / "dagster.yaml"
+    installed.parent.mkdir()
+    installed.write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setattr(cli, "REPO_SETTINGS", tmp_path / "site-packages" / "dagster.yaml")  # not there
+    monkeypatch.setattr(cli, "INSTALLED_SETTINGS", installed)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    assert main(["instance"]) == 0
+    assert (tmp_path / "home" / "dagster.yaml").read_text() == installed.read_text()
+    installed.unlink()
+    assert main(["instance", "--force"]) == 2
+    assert "reinstall radaudit" in capsys.readouterr().err
+
+
+def test_an_old_copy_of_the_settings_in_the_data_dir_is_reported(tmp_path, caplog):
+    from pipelines.cli import data_dir_instance, settings_file
+
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # before the GPU pool
+    instance = data_dir_instance(tmp_path)
+    instance.dispose()
+    assert "--force" in caplog.text and "differs" in caplog.text
+    assert (tmp_path / "dagster" / "dagster.yaml").read_text() == "telemetry:\n  enabled: false\n"  # kept
+    caplog.clear()
+    fresh = tmp_path / "fresh"
+    data_dir_instance(fresh).dispose()
+    assert (fresh / "dagster" / "dagster.yaml").read_bytes() == settings_file().read_bytes()
+    assert "differs" not in caplog.text
+
+
+def test_locate_prints_the_real_path_behind_a_hash(tmp_path, capsys, monkeypatch):
+    from pacs.pseudo import load_or_create_key, path_key
+
+    monkeypatch.delenv("RADAUDIT_PSEUDONYM_KEY", raising=False)
+    export, data = tmp_path / "export", tmp_path / "data"
+    (export / "Schmidt Erika").mkdir(parents=True)
+    (export / "Schmidt Erika" / "IM1").write_bytes(b"x")
+    paths = ["--export", str(export), "--data", str(data)]
+    assert main(["locate", *paths, "0" * 20]) == 2  # no key: this data dir never ingested anything
+    assert "pseudonymization key" in capsys.readouterr().err
+    h = path_key("Schmidt Erika/IM1", load_or_create_key(data))
+    assert main(["locate", *paths, h]) == 0
+    assert capsys.readouterr().out == f"{h}\tSchmidt Erika/IM1\n"
+    assert main(["locate", *paths, h, "f" * 20]) == 1
+    assert "(not in the export)" in capsys.readouterr().out
