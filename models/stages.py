@@ -195,10 +195,9 @@ def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: i
         features[todo] = new
     if log is not None:
         log(f"{method} embeddings: {len(todo)} images embedded, {len(ts.uids) - len(todo)} kept from the last run")
-    _save_array(features, data_dir / EMBED_DIR / f"{method}.npy")
-    pio.write_parquet_frame(pd.DataFrame({"sop_instance_uid": ts.uids, "cache_key": cache_keys,
-                                          "model_key": model_key}),
-                            data_dir / EMBED_DIR / f"{method}.uids.parquet")
+    _save_rows(features, data_dir / EMBED_DIR / f"{method}.npy",
+               pd.DataFrame({"sop_instance_uid": ts.uids, "cache_key": cache_keys, "model_key": model_key}),
+               data_dir / EMBED_DIR / f"{method}.uids.parquet")
     return features
 
 
@@ -224,9 +223,11 @@ def _previous_rows(data_dir: Path, method: str, model_key: str, uids: Sequence[s
     npy, rows_path = data_dir / EMBED_DIR / f"{method}.npy", data_dir / EMBED_DIR / f"{method}.uids.parquet"
     if not (npy.exists() and rows_path.exists()):
         return None
-    rows = pd.read_parquet(rows_path)
-    old = np.load(npy, mmap_mode="r")
-    if "model_key" not in rows or len(rows) != old.shape[0] or not (rows["model_key"] == model_key).all():
+    try:
+        old, rows = _load_rows(npy, rows_path)
+    except ValueError:
+        return None  # the pair is from two runs: embed everything again
+    if "model_key" not in rows or not (rows["model_key"] == model_key).all():
         return None
     position = pd.Series(np.arange(len(rows)), index=rows["sop_instance_uid"] + "|" + rows["cache_key"])
     where = position.reindex([f"{u}|{k}" for u, k in zip(uids, cache_keys)]).to_numpy()
@@ -243,11 +244,8 @@ def load_embeddings(data_dir: str | os.PathLike[str], method: str, uids: Sequenc
         ValueError: If some uid has no embedding (the embeddings are older than the image cache).
     """
     data_dir = Path(data_dir)
-    features = np.load(data_dir / EMBED_DIR / f"{method}.npy")
-    rows = pd.read_parquet(data_dir / EMBED_DIR / f"{method}.uids.parquet")["sop_instance_uid"]
-    if len(rows) != features.shape[0]:
-        raise ValueError(f"embeddings/{method}.npy has {features.shape[0]} rows but its UID list {len(rows)}: "
-                         f"re-materialize embeddings/{method}")
+    features, table = _load_rows(data_dir / EMBED_DIR / f"{method}.npy", data_dir / EMBED_DIR / f"{method}.uids.parquet")
+    rows = table["sop_instance_uid"]
     position = pd.Series(np.arange(len(rows)), index=rows.to_numpy())
     where = position.reindex(list(uids))
     if where.isna().any():
@@ -265,19 +263,17 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
     ts = load_training_set(data_dir, overrides=load_overrides(data_dir))
     x = load_embeddings(data_dir, method, ts.uids)
     result = oof_probabilities(x, ts.labels, ts.groups, n_splits=n_splits, n_classes=len(ts.vocabulary), seed=seed)
-    _save_array(result.probabilities.astype(np.float32), data_dir / PROB_DIR / f"{method}.npy")
-    pio.write_parquet_frame(
-        pd.DataFrame({"sop_instance_uid": ts.uids, "label": ts.labels, "fold": result.fold,
-                      "out_of_fold": result.out_of_fold}),
-        data_dir / PROB_DIR / f"{method}.rows.parquet",
-    )
+    _save_rows(result.probabilities.astype(np.float32), data_dir / PROB_DIR / f"{method}.npy",
+               pd.DataFrame({"sop_instance_uid": ts.uids, "label": ts.labels, "fold": result.fold,
+                             "out_of_fold": result.out_of_fold}),
+               data_dir / PROB_DIR / f"{method}.rows.parquet")
     return result
 
 
 def load_probabilities(data_dir: str | os.PathLike[str], name: str) -> tuple[np.ndarray, pd.DataFrame]:
     """A method's (or ``ensemble``'s) probabilities and their rows."""
     data_dir = Path(data_dir)
-    return np.load(data_dir / PROB_DIR / f"{name}.npy"), pd.read_parquet(data_dir / PROB_DIR / f"{name}.rows.parquet")
+    return _load_rows(data_dir / PROB_DIR / f"{name}.npy", data_dir / PROB_DIR / f"{name}.rows.parquet")
 
 
 def combine(data_dir: str | os.PathLike[str], methods: Sequence[str], *, weights: str = "equal") -> np.ndarray:
@@ -297,8 +293,8 @@ def combine(data_dir: str | os.PathLike[str], methods: Sequence[str], *, weights
     probs = ensemble_probabilities({m: p for m, (p, _) in loaded.items()}, weights=weights,
                                    labels=first_rows["label"].to_numpy())
     out_of_fold = np.logical_and.reduce([rows["out_of_fold"].to_numpy() for _, rows in loaded.values()])
-    _save_array(probs.astype(np.float32), data_dir / PROB_DIR / "ensemble.npy")
-    pio.write_parquet_frame(first_rows.assign(out_of_fold=out_of_fold), data_dir / PROB_DIR / "ensemble.rows.parquet")
+    _save_rows(probs.astype(np.float32), data_dir / PROB_DIR / "ensemble.npy",
+               first_rows.assign(out_of_fold=out_of_fold), data_dir / PROB_DIR / "ensemble.rows.parquet")
     return probs
 
 
@@ -335,6 +331,36 @@ def _save_array(array: np.ndarray, path: Path) -> None:
     buffer = _io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
     pio.write_bytes(path, buffer.getvalue())
+
+
+def _array_digest(array: np.ndarray) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()[:16]
+
+
+def _save_rows(array: np.ndarray, path: Path, rows: pd.DataFrame, rows_path: Path) -> None:
+    """Write an array and the table of its rows, each atomically; the table carries the array's
+    digest, so a crash between the two (a new array beside the old rows) is found on reading
+    instead of pairing features with the wrong images."""
+    _save_array(array, path)
+    pio.write_parquet_frame(rows.assign(array_digest=_array_digest(array)), rows_path)
+
+
+def _load_rows(path: Path, rows_path: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """An array written by ``_save_rows`` and its rows (without the digest).
+
+    Raises:
+        ValueError: If the two files come from different runs (an interrupted write).
+    """
+    array, rows = np.load(path), pd.read_parquet(rows_path)
+    stored = rows.pop("array_digest") if "array_digest" in rows else None  # older files have none
+    if len(rows) != array.shape[0] or (stored is not None and len(rows) and stored.iloc[0] != _array_digest(array)):
+        raise ValueError(f"{path} and {rows_path.name} were written by different runs (one was interrupted): "
+                         f"re-materialize the asset that writes {path.parent.name}/{path.name}")
+    return array, rows
 
 
 def evaluate_against_truth(data_dir: str | os.PathLike[str], truth_path: str | os.PathLike[str]) -> dict[str, float]:
