@@ -161,14 +161,20 @@ class ContrastiveModule(pl.LightningModule):
         self.two_view = make_two_view(self.METHOD, size=size, seed=seed, **dict(augment or {}))
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
-        if compile:
-            self.backbone.compile()
+        # Compiled in configure_model, in every process that trains: a compiled module loses its
+        # compiled call when pickled, as ddp_spawn pickles the module for its ranks.
+        self.compile_backbone = compile
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
         self.history: list[float] = []
         self.completed_epochs = 0
 
     # ---- to implement per method -------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        """Lightning calls this in each training process, before the optimizers."""
+        if self.compile_backbone and getattr(self.backbone, "_compiled_call_impl", None) is None:
+            self.backbone.compile()
 
     def compute_loss(self, view1: torch.Tensor, view2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The method's loss on two augmented views.

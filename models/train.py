@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
 import time
 import warnings
@@ -284,8 +285,10 @@ def knn_monitor(dataset: Dataset, labels: Sequence[int] | np.ndarray, *, size: i
 class _EpochEnd(Callback):
     """Closes the epoch's loss, runs the evaluation, logs and writes the checkpoint."""
 
-    def __init__(self, config: PretrainConfig, log: Log, eval_fn: EvalFn | None = None, eval_every: int = 1) -> None:
+    def __init__(self, config: PretrainConfig, log: Log, eval_fn: EvalFn | None = None, eval_every: int = 1,
+                 *, tf32: bool = False) -> None:
         self.config = config
+        self.tf32 = tf32
         self.emit = log  # not self.log: Lightning overwrites callbacks' .log with the module's
         self.t0 = time.perf_counter()
         self.last_checkpoint: Path | None = None
@@ -294,7 +297,10 @@ class _EpochEnd(Callback):
         self.metrics: list[dict[str, float]] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        _guard_broken_omegaconf()  # again in each process that ddp_spawn starts
+        # Again in each process that ddp_spawn starts: a spawned rank inherits no process settings.
+        _guard_broken_omegaconf()
+        if self.tf32:
+            torch.set_float32_matmul_precision("high")
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.t0 = time.perf_counter()
@@ -446,8 +452,11 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
     spawn = _strategy(config.devices) == "ddp_spawn"
     # Spawned ranks get a copy of the callbacks: the caller's log and eval_fn may not pickle
     # (a Dagster logger, a closure), so there they print, and the evaluation runs here afterwards.
-    epoch_end = _EpochEnd(config, _print if spawn else emit, None if spawn else eval_fn, eval_every)
     root = config.checkpoint_dir or tempfile.mkdtemp(prefix="radaudit-pretrain-")
+    # Spawned ranks return only the weights: the loss history comes from rank 0's last checkpoint,
+    # so they always write one (to a temporary folder when the caller asked for none).
+    written = config.replace(checkpoint_dir=root) if spawn else config
+    epoch_end = _EpochEnd(written, _print if spawn else emit, None if spawn else eval_fn, eval_every, tf32=cuda)
     trainer = pl.Trainer(
         accelerator="gpu" if cuda else "cpu",
         devices=config.devices,
@@ -467,6 +476,7 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
         num_sanity_val_steps=0,
         use_distributed_sampler=config.devices > 1,
     )
+    sharing = torch.multiprocessing.get_sharing_strategy()
     if spawn:
         # Spawning pickles the module with its CPU tensors; the default file-descriptor sharing
         # passes one descriptor per tensor and the spawn fails ("bad value(s) in fds_to_keep").
@@ -475,10 +485,13 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
     if ckpt_path is not None:
         start_step = int(load_checkpoint(ckpt_path).state.get("global_step", 0))
     t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=r".*exceeds max_steps.*")
-        trainer.fit(model, loader, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=r".*exceeds max_steps.*")
+            trainer.fit(model, loader, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+    finally:
+        torch.multiprocessing.set_sharing_strategy(sharing)  # the caller's data loaders keep theirs
     wall = time.perf_counter() - t0
     backbone = model.backbone.to("cpu").eval()
     history, steps, metrics, last = list(model.history), int(trainer.global_step), epoch_end.metrics, epoch_end.last_checkpoint
@@ -490,6 +503,9 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
         history = [float(v) for v in state.get("history", [])]
         steps = int(state.get("global_step", 0))
         metrics = [{"epoch": len(history), **eval_fn(backbone)}] if eval_fn is not None else []
+    if config.checkpoint_dir is None:
+        shutil.rmtree(root, ignore_errors=True)
+        last = None
     return PretrainResult(
         method=config.method, backbone=backbone, history=history,
         device=_describe_device(cuda, config.devices), wall_time_s=wall, steps=steps,

@@ -78,3 +78,15 @@ def test_pretrain_on_two_processes(tmp_path: Path) -> None:
     saved = load_backbone(tmp_path).state_dict()
     for name, tensor in result.backbone.state_dict().items():
         torch.testing.assert_close(tensor, saved[name])  # the main process got rank 0's trained weights
+
+
+@pytest.mark.slow
+def test_two_processes_without_a_checkpoint_dir_still_return_the_loss_history() -> None:
+    images = np.random.default_rng(1).integers(0, 256, (16, 40, 40), dtype=np.uint8)
+    sharing = torch.multiprocessing.get_sharing_strategy()
+    config = PretrainConfig(method="simclr", epochs=2, batch_size=8, size=32, warmup_epochs=0, num_workers=0,
+                            progress_bar=False, devices=2, on_cpu="as_is")
+    result = pretrain(config, ArrayDataset(images, np.zeros(16, np.int64)))
+    assert len(result.history) == 2 and all(np.isfinite(result.history))
+    assert result.steps == 2 * 16 // 8 and result.checkpoint is None  # the temporary checkpoints are gone
+    assert torch.multiprocessing.get_sharing_strategy() == sharing

@@ -155,3 +155,18 @@ def test_the_monitor_also_fits_a_linear_probe(tiny_dataset: ArrayDataset) -> Non
     scores = monitor(pretrain(PretrainConfig(method="simclr", **TINY), tiny_dataset).backbone)
     assert set(scores) == {"knn_accuracy", "linear_probe_accuracy"}
     assert 0.0 <= scores["linear_probe_accuracy"] <= 1.0
+
+
+def test_a_pickled_module_compiles_in_the_process_that_trains() -> None:
+    """ddp_spawn pickles the module, which drops a compiled call: compiling happens in configure_model."""
+    import pickle
+
+    from models.simclr import SimCLRModel
+
+    module = pickle.loads(pickle.dumps(SimCLRModel("resnet18", size=32, batch_size=4, compile=True)))
+    assert getattr(module.backbone, "_compiled_call_impl", None) is None
+    module.configure_model()
+    assert module.backbone._compiled_call_impl is not None
+    plain = SimCLRModel("resnet18", size=32, batch_size=4)
+    plain.configure_model()
+    assert getattr(plain.backbone, "_compiled_call_impl", None) is None
