@@ -133,3 +133,19 @@ def test_locate_prints_the_real_path_behind_a_hash(tmp_path, capsys, monkeypatch
     assert capsys.readouterr().out == f"{h}\tSchmidt Erika/IM1\n"
     assert main(["locate", *paths, h, "f" * 20]) == 1
     assert "(not in the export)" in capsys.readouterr().out
+
+
+def test_demo_runs_the_whole_audit_and_scores_it_against_the_truth(tmp_path, capsys):
+    """The README's main command, at the smallest settings: export made, graph run, figures printed."""
+    args = ["demo", "--dir", str(tmp_path / "demo"), "--n", "72", "--epochs", "1", "--batch-size", "16",
+            "--size", "32", "--workers", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert (tmp_path / "demo" / "data" / "reports" / "mislabel_report.csv").exists()
+    assert "making the synthetic demo export" in out and "mislabel_report.html" in out
+    assert "against the synthetic ground truth:" in out
+    accuracy = [line.split() for line in out.splitlines() if line.strip().startswith(("simclr ", "ensemble "))]
+    assert [row[0] for row in accuracy] == ["simclr", "ensemble"]
+    for row in accuracy:
+        assert row[1:] == ["1%:", row[2], "10%:", row[4], "100%:", row[6]]
+        assert all(0.0 <= float(v) <= 1.0 for v in row[2::2])
