@@ -12,14 +12,18 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+# The repository before this folder: benchmarks/augment.py would shadow the augment package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pacs.synth import generate_export
+import numpy as np  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
+
+from pacs.synth import generate_export  # noqa: E402
 
 
 def blank_export(out: Path, n: int, size: int) -> float:
