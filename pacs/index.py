@@ -8,10 +8,9 @@ Every discovered file ends in exactly one table: the index, or the errors with a
 from __future__ import annotations
 
 import os
-import re
 import signal
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,8 +187,8 @@ def update_index(
                                        path_hashes=hashes)
     errors_now = [error_row(p, None, None, "discover", reason, now, path_hash=path_key(p, key))
                   for p, reason in walk_errors]
-    _redact(rows, header_errors + errors_now, known=_known_folders(kept_index, real_paths),
-            indexed_paths=kept_index["path"].tolist(), key=key)
+    _redact(rows, header_errors + errors_now, kept_index=kept_index, kept_errors=kept_errors, real_paths=real_paths,
+            key=key)
     index = pd.concat([kept_index, frame(rows, INDEX_SCHEMA)], ignore_index=True)
     errors = pd.concat(
         [kept_errors, frame(errors_now, ERRORS_SCHEMA), frame(header_errors, ERRORS_SCHEMA)], ignore_index=True
@@ -212,6 +211,8 @@ def locate(export_root: str | os.PathLike[str], key: bytes, hashes: Collection[s
         h = path_key(path, key)
         if h in wanted:
             found[h] = display_path(path)
+            if len(found) == len(wanted):
+                break
     return found
 
 
@@ -225,12 +226,11 @@ def _isin(column: pd.Series, values: Collection[str]) -> pd.Series:
                      index=column.index)
 
 
-def _known_folders(index: pd.DataFrame, real_paths: dict[str, str]) -> dict[str, str]:
-    """Real folder -> its redacted form, from indexed files still present (earlier runs' redactions)."""
+def _folder_map(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Real folder -> its redacted form, from (real path, redacted path) pairs of indexed files."""
     known: dict[str, str] = {}
-    for h, redacted in zip(index["path_hash"], index["path"]):
-        real = display_path(real_paths[h]) if h in real_paths else None
-        if real is None or real == redacted:
+    for real, redacted in pairs:
+        if real == redacted:
             continue
         real_parts, red_parts = real.split("/")[:-1], redacted.split("/")[:-1]
         for depth in range(1, len(real_parts) + 1):
@@ -238,34 +238,58 @@ def _known_folders(index: pd.DataFrame, real_paths: dict[str, str]) -> dict[str,
     return known
 
 
-def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, known: dict[str, str],
-            indexed_paths: Sequence[str] = (), key: bytes = b"") -> None:
-    """Replace the parts of paths that carry a patient's name, ID or birth date.
+# Extensions shown on a hidden file name: what exports and media hold, never part of a name.
+_SHOWN_EXTENSIONS = frozenset({"dcm", "dicom", "dic", "ima", "img", "pdf", "txt", "xml", "json", "csv", "jpg",
+                               "jpeg", "png", "bmp", "tif", "tiff", "zip", "htm", "html", "ini", "inf", "db", "exe"})
+
+
+def _hide_unknown_folders(path: str, safe: Collection[str], key: bytes, *, folder: bool = False) -> str:
+    """``path`` with each folder that holds no indexed file shown as ``folder-<keyed hash>``, and then
+    the file name as ``file-<keyed hash>.<ext>``: a name nobody has read may be a patient's.
+    ``folder``: the path itself may be a folder (an entry the walk could not read)."""
+    if folder:
+        return "/".join(f if f in safe else f"folder-{path_key(f, key)[:8]}" for f in path.split("/"))
+    *folders, name = path.split("/")
+    if all(f in safe for f in folders):
+        return path
+    ext = name.rpartition(".")[2] if "." in name else ""
+    name = f"file-{path_key(name, key)[:8]}" + (f".{ext}" if ext.lower() in _SHOWN_EXTENSIONS else "")
+    return "/".join([*(f if f in safe else f"folder-{path_key(f, key)[:8]}" for f in folders), name])
+
+
+def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, kept_index: pd.DataFrame,
+            kept_errors: pd.DataFrame, real_paths: Mapping[str, str], key: bytes) -> None:
+    """Replace the parts of paths (and error reasons) that carry a patient's name, ID or birth date.
 
     Viewer exports often name folders after the patient. Tokens come from every header read in
-    this run (error rows carry the tokens of files that were read but refused), and folders
-    redacted in earlier runs are redacted the same way, so an unreadable file in a known
-    patient's folder never shows the folder's name. A DICOM file whose header could not be read
-    (it hung or crashed the reader, or broke off before the patient's name) in a folder that holds
-    no indexed file may sit in a folder named after a patient nobody has read yet: such folders
-    and the file's name are shown as ``folder-<keyed hash>/file-<keyed hash>.dcm``; ``radaudit
-    locate`` finds the real file from its ``path_hash``.
+    this run (error rows carry the tokens of files that were read but refused), and a folder
+    redacted for an indexed file, in this run or an earlier one, is redacted the same way in the
+    error rows. A file whose patient is unknown (not DICOM, unreadable, it hung or crashed the
+    reader) in a folder that holds no indexed file may sit in a folder named after a patient
+    nobody has read: such folders and the file's name show as ``folder-<keyed hash>/file-<keyed
+    hash>.dcm``; ``radaudit locate`` finds the real file from its ``path_hash``. Error rows kept
+    from earlier runs with their real path get the same treatment.
     """
     tokens: set[str] = set()
-    unread: list[bool] = []
     for r in rows:
         tokens |= r.pop(IDENTIFIERS, None) or set()
+    unread: list[bool] = []
     for r in error_rows:
         found = r.pop(IDENTIFIERS, None) or set()
         tokens |= found
-        unread.append(not found and r.get("stage") == "header")
+        unread.append(not found)
     redactor = Redactor(tokens)
+    real_rows = [r["path"] for r in rows]
     for r in rows:
         r["path"] = redactor.redact(r["path"], f"patient-{(r.get('patient_key') or 'unknown')[:8]}")
+    earlier = ((display_path(real_paths[h]), red) for h, red in zip(kept_index["path_hash"], kept_index["path"])
+               if h in real_paths)
+    known = _folder_map([*earlier, *zip(real_rows, (r["path"] for r in rows))])
     # Folder names that hold indexed files, as written in the index: they passed redaction.
-    safe = {part for p in [*indexed_paths, *(r["path"] for r in rows)] for part in p.split("/")[:-1]}
+    safe = {part for p in [*kept_index["path"], *(r["path"] for r in rows)] for part in p.split("/")[:-1]}
     for r, never_read in zip(error_rows, unread):
-        parts = r["path"].split("/")
+        real = r["path"]
+        parts = real.split("/")
         for depth in range(len(parts) - 1, 0, -1):
             prefix = "/".join(parts[:depth])
             if prefix in known:
@@ -273,12 +297,18 @@ def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, kno
                 break
         r["path"] = redactor.redact(r["path"], "patient-redacted")
         if never_read:
-            *folders, name = r["path"].split("/")
-            if any(f not in safe for f in folders):
-                ext = name.rpartition(".")[2] if "." in name else ""
-                name = f"file-{path_key(name, key)[:8]}" + (f".{ext}" if 0 < len(ext) <= 5 else "")
-                folders = [f if f in safe else f"folder-{path_key(f, key)[:8]}" for f in folders]
-            r["path"] = "/".join([*folders, name])
+            r["path"] = _hide_unknown_folders(r["path"], safe, key, folder=r["file_size"] is None)
+        # Reasons may quote the path (an OSError does).
+        r["reason"] = redactor.redact(r["reason"].replace(real, r["path"]), "patient-redacted")
+    if len(kept_errors):
+        # Rows of an earlier version that showed the real path of a file nobody could read.
+        real = [display_path(real_paths[h]) if h in real_paths else None for h in kept_errors["path_hash"]]
+        plain = np.array([shown == r for shown, r in zip(kept_errors["path"], real)], dtype=bool)
+        hidden = [_hide_unknown_folders(p, safe, key) for p in kept_errors.loc[plain, "path"]]
+        reasons = [why.replace(p, h) for why, p, h in zip(kept_errors.loc[plain, "reason"],
+                                                          kept_errors.loc[plain, "path"], hidden)]
+        kept_errors.loc[plain, "path"] = hidden
+        kept_errors.loc[plain, "reason"] = reasons
 
 
 def read_headers(

@@ -286,7 +286,10 @@ def test_a_file_name_that_is_not_utf8_is_indexed_and_found_again(tmp_path, good_
     assert cache.read(data, row["sop_instance_uid"]).shape == (SIZE, SIZE)
     patient = index[index["sop_instance_uid"] == ds.SOPInstanceUID]
     assert patient["path"].tolist() == [f"patient-{patient['patient_key'].iloc[0][:8]}/IM1"]
-    assert errors["path"].tolist() == ["Sch\\xe4del/Notiz \\xe4.txt"] and errors["stage"].tolist() == ["discover"]
+    # A folder that holds no image may be named after a patient nobody has read: hidden, locatable.
+    (shown,) = errors["path"]
+    assert re.fullmatch(r"folder-[0-9a-f]{8}/file-[0-9a-f]{8}\.txt", shown) and errors["stage"].tolist() == ["discover"]
+    assert ix.locate(export, key, errors["path_hash"].tolist()) == {errors["path_hash"][0]: "Sch\\xe4del/Notiz \\xe4.txt"}
     assert len(first.index) == 2
 
     second = run_ingest(config(export, data))
@@ -419,3 +422,33 @@ def test_choosing_what_to_cache_emits_no_pandas_warning(tmp_path, good_sources, 
         warnings.simplefilter("error")
         todo = _to_cache(index, ix.empty_frame(MANIFEST_SCHEMA), "params", tmp_path / "data")
     assert len(todo) == len(index) == int(indexed)
+
+
+def test_error_rows_never_show_a_folder_that_may_be_named_after_a_patient() -> None:
+    from pacs.header import IDENTIFIERS
+    from pacs.pseudo import identifier_tokens
+
+    key, now = b"k", pd.Timestamp("2026-01-01", tz="UTC")
+    rows = [{"path": "Mueller Hans/IM1", "patient_key": "abcdef1234",
+             IDENTIFIERS: identifier_tokens("Müller^Hans", "4711", None)}]
+    errors = [
+        ix.error_row("Mueller Hans/crash.dcm", 10, 1, "header", "header reader crashed", now),  # beside IM1
+        ix.error_row("Schmidt Erika/report.pdf", 10, 1, "discover", "not DICOM: PDF document", now),
+        ix.error_row("Schmidt Erika/DOE.JOHN", 10, 1, "header", "reading the header took longer than 60 s", now),
+        ix.error_row("Weber Lea", None, None, "discover", "cannot open folder: [Errno 13] '/x/Weber Lea'", now),
+    ]
+    legacy = ix.frame([ix.error_row("Berg Jan/IM9", 10, 1, "header", "header reader crashed", now,
+                                    path_hash=path_key("Berg Jan/IM9", key))], ix.ERRORS_SCHEMA)
+    ix._redact(rows, errors, kept_index=ix.empty_frame(ix.INDEX_SCHEMA), kept_errors=legacy,
+               real_paths={path_key("Berg Jan/IM9", key): "Berg Jan/IM9"}, key=key)
+    hidden = f"folder-{path_key('Schmidt Erika', key)[:8]}"
+    assert [r["path"] for r in errors] == [
+        "patient-abcdef12/crash.dcm",  # the same folder name as the indexed file beside it
+        f"{hidden}/file-{path_key('report.pdf', key)[:8]}.pdf",
+        f"{hidden}/file-{path_key('DOE.JOHN', key)[:8]}",  # ".JOHN" is not an extension to show
+        f"folder-{path_key('Weber Lea', key)[:8]}",
+    ]
+    assert errors[3]["reason"] == f"cannot open folder: [Errno 13] '/x/folder-{path_key('Weber Lea', key)[:8]}'"
+    assert legacy["path"].tolist() == [f"folder-{path_key('Berg Jan', key)[:8]}/file-{path_key('IM9', key)[:8]}"]
+    text = repr([*errors, legacy.to_dict("records")]).lower()
+    assert not any(name in text for name in ("schmidt", "erika", "weber", "berg jan", "john", "mueller"))
