@@ -21,8 +21,27 @@ KEY_ENV = "RADAUDIT_PSEUDONYM_KEY"
 KEY_FILE = Path("secrets") / "pseudonym.key"
 
 
+def read_key(data_dir: str | os.PathLike[str], configured: str | None = None) -> bytes | None:
+    """The pseudonymization key from configuration or the data dir's key file; None if neither has one.
+
+    Raises:
+        PermissionError: If the key file is readable by group or others.
+    """
+    if configured:
+        return configured.encode("utf-8")
+    path = Path(data_dir) / KEY_FILE
+    if not path.exists():
+        return None
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise PermissionError(
+            f"{path} has permissions {oct(mode)}; the pseudonymization key must be private: run `chmod 600 {path}`"
+        )
+    return path.read_bytes()
+
+
 def load_or_create_key(data_dir: str | os.PathLike[str], configured: str | None = None) -> bytes:
-    """Return the pseudonymization key.
+    """Return the pseudonymization key, generating and keeping one on first use.
 
     Args:
         data_dir: The pipeline's data dir; the generated key lives in ``secrets/pseudonym.key``.
@@ -31,17 +50,10 @@ def load_or_create_key(data_dir: str | os.PathLike[str], configured: str | None 
     Raises:
         PermissionError: If the key file is readable by group or others.
     """
-    if configured:
-        return configured.encode("utf-8")
+    existing = read_key(data_dir, configured)
+    if existing is not None:
+        return existing
     path = Path(data_dir) / KEY_FILE
-    if path.exists():
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise PermissionError(
-                f"{path} has permissions {oct(mode)}; the pseudonymization key must be private: "
-                f"run `chmod 600 {path}`"
-            )
-        return path.read_bytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     key = secrets.token_hex(32).encode("ascii")
@@ -57,8 +69,14 @@ def load_or_create_key(data_dir: str | os.PathLike[str], configured: str | None 
         os.link(tmp, path)
     except FileExistsError:
         return path.read_bytes()
+    except OSError:
+        # No hard links here (SMB without Unix extensions, exFAT, some FUSE mounts): an atomic
+        # rename, which a racing process could only replace with a key nothing has used yet.
+        if path.exists():
+            return path.read_bytes()
+        os.replace(tmp, path)
     finally:
-        tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return key
 
 

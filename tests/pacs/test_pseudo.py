@@ -114,3 +114,18 @@ def test_two_processes_creating_the_key_at_once_agree(tmp_path, monkeypatch) -> 
     monkeypatch.setattr(pseudo.os, "link", real_link)
     assert pseudo.load_or_create_key(tmp_path) == b"the other process's key"
     assert [p.name for p in (tmp_path / "secrets").iterdir()] == ["pseudonym.key"]
+
+
+def test_without_hard_links_the_key_is_still_written_atomically(tmp_path, monkeypatch) -> None:
+    """SMB shares without Unix extensions and exFAT refuse os.link."""
+    from pacs import pseudo
+
+    def refuse(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(pseudo.os, "link", refuse)
+    key = pseudo.load_or_create_key(tmp_path)
+    assert len(key) == 64 and (tmp_path / pseudo.KEY_FILE).read_bytes() == key
+    assert (tmp_path / pseudo.KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in (tmp_path / "secrets").iterdir()] == ["pseudonym.key"]
+    assert pseudo.load_or_create_key(tmp_path) == key
