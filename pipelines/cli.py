@@ -25,17 +25,34 @@ from typing import Any
 
 log = logging.getLogger("radaudit")
 REPO_SETTINGS = Path(__file__).resolve().parents[1] / "dagster.yaml"
-# Where a non-editable install puts it (pyproject.toml: data-files).
-INSTALLED_SETTINGS = Path(sys.prefix) / "share" / "radaudit" / "dagster.yaml"
+
+
+def _installed_settings() -> Path | None:
+    """The dagster.yaml a non-editable install put under ``<scheme>/share/radaudit`` (pyproject.toml:
+    data-files), wherever the scheme is (a venv, ``--user``, ``/usr/local``), from the install record."""
+    from importlib import metadata
+
+    try:
+        files = metadata.distribution("radaudit").files or []
+    except metadata.PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name == "dagster.yaml" and f.parent.name == "radaudit" and f.parent.parent.name == "share":
+            path = Path(str(f.locate()))
+            if path.is_file():
+                return path
+    return None
 
 
 def settings_file() -> Path:
     """radaudit's dagster.yaml: the checkout's, else the installed copy."""
-    for path in (REPO_SETTINGS, INSTALLED_SETTINGS):
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"radaudit's dagster.yaml is neither in the checkout ({REPO_SETTINGS}) nor installed "
-                            f"({INSTALLED_SETTINGS}); reinstall radaudit, or copy dagster.yaml from its repository")
+    if REPO_SETTINGS.is_file():
+        return REPO_SETTINGS
+    installed = _installed_settings()
+    if installed is None:
+        raise FileNotFoundError(f"radaudit's dagster.yaml is neither in the checkout ({REPO_SETTINGS}) nor installed "
+                                "with the package; reinstall radaudit, or copy dagster.yaml from its repository")
+    return installed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -194,14 +211,16 @@ def data_dir_instance(data_dir: str | os.PathLike[str]) -> Any:
 
     home = Path(data_dir) / "dagster"
     home.mkdir(parents=True, exist_ok=True)
-    settings, copy = settings_file(), home / "dagster.yaml"
+    copy = home / "dagster.yaml"
     if not copy.exists():
-        shutil.copy(settings, copy)
-    elif copy.read_bytes() != settings.read_bytes():
+        shutil.copy(settings_file(), copy)
+    else:
+        settings = REPO_SETTINGS if REPO_SETTINGS.is_file() else _installed_settings()
         # A steward may have edited it on purpose, so it is not replaced; but an old copy lacks newer
         # settings (the GPU pool), so say so on every run.
-        log.warning("%s differs from radaudit's settings (%s); if it was not edited on purpose, "
-                    "`radaudit instance --data %s --force` replaces it", copy, settings, data_dir)
+        if settings is not None and copy.read_bytes() != settings.read_bytes():
+            log.warning("%s differs from radaudit's settings (%s); if it was not edited on purpose, "
+                        "`radaudit instance --data %s --force` replaces it", copy, settings, data_dir)
     return dg.DagsterInstance.from_config(str(home))
 
 
@@ -264,13 +283,14 @@ def _cmd_instance(args: argparse.Namespace) -> int:
 
 def _cmd_locate(args: argparse.Namespace) -> int:
     from pacs.index import locate
-    from pacs.pseudo import KEY_ENV, load_or_create_key
+    from pacs.pseudo import KEY_ENV, read_key
 
     if not args.export or not args.data:
         raise ValueError("give --export and --data (or set RADAUDIT_EXPORT_DIR and RADAUDIT_DATA_DIR)")
-    if not (Path(args.data) / "secrets").is_dir() and not os.environ.get(KEY_ENV):
-        raise FileNotFoundError(f"{args.data} has no pseudonymization key: was it ingested with this data dir?")
-    key = load_or_create_key(args.data, os.environ.get(KEY_ENV))
+    key = read_key(args.data, os.environ.get(KEY_ENV))
+    if key is None:
+        raise FileNotFoundError(f"{args.data} has no pseudonymization key and {KEY_ENV} is not set: give the data "
+                                "dir (or the key) the export was ingested with")
     found = locate(args.export, key, args.hashes)
     for h in args.hashes:
         print(f"{h}\t{found.get(h, '(not in the export)')}")

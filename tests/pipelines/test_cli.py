@@ -1,6 +1,9 @@
 """The radaudit command line: clear errors for bad arguments, and a working ingest."""
 
+from pathlib import Path
+
 import pandas as pd
+import pytest
 
 from pacs.index import ERRORS_PATH, INDEX_PATH
 from pipelines.cli import main
@@ -93,13 +96,37 @@ def test_instance_without_a_checkout_uses_the_installed_settings(tmp_path, monke
     installed.parent.mkdir()
     installed.write_text("telemetry:\n  enabled: false\n")
     monkeypatch.setattr(cli, "REPO_SETTINGS", tmp_path / "site-packages" / "dagster.yaml")  # not there
-    monkeypatch.setattr(cli, "INSTALLED_SETTINGS", installed)
+    monkeypatch.setattr(cli, "_installed_settings", lambda: installed if installed.exists() else None)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     assert main(["instance"]) == 0
     assert (tmp_path / "home" / "dagster.yaml").read_text() == installed.read_text()
     installed.unlink()
     assert main(["instance", "--force"]) == 2
     assert "reinstall radaudit" in capsys.readouterr().err
+    (tmp_path / "data" / "dagster").mkdir(parents=True)
+    (tmp_path / "data" / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    cli.data_dir_instance(tmp_path / "data").dispose()  # its own copy is enough to run
+
+
+def test_the_install_record_names_the_installed_settings(tmp_path, monkeypatch):
+    """A wheel install (venv, --user or /usr/local alike) records share/radaudit/dagster.yaml
+    relative to site-packages; the CLI finds it from that record."""
+    from importlib import metadata
+
+    from pipelines import cli
+
+    site = tmp_path / "lib" / "python3.11" / "site-packages"
+    info = site / "radaudit-0.1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: radaudit\nVersion: 0.1.0\n")
+    (info / "RECORD").write_text("pipelines/cli.py,,\n../../../share/radaudit/dagster.yaml,,\n")
+    settings = tmp_path / "share" / "radaudit" / "dagster.yaml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setattr(metadata, "distribution", lambda name: metadata.PathDistribution(info))
+    assert Path(cli._installed_settings()).resolve() == settings.resolve()
+    settings.unlink()
+    assert cli._installed_settings() is None
 
 
 def test_an_old_copy_of_the_settings_in_the_data_dir_is_reported(tmp_path, caplog):
@@ -126,8 +153,10 @@ def test_locate_prints_the_real_path_behind_a_hash(tmp_path, capsys, monkeypatch
     (export / "Schmidt Erika").mkdir(parents=True)
     (export / "Schmidt Erika" / "IM1").write_bytes(b"x")
     paths = ["--export", str(export), "--data", str(data)]
+    (data / "secrets").mkdir(parents=True)
     assert main(["locate", *paths, "0" * 20]) == 2  # no key: this data dir never ingested anything
     assert "pseudonymization key" in capsys.readouterr().err
+    assert not any((data / "secrets").iterdir())  # and locate made none
     h = path_key("Schmidt Erika/IM1", load_or_create_key(data))
     assert main(["locate", *paths, h]) == 0
     assert capsys.readouterr().out == f"{h}\tSchmidt Erika/IM1\n"
@@ -135,8 +164,10 @@ def test_locate_prints_the_real_path_behind_a_hash(tmp_path, capsys, monkeypatch
     assert "(not in the export)" in capsys.readouterr().out
 
 
-def test_demo_runs_the_whole_audit_and_scores_it_against_the_truth(tmp_path, capsys):
+@pytest.mark.slow
+def test_demo_runs_the_whole_audit_and_scores_it_against_the_truth(tmp_path, capsys, monkeypatch):
     """The README's main command, at the smallest settings: export made, graph run, figures printed."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)  # runs go to the demo's data dir, not a real instance
     args = ["demo", "--dir", str(tmp_path / "demo"), "--n", "72", "--epochs", "1", "--batch-size", "16",
             "--size", "32", "--workers", "1"]
     assert main(args) == 0
