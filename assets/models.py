@@ -36,11 +36,11 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
     def backbone(context: dg.AssetExecutionContext, radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
         from models.probe import plot_loss_curve
 
-        # A retry resumes the checkpoints of the attempt that died; only the first attempt may wipe them.
-        from_scratch = audit.from_scratch and context.retry_number == 0
         try:
+            # A retry, or a re-execution of this run, resumes what the first attempt trained from scratch.
             result = stages.train_backbone(radaudit.data_dir, method, audit.pretrain_config(method),
-                                           truth_path=audit.truth_path, from_scratch=from_scratch,
+                                           truth_path=audit.truth_path, from_scratch=audit.from_scratch,
+                                           scratch_token=context.run.root_run_id or context.run_id,
                                            log=context.log.info)
         except (ValueError, FileNotFoundError) as error:
             raise _no_retry_on_bad_input(error) from error

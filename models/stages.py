@@ -130,7 +130,7 @@ def truth_labels(ts: TrainingSet, truth_path: str | os.PathLike[str] | None) -> 
 
 
 def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *, truth_path: str | None = None,
-                   from_scratch: bool = False, log: Log | None = None) -> Any:
+                   from_scratch: bool = False, scratch_token: str | None = None, log: Log | None = None) -> Any:
     """Pretrain one method's backbone on the image cache; checkpoints under ``models/<method>/``.
 
     Args:
@@ -139,6 +139,9 @@ def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *
             labels; otherwise on the recorded ones (noisy, so a lower bound).
         from_scratch: Delete the method's checkpoints first; otherwise an interrupted or shorter
             earlier run is resumed (and a finished one is kept as it is).
+        scratch_token: Names the request to start from scratch (a Dagster run's root run id): a
+            retry or re-execution of the same request resumes what its first attempt trained
+            instead of deleting it again.
 
     Returns:
         The :class:`models.train.PretrainResult`.
@@ -146,13 +149,16 @@ def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *
     from models.train import knn_monitor, pretrain
 
     data_dir = Path(data_dir)
-    ts = load_training_set(data_dir)
-    dataset = ts.dataset(data_dir)
     checkpoints = data_dir / MODELS_DIR / method / "checkpoints"
-    if from_scratch and checkpoints.exists():
+    marker = checkpoints.parent / "from_scratch.token"
+    if from_scratch and not (scratch_token and marker.is_file() and marker.read_text() == scratch_token):
         import shutil
 
-        shutil.rmtree(checkpoints)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        if scratch_token:
+            pio.write_bytes(marker, scratch_token.encode())
+    ts = load_training_set(data_dir)
+    dataset = ts.dataset(data_dir)
     config = config.replace(method=method, checkpoint_dir=str(checkpoints))
     eval_labels = truth_labels(ts, truth_path)
     eval_fn = knn_monitor(dataset, eval_labels if eval_labels is not None else ts.labels, seed=config.seed,
@@ -224,7 +230,7 @@ def _previous_rows(data_dir: Path, method: str, model_key: str, uids: Sequence[s
     if not (npy.exists() and rows_path.exists()):
         return None
     try:
-        old, rows = _load_rows(npy, rows_path)
+        old, rows = _load_rows(npy, rows_path, mmap=True)
     except ValueError:
         return None  # the pair is from two runs: embed everything again
     if "model_key" not in rows or not (rows["model_key"] == model_key).all():
@@ -244,7 +250,8 @@ def load_embeddings(data_dir: str | os.PathLike[str], method: str, uids: Sequenc
         ValueError: If some uid has no embedding (the embeddings are older than the image cache).
     """
     data_dir = Path(data_dir)
-    features, table = _load_rows(data_dir / EMBED_DIR / f"{method}.npy", data_dir / EMBED_DIR / f"{method}.uids.parquet")
+    features, table = _load_rows(data_dir / EMBED_DIR / f"{method}.npy", data_dir / EMBED_DIR / f"{method}.uids.parquet",
+                                 mmap=True)
     rows = table["sop_instance_uid"]
     position = pd.Series(np.arange(len(rows)), index=rows.to_numpy())
     where = position.reindex(list(uids))
@@ -349,13 +356,14 @@ def _save_rows(array: np.ndarray, path: Path, rows: pd.DataFrame, rows_path: Pat
     pio.write_parquet_frame(rows.assign(array_digest=_array_digest(array)), rows_path)
 
 
-def _load_rows(path: Path, rows_path: Path) -> tuple[np.ndarray, pd.DataFrame]:
-    """An array written by ``_save_rows`` and its rows (without the digest).
+def _load_rows(path: Path, rows_path: Path, *, mmap: bool = False) -> tuple[np.ndarray, pd.DataFrame]:
+    """An array written by ``_save_rows`` and its rows (without the digest); ``mmap``: memory-mapped,
+    for callers that take a subset of the rows of a large array.
 
     Raises:
         ValueError: If the two files come from different runs (an interrupted write).
     """
-    array, rows = np.load(path), pd.read_parquet(rows_path)
+    array, rows = np.load(path, mmap_mode="r" if mmap else None), pd.read_parquet(rows_path)
     stored = rows.pop("array_digest") if "array_digest" in rows else None  # older files have none
     if len(rows) != array.shape[0] or (stored is not None and len(rows) and stored.iloc[0] != _array_digest(array)):
         raise ValueError(f"{path} and {rows_path.name} were written by different runs (one was interrupted): "

@@ -490,6 +490,10 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*exceeds max_steps.*")
             trainer.fit(model, loader, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+    except BaseException:
+        if config.checkpoint_dir is None:
+            shutil.rmtree(root, ignore_errors=True)  # the temporary folder, with the ranks' weights
+        raise
     finally:
         torch.multiprocessing.set_sharing_strategy(sharing)  # the caller's data loaders keep theirs
     wall = time.perf_counter() - t0

@@ -127,6 +127,13 @@ def test_a_backbone_resumes_unless_asked_to_start_from_scratch(audited, tmp_path
     assert kept.resumed_from_epoch == 1 and kept.steps_this_run == 0
     fresh = stages.train_backbone(data, "simclr", config, from_scratch=True)
     assert fresh.resumed_from_epoch == 0 and fresh.steps_this_run > 0
+    # A retry of one request to start from scratch resumes what its first attempt trained.
+    first = stages.train_backbone(data, "simclr", config, from_scratch=True, scratch_token="run-1")
+    assert first.resumed_from_epoch == 0 and first.steps_this_run > 0
+    retry = stages.train_backbone(data, "simclr", config, from_scratch=True, scratch_token="run-1")
+    assert retry.resumed_from_epoch == 1 and retry.steps_this_run == 0
+    later = stages.train_backbone(data, "simclr", config, from_scratch=True, scratch_token="run-2")
+    assert later.resumed_from_epoch == 0 and later.steps_this_run > 0
 
 
 def test_nightly_audit_embeds_the_new_files_of_the_night(audited, tmp_path):

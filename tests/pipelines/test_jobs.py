@@ -78,16 +78,17 @@ def test_gpu_steps_share_one_pool_and_retry_from_their_checkpoint():
 
 
 def test_a_retried_backbone_step_resumes_and_bad_input_is_not_retried(tmp_path, monkeypatch):
-    """Attempt 1 (from scratch) dies of a lost device; attempt 2 must resume, not wipe the checkpoints
-    attempt 1 wrote; a ValueError (bad input) then fails the step at once instead of using up retries."""
+    """Attempt 1 (from scratch) dies of a lost device; attempt 2 names the same request, so it resumes
+    instead of wiping what attempt 1 wrote (tests/assets: the same token does not wipe again); a
+    ValueError (bad input) then fails the step at once instead of using up retries."""
     import assets.models as asset_models
     from assets.resources import AuditConfig
     from models import stages
 
-    calls: list[bool] = []
+    calls: list[tuple[bool, str]] = []
 
-    def flaky(data_dir, method, config, *, truth_path=None, from_scratch=False, log=None):
-        calls.append(from_scratch)
+    def flaky(data_dir, method, config, *, truth_path=None, from_scratch=False, scratch_token=None, log=None):
+        calls.append((from_scratch, scratch_token))
         if len(calls) == 1:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         raise ValueError("the image cache is empty")
@@ -99,7 +100,7 @@ def test_a_retried_backbone_step_resumes_and_bad_input_is_not_retried(tmp_path, 
                  "audit": AuditConfig(from_scratch=True)}
     result = dg.materialize([backbone], resources=resources, raise_on_error=False)
     assert not result.success
-    assert calls == [True, False]
+    assert calls == [(True, result.run_id)] * 2
     (failure,) = [e for e in result.all_events if e.is_step_failure]
     assert "the image cache is empty" in str(failure.step_failure_data.error.message)
 
