@@ -40,7 +40,7 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
             # A retry, or a re-execution of this run, resumes what the first attempt trained from scratch.
             result = stages.train_backbone(radaudit.data_dir, method, audit.pretrain_config(method),
                                            truth_path=audit.truth_path, from_scratch=audit.from_scratch,
-                                           scratch_token=context.run.root_run_id or context.run_id,
+                                           scratch_token=context.run.root_run_id or context.run.run_id,
                                            log=context.log.info)
         except (ValueError, FileNotFoundError) as error:
             raise _no_retry_on_bad_input(error) from error
