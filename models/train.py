@@ -348,6 +348,29 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
+# Errors of bad input or configuration: the same on every attempt, so callers do not retry them.
+_BAD_INPUT_ERRORS: dict[str, type[Exception]] = {"ValueError": ValueError, "FileNotFoundError": FileNotFoundError}
+
+
+def _bad_input_in_rank(error: BaseException) -> Exception | None:
+    """The ValueError or FileNotFoundError a spawned rank raised, rebuilt from its traceback text.
+
+    ``ddp_spawn`` reports a rank's exception as ``ProcessRaisedException`` carrying only the
+    formatted traceback; without this, a bad cached image inside a rank looks transient and is
+    retried.
+    """
+    if not isinstance(error, torch.multiprocessing.ProcessRaisedException):
+        return None
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        name, sep, message = line.partition(": ")
+        if not sep or line.startswith(" "):
+            continue
+        kind = _BAD_INPUT_ERRORS.get(name.rsplit(".", 1)[-1])
+        return kind(f"in a training process: {message}") if kind is not None else None
+    return None
+
+
 def _strategy(devices: int) -> str:
     """DDP for several devices: ``ddp`` under torchrun, else ``ddp_spawn``.
 
@@ -490,9 +513,12 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             warnings.filterwarnings("ignore", message=r".*exceeds max_steps.*")
             trainer.fit(model, loader, ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
-    except BaseException:
+    except BaseException as error:
         if config.checkpoint_dir is None:
             shutil.rmtree(root, ignore_errors=True)  # the temporary folder, with the ranks' weights
+        bad_input = _bad_input_in_rank(error)
+        if bad_input is not None:
+            raise bad_input from error
         raise
     finally:
         torch.multiprocessing.set_sharing_strategy(sharing)  # the caller's data loaders keep theirs

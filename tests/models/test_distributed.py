@@ -18,13 +18,20 @@ import torch.multiprocessing as mp
 from models.checkpoint import load_backbone
 from models.data import ArrayDataset
 from models.supcon import SupConLoss
-from models.train import PretrainConfig, pretrain
+from models.train import PretrainConfig, _bad_input_in_rank, pretrain
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class _BadCacheDataset(ArrayDataset):
+    """A dataset whose images cannot be read, as a damaged cache file would be (picklable for the ranks)."""
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        raise ValueError(f"cached image {index} is damaged")
 
 
 def _rank_loss(rank: int, world: int, port: int, z0: torch.Tensor, z1: torch.Tensor, labels: torch.Tensor,
@@ -90,3 +97,26 @@ def test_two_processes_without_a_checkpoint_dir_still_return_the_loss_history() 
     assert len(result.history) == 2 and all(np.isfinite(result.history))
     assert result.steps == 2 * 16 // 8 and result.checkpoint is None  # the temporary checkpoints are gone
     assert torch.multiprocessing.get_sharing_strategy() == sharing
+
+
+@pytest.mark.slow
+def test_bad_input_inside_a_spawned_process_arrives_as_the_same_error() -> None:
+    images = np.zeros((16, 40, 40), dtype=np.uint8)
+    config = PretrainConfig(method="simclr", epochs=1, batch_size=8, size=32, warmup_epochs=0, num_workers=0,
+                            progress_bar=False, devices=2, on_cpu="as_is")
+    # Not ProcessRaisedException: the asset must see a ValueError to fail without retrying.
+    with pytest.raises(ValueError, match=r"in a training process: cached image \d+ is damaged"):
+        pretrain(config, _BadCacheDataset(images, np.zeros(16, np.int64)))
+
+
+def test_only_bad_input_errors_of_a_rank_are_rebuilt() -> None:
+    def raised(last_line: str) -> mp.ProcessRaisedException:
+        text = ("\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n"
+                '  File "train.py", line 3, in step\n    raise Error("x: y")\n' + last_line + "\n")
+        return mp.ProcessRaisedException(text, 1, 4242)
+
+    rebuilt = _bad_input_in_rank(raised("FileNotFoundError: [Errno 2] No such file: 'cache/a.npy'"))
+    assert isinstance(rebuilt, FileNotFoundError) and "cache/a.npy" in str(rebuilt)
+    assert isinstance(_bad_input_in_rank(raised("ValueError: bad: size")), ValueError)
+    assert _bad_input_in_rank(raised("torch.OutOfMemoryError: CUDA out of memory")) is None  # transient: retried
+    assert _bad_input_in_rank(ValueError("not from a rank")) is None
