@@ -280,8 +280,10 @@ def _encode_gray(ds: Dataset, img: np.ndarray, enc: dict[str, Any], rng: np.rand
         ds.RescaleIntercept, ds.RescaleSlope = f"{intercept:g}", "1"
         ds.RescaleType = "US"
     if enc["window"]:
-        center = (maxv - (lo + hi) / 2 if mono1 else (lo + hi) / 2) + enc["intercept"] * (not signed)
-        center += offset * 0  # modality values of signed data equal the unsigned ones (intercept = offset)
+        # The window is in modality values: stored + RescaleIntercept where one is written (signed data:
+        # intercept = offset, so modality values equal the unsigned ones), stored values otherwise.
+        shift = enc["intercept"] if enc["rescale"] and not signed else 0.0
+        center = (maxv - (lo + hi) / 2 if mono1 else (lo + hi) / 2) + shift
         ds.WindowCenter, ds.WindowWidth = f"{center:.1f}", f"{(hi - lo) * 1.02:.1f}"
         if enc["voi_fn"]:
             ds.VOILUTFunction = enc["voi_fn"]

@@ -177,3 +177,19 @@ def test_region_mapper_reads_the_recorded_labels(export) -> None:
     for row in truth:
         label = mapper.map_tags({k: row[k] for k in regions.TAG_PRIORITY})
         assert label.region == row["recorded_region"], row["recorded_raw"]
+
+
+def test_every_in_domain_radiograph_shows_anatomy_through_its_own_window(tmp_path: Path) -> None:
+    """The stored window covers the stored values: a window shifted by an intercept that the file
+    does not carry (no Rescale Intercept written) turned whole radiographs white."""
+    from pacs import read_image
+
+    out, truth = tmp_path / "export", tmp_path / "truth.parquet"
+    generate_export(out, truth, n=150, seed=5, size=48, noise=0, missing=0, ood=0)
+    rows = pq.read_table(truth).to_pylist()
+    assert sum(r["has_window"] for r in rows) > 50
+    spread = {}
+    for r in rows:
+        lo, hi = np.percentile(read_image(out / r["path"]), [10, 90])
+        spread[r["path"]] = float(hi - lo)
+    assert min(spread.values()) > 0.05, sorted(spread.items(), key=lambda kv: kv[1])[:3]
