@@ -31,6 +31,14 @@ def oof_asset(method: str) -> dg.AssetsDefinition:
     return oof
 
 
+def _methods(audit: AuditConfig) -> list[str]:
+    """The configured methods, checked against the ones that have assets."""
+    unknown = sorted(set(audit.methods) - set(METHODS))
+    if unknown or not audit.methods:
+        raise dg.Failure(f"audit.methods must name some of {list(METHODS)}, got {audit.methods}", allow_retries=False)
+    return list(audit.methods)
+
+
 def _labels(radaudit: RadauditConfig, method: str) -> np.ndarray:
     return stages.load_probabilities(radaudit.data_dir, method)[1]["label"].to_numpy()
 
@@ -43,14 +51,16 @@ def ensemble_probabilities(radaudit: RadauditConfig, audit: AuditConfig) -> dg.M
     """Mean of the methods' probabilities, weighted as configured."""
     from models.heads import confusion_matrix_png
 
-    probs = stages.combine(radaudit.data_dir, METHODS, weights=audit.ensemble_weights)
+    methods = _methods(audit)
+    probs, weights = stages.combine(radaudit.data_dir, methods, weights=audit.ensemble_weights,
+                                    drop_below=audit.ensemble_drop_below)
     rows = stages.load_probabilities(radaudit.data_dir, "ensemble")[1]
     labelled = rows["label"].to_numpy() >= 0
     y, pred = rows["label"].to_numpy()[labelled], probs[labelled].argmax(1)
     names = list(stages.load_training_set(radaudit.data_dir).vocabulary)
     truth = {}
     if audit.truth_path:
-        scores, (y_true, y_clean) = stages.evaluate_label_fractions(radaudit.data_dir, audit.truth_path, METHODS,
+        scores, (y_true, y_clean) = stages.evaluate_label_fractions(radaudit.data_dir, audit.truth_path, methods,
                                                                    seed=audit.seed, with_predictions=True)
         truth = {f"linear_eval/{m}@{int(f * 100)}%": round(a, 4) for m, by in scores.items() for f, a in by.items()}
         truth["confusion_matrix_clean_test"] = _png_markdown(confusion_matrix_png(y_true, y_clean, names),
@@ -58,6 +68,7 @@ def ensemble_probabilities(radaudit: RadauditConfig, audit: AuditConfig) -> dg.M
     return dg.MaterializeResult(metadata={
         **truth,
         "dagster/row_count": int(probs.shape[0]), "weights": audit.ensemble_weights,
+        **{f"weight/{m}": round(w, 4) for m, w in weights.items()},
         "accuracy_vs_recorded": round(float((pred == y).mean()), 4) if labelled.any() else None,
         # Out-of-fold predictions against the recorded labels: label noise shows up off the diagonal.
         "confusion_matrix": _png_markdown(confusion_matrix_png(y, pred, names), "confusion matrix vs recorded labels"),
@@ -70,12 +81,19 @@ def ensemble_probabilities(radaudit: RadauditConfig, audit: AuditConfig) -> dg.M
     description="cleanlab label quality, suspected mislabels, out-of-domain score and suggested regions for "
     "every image (audit/label_issues.parquet).",
 )
-def label_issues(radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
+def label_issues(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
+                 audit: AuditConfig) -> dg.MaterializeResult:
     """Find label issues on the ensemble's out-of-sample probabilities."""
-    issues = stages.audit(radaudit.data_dir, METHODS, ood_threshold=audit.ood_threshold, seed=audit.seed)
+    issues = stages.audit(radaudit.data_dir, _methods(audit), ood_threshold=audit.ood_threshold, seed=audit.seed,
+                          max_mislabel_fraction=audit.max_mislabel_fraction)
     counts = issues["issue"].value_counts().to_dict()
+    for warning in issues.attrs["warnings"]:
+        context.log.warning(warning)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(issues), **{f"n_{k}": int(counts.get(k, 0)) for k in ("mislabel", "out_of_domain", "missing_label")},
+        "cleanlab_issues": issues.attrs["cleanlab_issues"],
+        "heads_agreement": round(float(issues.attrs["heads_agreement"]), 4),
+        "warnings": "\n".join(issues.attrs["warnings"]) or "none",
     })
 
 
@@ -100,13 +118,18 @@ def mislabel_report(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
     fraction = flag_fraction(issues)
     preview = csv.head(15)[[c for c in ("rank", "recorded_region", "suggested_region", "suggested_probability",
                                         "label_quality", "issue") if c in csv.columns]]
+    warnings = stages.load_audit_summary(radaudit.data_dir).get("warnings", [])
+    for warning in warnings:
+        context.log.warning(warning)
     yield dg.MaterializeResult(metadata={
+        "warnings": "\n".join(warnings) or "none",
         "dagster/row_count": len(csv), "csv": str(files.csv_path), "html": str(files.html_path),
         "flagged_fraction": round(fraction, 4), "top_flags": dg.MetadataValue.md(preview.to_markdown(index=False)
                                                                                  if len(preview) else "_none_"),
     })
     required = {"rank", "sop_instance_uid", "study_instance_uid", "recorded_region", "recorded_raw",
-                "suggested_region", "suggested_probability", "label_quality", "issue", "thumbnail", "source_path"}
+                "suggested_region", "suggested_probability", "label_quality", "issue", "ood_reason", "thumbnail",
+                "source_path"}
     if audit.include_accession:
         required.add("accession_number")
     missing = sorted(required - set(csv.columns))

@@ -1,8 +1,6 @@
 """Region labels: the recorded region of each instance, mapped from its raw PACS strings."""
 
 
-import json
-
 import dagster as dg
 import pandas as pd
 
@@ -10,7 +8,8 @@ from pacs import io
 from pacs.index import INDEX_PATH
 from pacs.regions import RegionMapper
 from pacs.review import OVERRIDES_PATH, REVIEW_DIR, read_reviews, unknown_uid_warnings
-from models.stages import LABELS_PATH, VOCABULARY_PATH
+from models import stages
+from models.stages import LABELS_PATH
 from assets.resources import RadauditConfig
 
 
@@ -22,19 +21,14 @@ from assets.resources import RadauditConfig
 )
 def region_labels(radaudit: RadauditConfig) -> dg.MaterializeResult:
     """Map Body Part Examined / Series / Study Description / Protocol Name to the vocabulary."""
-    index = pd.read_parquet(radaudit.data_path / INDEX_PATH)
-    live = index[index["present"] & index["duplicate_of"].isna()]
-    mapper = RegionMapper.from_file(radaudit.region_map)
-    labels = mapper.label_frame(live)
-    io.write_parquet_frame(labels, radaudit.data_path / LABELS_PATH)
-    io.write_text(radaudit.data_path / VOCABULARY_PATH, json.dumps(list(mapper.regions)))
+    labels = stages.map_labels(radaudit.data_dir, radaudit.region_map)
     counts = labels["recorded_region"].value_counts(dropna=False)
     return dg.MaterializeResult(metadata={
         "dagster/row_count": len(labels),
         "null_labels": int(labels["recorded_region"].isna().sum()),
         "by_region": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
         "by_tag": dg.MetadataValue.json({str(k): int(v) for k, v in labels["recorded_tag"].value_counts(dropna=False).items()}),
-        "vocabulary": ", ".join(mapper.regions),
+        "vocabulary": ", ".join(stages.read_vocabulary(radaudit.data_dir)),
     })
 
 

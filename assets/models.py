@@ -41,7 +41,7 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
             result = stages.train_backbone(radaudit.data_dir, method, audit.pretrain_config(method),
                                            truth_path=audit.truth_path, from_scratch=audit.from_scratch,
                                            scratch_token=context.run.root_run_id or context.run.run_id,
-                                           log=context.log.info)
+                                           log=context.log.info, cross_fit=audit.cross_fit(method))
         except (ValueError, FileNotFoundError) as error:
             raise _no_retry_on_bad_input(error) from error
         last = result.metrics[-1] if result.metrics else {}

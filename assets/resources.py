@@ -60,9 +60,14 @@ class AuditConfig(dg.ConfigurableResource):
     Without a GPU, pretraining shrinks itself to CPU-sized settings (``on_cpu="shrink"``) and
     says so in the run's log. ``devices`` > 1 trains with DDP on that many GPUs (the batch size
     is global); ``compile`` None turns torch.compile on for long GPU runs; ``gauge_dir`` adds a
-    folder of real calibration-gauge crops to the drawn ones.
+    folder of real calibration-gauge crops to the drawn ones. ``methods`` are the ones the
+    ensemble combines (their assets must be materialized; the CPU demo trains a subset).
+    ``supcon_cross_fit``: SupCon trains on the recorded labels, so it trains this many backbones,
+    each blind to one fold's labels, and each image is scored by one that never saw its label
+    (1: one backbone on all labels, which lets label noise leak into its own scores).
     """
 
+    methods: list[str] = ["simclr", "byol", "supcon"]
     backbone: str = "resnet18"
     devices: int = 1
     compile: bool | None = None
@@ -76,14 +81,21 @@ class AuditConfig(dg.ConfigurableResource):
     from_scratch: bool = False
     num_workers: int = 8
     seed: int = 0
+    supcon_cross_fit: int = 2
     n_splits: int = 5
-    ensemble_weights: str = "equal"
+    ensemble_weights: str = "log_loss"
+    ensemble_drop_below: float | None = 0.05
     ood_threshold: float | None = None
+    max_mislabel_fraction: float = 0.25
     include_accession: bool = True
     report_top_html: int = 500
     min_flag_fraction: float = 0.0
     max_flag_fraction: float = 0.5
     truth_path: str | None = None
+
+    def cross_fit(self, method: str) -> int:
+        """Backbones to cross-fit for ``method``: only SupCon trains on labels."""
+        return self.supcon_cross_fit if method == "supcon" else 1
 
     def pretrain_config(self, method: str) -> "PretrainConfig":
         """The library's pretraining settings for one method."""

@@ -1,45 +1,39 @@
 """Label audit: suspected mislabels, out-of-domain images and missing labels, in one ranking.
 
 :func:`find_issues` takes out-of-sample class probabilities (the ensemble of
-:mod:`models.ensemble`), the recorded labels and embeddings, and returns one row per image:
+:mod:`models.ensemble`, and optionally each member's), the recorded labels, embeddings, and the
+header and pixel facts of :mod:`models.ood`, and returns one row per image:
 
+- ``ood_score`` / ``is_out_of_domain`` / ``ood_reason``: :func:`models.ood.combine_evidence`
+  over the header (modality, SOP class, colour), the pixels (blank, few grey levels, text-like)
+  and the embeddings (class-conditional Mahalanobis distance to *trusted* images: labelled,
+  not suspected by cleanlab, no header or pixel evidence). ``ood_score`` > 0.5 (or
+  ``ood_threshold``) is out of domain. Look-alike batches cannot vouch for themselves: nothing
+  here asks an image's neighbours among all images.
 - ``label_quality``: cleanlab's ``get_label_quality_scores`` (self-confidence by default: the
-  probability of the recorded label; low = suspect); NaN for null labels.
-- ``is_label_issue``: cleanlab's ``filter.find_label_issues`` on the labelled rows, i.e.
-  confident learning (Northcutt, Jiang and Chuang, 2021, "Confident Learning: Estimating
-  Uncertainty in Dataset Labels", JAIR 70): the confident joint estimates how many images of
-  each recorded class really belong to each other class, and the least likely ones are pruned.
+  probability of the recorded label; low = suspect); NaN for null labels and out-of-domain images.
+- ``is_label_issue``: cleanlab's ``filter.find_label_issues`` on the labelled rows without
+  header or pixel evidence of being out of domain (Northcutt, Jiang and Chuang, 2021,
+  "Confident Learning", JAIR 70): the confident joint estimates how many images of each
+  recorded class really belong to each other class.
+- ``issue == "mislabel"``: a *confident, consistent* disagreement: cleanlab flags it, the image
+  is in domain, the ensemble's suggestion differs from the recorded label, and at least half of
+  the members (each method alone) suggest the same region. At most ``max_mislabel_fraction`` of
+  the labelled images are flagged (the lowest label quality first): with weak features the
+  confident joint over-estimates the noise, and a list of 40% of an archive helps no one.
 - ``suggested_region`` / ``suggested_probability``: the argmax of the probabilities.
-- ``ood_score``: how far an image lies from the in-domain data, in [0, 1), **higher = more out
-  of domain**. It is ``1 - s`` with ``s`` cleanlab's feature-based ``OutOfDistribution`` score
-  (Kuan and Mueller, 2022, "Back to the Basics: Revisiting Out-of-Distribution Detection
-  Baselines"): ``s = exp(-d / median_d)``, ``d`` the mean distance to the ``k`` nearest
-  neighbours in a reference set and ``median_d`` its median over the reference rows (each
-  scored without itself). So ``ood_score = 1 - exp(-d / median_d)``: a typical in-domain image
-  scores about 0.63, one whose neighbours are twice as far 0.86. The reference set is the
-  labelled images that confident learning keeps (no label issue): out-of-domain images often
-  come in look-alike batches (blank exposures, scanned forms), and with them in the reference
-  their own look-alikes would vouch for them. Distances are cosine geometry (rows scaled to
-  unit length, as cleanlab does for D > 3) in the reference's top ``ood_dim`` principal axes,
-  with an exact search in torch: cleanlab's scikit-learn search took 41 s for 50,000 queries x
-  10,000 references x 512 features here. The reference is a seeded, class-stratified
-  subsample of ``ood_reference_size`` rows.
-- ``issue``: ``"out_of_domain"`` (``ood_score`` above the threshold, whatever the label),
-  else ``"mislabel"`` (cleanlab flags the recorded label), else ``"missing_label"`` (null
-  label: it needs the suggested region), else None.
+- ``issue``: ``"out_of_domain"``, else ``"mislabel"``, else ``"missing_label"`` (null label: it
+  needs the suggested region), else None.
 - ``suspicion`` and ``rank``: one ranking, most suspect first. Tiers first, then a score
   within the tier: out-of-domain images by descending ``ood_score``; then mislabels by
-  ascending ``label_quality``; then missing labels by descending ``suggested_probability`` (the
-  confident suggestions first, so a reviewer can confirm them quickly); then the unflagged rows
-  by ascending ``label_quality``. ``suspicion = tier + within-tier score`` with tiers 3, 2, 1, 0,
-  so sorting by ``suspicion`` descending gives ``rank`` 1, 2, ...
+  ascending ``label_quality``; then missing labels by descending ``suggested_probability``;
+  then the unflagged rows by ascending ``label_quality``.
 
-The OOD threshold is ``ood_threshold`` when given, else a robust z-score on the reference
-rows: with ``r = d / median_d`` (so ``ood_score = 1 - exp(-r)``), an image is out of domain when
-``r > 1 + ood_z * 1.4826 * MAD(r_reference)``. In high dimensions neighbour distances
-concentrate (on the benchmark's embeddings out-of-domain images lie only 1.1-1.3 times further
-than typical, yet rank with AUROC 0.999), so a fixed ratio would not carry over between
-backbones; the z-score does. The threshold used is in ``df.attrs["ood_threshold"]``.
+``df.attrs`` carries ``ood_threshold``, ``cleanlab_issues`` (cleanlab's count before the
+rules above), ``heads_agreement`` (share of labelled in-domain images whose out-of-fold
+prediction equals the recorded label) and ``warnings``: when that agreement is below
+``min_agreement`` the features are too weak to audit, and every caller (run log, report header,
+Dagster metadata) shows the warning with the figure.
 
 Run the tests with::
 
@@ -53,9 +47,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
-from models.heads import check_embeddings, check_labels, check_probabilities, torch_threads
+from models.heads import check_embeddings, check_labels, check_probabilities
 
 __all__ = [
     "FILTER_BY",
@@ -64,7 +57,6 @@ __all__ = [
     "combine_embeddings",
     "find_issues",
     "flag_fraction",
-    "knn_distances",
 ]
 
 ISSUE_KINDS: tuple[str, ...] = ("out_of_domain", "mislabel", "missing_label")
@@ -87,7 +79,7 @@ QUALITY_METHODS: dict[str, str] = {
 
 COLUMNS: tuple[str, ...] = (
     "label", "label_quality", "is_label_issue", "suggested_region", "suggested_probability",
-    "ood_score", "is_out_of_domain", "out_of_fold", "issue", "suspicion", "rank",
+    "ood_score", "is_out_of_domain", "ood_reason", "out_of_fold", "issue", "suspicion", "rank",
 )
 
 
@@ -121,104 +113,41 @@ def combine_embeddings(embeddings_by_method: Mapping[str, np.ndarray]) -> np.nda
     return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
 
-def knn_distances(queries: np.ndarray, reference: np.ndarray, *, k: int = 10,
-                  exclude: np.ndarray | None = None, chunk: int = 4096) -> np.ndarray:
-    """Mean Euclidean distance of each query row to its ``k`` nearest reference rows (exact search).
-
-    Args:
-        queries: Shape: (Q, D).
-        reference: Shape: (R, D).
-        k: Neighbours (capped at the reference size, minus one where a row is excluded).
-        exclude: Shape: (Q,), index into ``reference`` of a row to skip for each query (the
-            query itself when it belongs to the reference), -1 for none.
-        chunk: Query rows per distance block (bounds memory at ``chunk * R`` floats).
-
-    Returns:
-        Shape: (Q,), float64.
-    """
-    q = torch.from_numpy(check_embeddings(queries, "queries"))
-    r = torch.from_numpy(check_embeddings(reference, "reference"))
-    if q.shape[1] != r.shape[1]:
-        raise ValueError(f"queries have {q.shape[1]} features, reference {r.shape[1]}")
-    kk = max(1, min(k, r.shape[0] - (1 if exclude is not None else 0)))
-    r_sq = (r * r).sum(dim=1)  # (R,)
-    out = np.empty(q.shape[0], dtype=np.float64)
-    ex = None if exclude is None else torch.from_numpy(np.asarray(exclude, dtype=np.int64))
-    with torch.no_grad():
-        for i in range(0, q.shape[0], chunk):
-            qb = q[i:i + chunk]
-            # Negative squared distance up to the query's own |q|^2, which topk does not need.
-            score = torch.addmm(r_sq, qb, r.T, beta=-1.0, alpha=2.0)  # (chunk, R)
-            if ex is not None:
-                e = ex[i:i + chunk]
-                rows = torch.nonzero(e >= 0).squeeze(1)
-                score[rows, e[rows]] = -torch.inf
-            top = score.topk(kk, dim=1, sorted=False).values  # (chunk, k)
-            d2 = ((qb * qb).sum(dim=1, keepdim=True) - top).double().clamp_(min=0.0)
-            out[i:i + chunk] = d2.sqrt_().mean(dim=1).numpy()
-    return out
+def _check_positive_number(value: object, name: str, example: str, upper: float | None = None) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
+            or (upper is not None and value >= upper)):
+        bound = f" and < {upper}" if upper is not None else ""
+        raise ValueError(f"{name} must be a number > 0{bound}, e.g. {example}; got {value!r}")
+    return float(value)
 
 
-def _reference_rows(labels: np.ndarray, candidates: np.ndarray, size: int | None, k: int,
-                    rng: np.random.Generator) -> np.ndarray:
-    """Class-stratified subsample of ``candidates``; every class keeps at least ``3 k`` rows where it has them."""
-    if size is None or candidates.size <= size:
-        return candidates
-    keep = []
-    share = size / candidates.size
-    for c in np.unique(labels[candidates]):
-        rows = candidates[labels[candidates] == c]
-        m = min(rows.size, max(int(round(share * rows.size)), 3 * k))
-        keep.append(rng.choice(rows, size=m, replace=False))
-    return np.sort(np.concatenate(keep))
-
-
-def _ood_features(emb: np.ndarray, reference: np.ndarray, dim: int | None) -> np.ndarray:
-    """Unit-length rows, projected on the reference's top ``dim`` principal axes when D > dim.
-
-    On unit vectors the Euclidean distance is ``sqrt(2 - 2 cos)``: the neighbours are the
-    cosine neighbours. The projection keeps the directions in which the in-domain data varies
-    and cuts the search cost by D / dim.
-    """
-    x = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    if dim is None or x.shape[1] <= dim:
-        return np.ascontiguousarray(x, dtype=np.float32)
-    ref = torch.from_numpy(x[reference])
-    mean = ref.mean(dim=0)
-    centred = ref - mean
-    cov = (centred.T @ centred).double()  # (D, D)
-    _, vecs = torch.linalg.eigh(cov)
-    axes = vecs[:, -dim:].to(torch.float32)  # (D, dim), top principal axes
-    with torch.no_grad():
-        proj = (torch.from_numpy(x) - mean) @ axes  # (N, dim)
-    return proj.numpy()
-
-
-def _ood_scores(emb: np.ndarray, reference: np.ndarray, k: int, dim: int | None) -> np.ndarray:
-    """``1 - cleanlab OOD score`` of every row against the reference rows (see module docstring)."""
-    from cleanlab.internal.outlier import transform_distances_to_scores
-
-    n = emb.shape[0]
-    feats = _ood_features(emb, reference, dim)
-    pos = np.full(n, -1, dtype=np.int64)
-    pos[reference] = np.arange(reference.size)
-    dist = knn_distances(feats, feats[reference], k=k, exclude=pos)
-    scale = float(max(np.median(dist[reference]), 100 * np.finfo(np.float64).eps))
-    return 1.0 - transform_distances_to_scores(dist, 1, scale)
+def _consistent(suggested: np.ndarray, member_probs: Mapping[str, np.ndarray] | None, n: int, k: int) -> np.ndarray:
+    """Rows where at least half of the members' own argmax equals the ensemble's suggestion."""
+    if not member_probs:
+        return np.ones(n, dtype=bool)
+    votes = np.zeros(n, dtype=np.int64)
+    for name, p in member_probs.items():
+        p = check_probabilities(p, n, name=f"member_probs[{name!r}]")
+        if p.shape[1] != k:
+            raise ValueError(f"member_probs[{name!r}] has {p.shape[1]} classes, probs {k}")
+        votes += p.argmax(axis=1) == suggested
+    return 2 * votes >= len(member_probs)
 
 
 def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *,
                 sop_instance_uids: Sequence[str] | None = None,
                 out_of_fold: np.ndarray | None = None,
+                member_probs: Mapping[str, np.ndarray] | None = None,
+                header_reasons: Sequence[str] | None = None,
+                pixel_feats: pd.DataFrame | None = None,
                 filter_by: str = "prune_by_noise_rate",
                 quality_method: str = "self_confidence",
                 ood_threshold: float | None = None,
-                ood_z: float = 4.0,
-                ood_k: int = 10,
-                ood_reference_size: int | None = 5_000,
-                ood_dim: int | None = 128,
-                seed: int = 0,
-                threads: int | None = 1) -> pd.DataFrame:
+                ood_z: float = 6.0,
+                ood_dim: int = 32,
+                max_mislabel_fraction: float = 0.25,
+                min_agreement: float = 0.75,
+                seed: int = 0) -> pd.DataFrame:
     """Score every image's recorded label, domain and (for null labels) suggested region.
 
     Args:
@@ -230,17 +159,20 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         out_of_fold: Shape: (N,) bool from :class:`models.heads.OOFResult`; rows marked False
             (in-sample probabilities) are kept in the column ``out_of_fold`` so a reviewer can
             discount them. Default: all True.
+        member_probs: {method: Shape: (N, K)}, each ensemble member's own probabilities; a
+            mislabel needs at least half of them to agree with the ensemble's suggestion.
+        header_reasons: N strings from :func:`models.ood.header_evidence` ("" = none).
+        pixel_feats: N rows of :func:`models.ood.pixel_features` (columns ``PIXEL_FEATURES``).
         filter_by: cleanlab ``find_label_issues`` method, one of ``FILTER_BY``.
         quality_method: cleanlab ``get_label_quality_scores`` method, one of ``QUALITY_METHODS``.
-        ood_threshold: Fixed ``ood_score`` above which an image is out of domain, in (0, 1).
-        ood_z: Used when ``ood_threshold`` is None: robust z-score of the neighbour distance
-            above which an image is out of domain (see the module docstring).
-        ood_k: Neighbours of the OOD score.
-        ood_reference_size: Reference rows for the OOD search (None = all clean labelled rows);
-            cost grows with N times this.
-        ood_dim: Principal axes of the reference kept for the search (None = all features).
-        seed: Reference subsample.
-        threads: torch CPU threads for the neighbour search (see :func:`models.heads.torch_threads`).
+        ood_threshold: ``ood_score`` above which an image is out of domain, in (0, 1); default 0.5
+            (where a soft source's robust z equals ``ood_z``).
+        ood_z: Robust z-score of the pixel or embedding evidence that flags an image.
+        ood_dim: Principal axes of the Mahalanobis evidence.
+        max_mislabel_fraction: Most labelled images flagged ``mislabel``, in (0, 1).
+        min_agreement: Heads' agreement with the recorded labels below which the run warns that
+            the features are too weak to audit.
+        seed: Fold split of the Mahalanobis reference.
 
     Returns:
         One row per image, in input order, columns ``COLUMNS`` (plus ``sop_instance_uid``
@@ -251,6 +183,8 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     """
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
+
+    from models.ood import combine_evidence, mahalanobis_evidence, pixel_evidence
 
     p = check_probabilities(probs)
     n, k = p.shape
@@ -266,23 +200,31 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     oof = np.ones(n, dtype=bool) if out_of_fold is None else np.asarray(out_of_fold, dtype=bool)
     if oof.shape != (n,):
         raise ValueError(f"out_of_fold must have Shape: ({n},), got {oof.shape}")
+    header = [""] * n if header_reasons is None else [str(h) for h in header_reasons]
+    if len(header) != n:
+        raise ValueError(f"header_reasons has {len(header)} entries for {n} images")
+    if pixel_feats is not None and len(pixel_feats) != n:
+        raise ValueError(f"pixel_feats has {len(pixel_feats)} rows for {n} images")
     filter_by = _lookup(FILTER_BY, filter_by, "filter_by")
     quality_method = _lookup(QUALITY_METHODS, quality_method, "quality_method")
-    if ood_threshold is not None and (isinstance(ood_threshold, bool) or not isinstance(ood_threshold, (int, float))
-                                      or not 0 < ood_threshold < 1):
-        raise ValueError(f"ood_threshold must lie in (0, 1) (ood_score is in [0, 1)), got {ood_threshold!r}")
-    if isinstance(ood_z, bool) or not isinstance(ood_z, (int, float)) or not math.isfinite(ood_z) or ood_z <= 0:
-        raise ValueError(f"ood_z must be a positive number, e.g. 4.0; got {ood_z!r}")
-    if isinstance(ood_k, bool) or not isinstance(ood_k, (int, np.integer)) or ood_k < 1:
-        raise ValueError(f"ood_k must be a positive integer, e.g. 10; got {ood_k!r}")
-    if ood_reference_size is not None and (isinstance(ood_reference_size, bool)
-                                           or not isinstance(ood_reference_size, (int, np.integer))
-                                           or ood_reference_size < 2):
-        raise ValueError(f"ood_reference_size must be an integer >= 2 or None (all rows), got {ood_reference_size!r}")
-    if ood_dim is not None and (isinstance(ood_dim, bool) or not isinstance(ood_dim, (int, np.integer)) or ood_dim < 1):
-        raise ValueError(f"ood_dim must be a positive integer or None (no projection), got {ood_dim!r}")
+    threshold = 0.5 if ood_threshold is None else _check_positive_number(ood_threshold, "ood_threshold", "0.5", 1.0)
+    ood_z = _check_positive_number(ood_z, "ood_z", "6.0")
+    max_mislabel_fraction = _check_positive_number(max_mislabel_fraction, "max_mislabel_fraction", "0.25", 1.0)
+    if isinstance(ood_dim, bool) or not isinstance(ood_dim, (int, np.integer)) or ood_dim < 1:
+        raise ValueError(f"ood_dim must be a positive integer, e.g. 32; got {ood_dim!r}")
+    suggested = p.argmax(axis=1)
+    suggested_p = p[np.arange(n), suggested]
 
-    lab = np.flatnonzero(y >= 0)
+    # 1. Evidence that needs no label: the header, then the pixels against the rows the header clears.
+    has_header = np.array([bool(h) for h in header])
+    cleared = np.flatnonzero(~has_header)
+    pixel_z, pixel_which = np.zeros(n), np.zeros(n, dtype=np.int64)
+    if pixel_feats is not None and cleared.size >= 2:
+        pixel_z, pixel_which = pixel_evidence(pixel_feats, cleared)
+    early_ood = has_header | (pixel_z > ood_z)
+
+    # 2. Confident learning on the labelled rows that look in domain so far.
+    lab = np.flatnonzero((y >= 0) & ~early_ood)
     quality = np.full(n, np.nan)
     issue_mask = np.zeros(n, dtype=bool)
     if lab.size:
@@ -290,26 +232,32 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         quality[lab] = get_label_quality_scores(yl, pl, method=quality_method)
         if np.unique(yl).size >= 2:
             issue_mask[lab] = find_label_issues(yl, pl, filter_by=filter_by, n_jobs=1, verbose=False)
-    suggested = p.argmax(axis=1)
-    suggested_p = p[np.arange(n), suggested]
 
-    clean = lab[~issue_mask[lab]]
-    if clean.size < 2:  # nothing trustworthy to compare with: every row is its own reference
-        clean = np.arange(n)
-    reference = _reference_rows(y, clean, ood_reference_size, int(ood_k), np.random.default_rng(seed))
-    with torch_threads(threads):
-        ood = _ood_scores(emb, reference, int(ood_k), ood_dim)
-    if ood_threshold is not None:
-        threshold = float(ood_threshold)
-    else:
-        ratio = -np.log1p(-ood[reference])  # d / median_d of the reference rows; median 1
-        spread = 1.4826 * float(np.median(np.abs(ratio - np.median(ratio))))
-        threshold = 1.0 - math.exp(-(float(np.median(ratio)) + float(ood_z) * max(spread, 1e-6)))
+    # 3. The embeddings, against the trusted rows' class means.
+    trusted = lab[~issue_mask[lab]]
+    emb_z = np.zeros(n)
+    if trusted.size >= 8 and np.unique(y[trusted]).size >= 2:
+        dist = mahalanobis_evidence(emb, y, trusted, dim=int(ood_dim), seed=seed)
+        ref = dist[trusted]
+        med = float(np.median(ref))
+        mad = 1.4826 * float(np.median(np.abs(ref - med)))
+        emb_z = np.maximum((dist - med) / max(mad, 1e-6 * max(med, 1.0)), 0.0)
+    evidence = combine_evidence(header, pixel_z, pixel_which, emb_z, z_threshold=ood_z)
+    ood = evidence.score
     is_ood = ood > threshold
+    quality[is_ood] = np.nan
+
+    # 4. Mislabels: confident, consistent, in domain, bounded.
+    candidate = issue_mask & ~is_ood & (suggested != y) & _consistent(suggested, member_probs, n, k)
+    labelled_in = int(((y >= 0) & ~is_ood).sum())
+    cap = int(math.floor(max_mislabel_fraction * labelled_in))
+    mislabel = np.zeros(n, dtype=bool)
+    rows = np.flatnonzero(candidate)
+    mislabel[rows[np.argsort(quality[rows], kind="stable")[:cap]]] = True
 
     issue = np.full(n, None, dtype=object)
     issue[(y < 0)] = "missing_label"
-    issue[issue_mask] = "mislabel"
+    issue[mislabel] = "mislabel"
     issue[is_ood] = "out_of_domain"
     tier = np.array([_TIER[i] for i in issue], dtype=np.float64)
     within = np.where(issue == "out_of_domain", ood,
@@ -327,6 +275,7 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         "suggested_probability": suggested_p,
         "ood_score": ood,
         "is_out_of_domain": is_ood,
+        "ood_reason": [r if f else "" for r, f in zip(evidence.reason, is_ood)],
         "out_of_fold": oof,
         "issue": pd.Series(issue, dtype=object),
         "suspicion": suspicion,
@@ -334,7 +283,16 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     })
     if uids is not None:
         df.insert(0, "sop_instance_uid", uids)
-    df.attrs["ood_threshold"] = threshold
+    in_lab = (y >= 0) & ~is_ood
+    agreement = float((suggested[in_lab] == y[in_lab]).mean()) if in_lab.any() else float("nan")
+    warnings_: list[str] = []
+    if in_lab.any() and agreement < min_agreement:
+        warnings_.append(
+            f"features too weak to audit: the heads' held-out predictions agree with only {agreement:.1%} of the "
+            f"recorded labels (expected >= {min_agreement:.0%} where most labels are right); treat the mislabel "
+            "flags as a worklist, not findings, and train the backbones longer or on a GPU")
+    df.attrs.update(ood_threshold=threshold, heads_agreement=agreement, warnings=warnings_,
+                    cleanlab_issues=int(issue_mask.sum()))
     return df
 
 

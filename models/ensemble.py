@@ -16,6 +16,10 @@ Both weighted variants score the *recorded* labels, which contain the errors the
 for; with out-of-fold probabilities they are still held-out scores, and every method suffers the
 same noise, so the ranking of methods holds.
 
+``drop_below``: a member whose out-of-fold accuracy on the labelled rows lies more than this
+below the best member's gets weight 0 (needs labels): averaging in a clearly weaker member
+pulls the ensemble below its best member, which is what an ensemble must not do.
+
 Run the tests with::
 
     python -m pytest tests/models/test_ensemble.py -q
@@ -78,25 +82,37 @@ def _validate(probs_by_method: Mapping[str, np.ndarray], weights: str,
 
 
 def ensemble_weights(probs_by_method: Mapping[str, np.ndarray], *, weights: str = "equal",
-                     labels: np.ndarray | None = None) -> dict[str, float]:
+                     labels: np.ndarray | None = None, drop_below: float | None = None) -> dict[str, float]:
     """The weight of each method (they sum to 1); see the module docstring for the rules.
 
     Args:
         probs_by_method: {method: Shape: (N, K) probabilities}, rows aligned across methods.
         weights: One of ``WEIGHTINGS``.
-        labels: Shape: (N,), recorded labels, -1 = null; required unless ``weights="equal"``.
+        labels: Shape: (N,), recorded labels, -1 = null; required unless ``weights="equal"``
+            and ``drop_below`` is None.
+        drop_below: Drop members whose accuracy is more than this below the best one's.
 
     Returns:
-        {method: weight}.
+        {method: weight}; dropped members have weight 0.
     """
     checked, y = _validate(probs_by_method, weights, labels)
+    if drop_below is not None and (isinstance(drop_below, bool) or not isinstance(drop_below, (int, float))
+                                   or not 0 <= drop_below < 1):
+        raise ValueError(f"drop_below must be in [0, 1) (an accuracy gap, e.g. 0.05) or None, got {drop_below!r}")
+    if drop_below is not None and (y is None or not (y >= 0).any()):
+        raise ValueError("drop_below compares the members' accuracy on the labelled rows: pass labels=")
     score = WEIGHTINGS[weights]
+    lab = y >= 0 if y is not None else None
     if score is None:
         raw = {m: 1.0 for m in checked}
     else:
-        assert y is not None
-        lab = y >= 0
+        assert lab is not None
         raw = {m: max(score(p[lab], y[lab]), 0.0) for m, p in checked.items()}
+    if drop_below is not None:
+        assert lab is not None
+        accuracy = {m: _accuracy(p[lab], y[lab]) for m, p in checked.items()}
+        best = max(accuracy.values())
+        raw = {m: (v if accuracy[m] >= best - drop_below else 0.0) for m, v in raw.items()}
     total = sum(raw.values())
     if total <= 0:  # every method scored 0 (e.g. accuracy 0): no basis to prefer one
         return {m: 1.0 / len(raw) for m in raw}
@@ -104,7 +120,7 @@ def ensemble_weights(probs_by_method: Mapping[str, np.ndarray], *, weights: str 
 
 
 def ensemble_probabilities(probs_by_method: Mapping[str, np.ndarray], *, weights: str = "equal",
-                           labels: np.ndarray | None = None) -> np.ndarray:
+                           labels: np.ndarray | None = None, drop_below: float | None = None) -> np.ndarray:
     """Weighted mean of the methods' class probabilities.
 
     Args:
@@ -112,6 +128,7 @@ def ensemble_probabilities(probs_by_method: Mapping[str, np.ndarray], *, weights
             (out-of-fold probabilities from :func:`models.heads.oof_probabilities`).
         weights: ``"equal"``, ``"accuracy"`` or ``"log_loss"``.
         labels: Shape: (N,), recorded labels (-1 = null); needed for the weighted variants.
+        drop_below: See :func:`ensemble_weights`.
 
     Returns:
         Shape: (N, K), float64, rows sum to 1.
@@ -120,9 +137,11 @@ def ensemble_probabilities(probs_by_method: Mapping[str, np.ndarray], *, weights
         ValueError: Unknown ``weights``, shapes that differ, rows that are not probabilities,
             missing labels for a weighted variant.
     """
-    w = ensemble_weights(probs_by_method, weights=weights, labels=labels)
+    w = ensemble_weights(probs_by_method, weights=weights, labels=labels, drop_below=drop_below)
     out = None
     for name, p in probs_by_method.items():
+        if w[name] == 0.0:
+            continue
         term = w[name] * np.asarray(p, dtype=np.float64)
         out = term if out is None else out + term
     assert out is not None

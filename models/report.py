@@ -49,7 +49,7 @@ THUMB_DIR = "thumbnails"
 CSV_COLUMNS: tuple[str, ...] = (
     "rank", "sop_instance_uid", "study_instance_uid", "accession_number", "recorded_region",
     "recorded_raw", "suggested_region", "suggested_probability", "label_quality", "ood_score",
-    "issue", "thumbnail", "source_path",
+    "issue", "ood_reason", "thumbnail", "source_path",
 )
 _ISSUE_COLUMNS = ("sop_instance_uid", "label", "label_quality", "suggested_region", "suggested_probability",
                   "ood_score", "issue", "rank")
@@ -135,6 +135,7 @@ def _rows(issues: pd.DataFrame, meta: pd.DataFrame, names: list[str], include_al
     """The report rows, most suspect first, with display values (no thumbnails yet)."""
     sel = issues if include_all else issues[issues["issue"].notna()]
     sel = sel.sort_values("rank", kind="stable")
+    ood = (sel["issue"] == "out_of_domain").to_numpy()
     m = meta.set_index("sop_instance_uid")
     uids = sel["sop_instance_uid"].astype(str)
     joined = m.reindex(uids.to_numpy())
@@ -145,11 +146,14 @@ def _rows(issues: pd.DataFrame, meta: pd.DataFrame, names: list[str], include_al
         "accession_number": [_text(v) for v in joined["accession_number"]] if "accession_number" in joined else "",
         "recorded_region": [names[int(v)] if int(v) >= 0 else "" for v in sel["label"]],
         "recorded_raw": [_text(v) for v in joined["recorded_raw"]],
-        "suggested_region": [names[int(v)] for v in sel["suggested_region"]],
-        "suggested_probability": sel["suggested_probability"].to_numpy(dtype=float),
+        # An out-of-domain image shows no region: it is not a radiograph of any of them.
+        "suggested_region": ["" if i == "out_of_domain" else names[int(v)]
+                             for v, i in zip(sel["suggested_region"], sel["issue"])],
+        "suggested_probability": np.where(ood, np.nan, sel["suggested_probability"].to_numpy(dtype=float)),
         "label_quality": sel["label_quality"].to_numpy(dtype=float),
         "ood_score": sel["ood_score"].to_numpy(dtype=float),
         "issue": [_text(v) for v in sel["issue"]],
+        "ood_reason": [_text(v) for v in sel["ood_reason"]] if "ood_reason" in sel else "",
         "thumbnail": "",
         "source_path": [_text(v) for v in joined["path"]],
     })
@@ -157,8 +161,12 @@ def _rows(issues: pd.DataFrame, meta: pd.DataFrame, names: list[str], include_al
 
 
 def _fmt(value: object) -> str:
+    """Four decimals; four significant digits below 0.001, so the most suspect rows do not all read 0.0000."""
     if isinstance(value, (float, np.floating)):
-        return "" if np.isnan(value) else f"{float(value):.4f}"
+        v = float(value)
+        if np.isnan(v):
+            return ""
+        return f"{v:.4f}" if v == 0.0 or abs(v) >= 1e-3 else f"{v:.4g}"
     return _text(value)
 
 
@@ -178,7 +186,7 @@ def _csv_text(rows: pd.DataFrame, columns: list[str], delimiter: str, defuse: bo
 def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.PathLike[str], *,
                  class_names: Sequence[str], include_accession: bool = True, include_all: bool = False,
                  top_html: int = 500, thumbnail: int = 128, delimiter: str = ",",
-                 defuse_formulas: bool = True) -> ReportFiles:
+                 defuse_formulas: bool = True, warnings: Sequence[str] = ()) -> ReportFiles:
     """Write the CSV, the thumbnails and the HTML gallery under ``<data_dir>/reports/``.
 
     Args:
@@ -196,6 +204,7 @@ def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.Pa
         thumbnail: Thumbnail long side in pixels; 0 writes none.
         delimiter: CSV field separator (``";"`` for spreadsheets in German locales).
         defuse_formulas: Prefix free-text cells that start like a formula with ``'``.
+        warnings: Shown at the top of the HTML (e.g. the audit's "features too weak" warning).
 
     Returns:
         :class:`ReportFiles`.
@@ -223,7 +232,7 @@ def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.Pa
     write_text(csv_path, _csv_text(rows, columns, delimiter, defuse_formulas))
     html_rows = rows.head(top_html)
     html_path = out_dir / HTML_NAME
-    write_text(html_path, _html(html_rows, pngs, columns, issues, include_accession))
+    write_text(html_path, _html(html_rows, pngs, columns, issues, include_accession, [str(w) for w in warnings]))
     return ReportFiles(csv_path, html_path, out_dir / THUMB_DIR, len(rows), len(html_rows))
 
 
@@ -250,6 +259,8 @@ img.thumb{width:96px;height:96px;object-fit:contain;background:#000;display:bloc
 .kind-out_of_domain{background:#e8e1fb;color:#4b1fa8}
 .kind-missing_label{background:#fff1cc;color:#7a5200}
 .rec{color:#a1130c}.sug{color:#0b6b2c;font-weight:600}
+.warning{background:#fff4e5;border-left:4px solid #e08a00;padding:6px 10px;margin:0 0 12px}
+td.reason{max-width:220px;font-size:12px;color:#4b1fa8}
 """
 
 _JS = """
@@ -291,6 +302,7 @@ _HTML_COLUMNS: dict[str, tuple[str, str, str]] = {
     "rank": ("Rank", "num", "num"),
     "thumbnail": ("Image", "none", ""),
     "issue": ("Issue", "text", ""),
+    "ood_reason": ("Why out of domain", "text", "reason"),
     "recorded_region": ("Recorded", "text", "rec"),
     "suggested_region": ("Suggested", "text", "sug"),
     "suggested_probability": ("P(suggested)", "num", "num"),
@@ -305,7 +317,7 @@ _HTML_COLUMNS: dict[str, tuple[str, str, str]] = {
 
 
 def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], issues: pd.DataFrame,
-          include_accession: bool) -> str:
+          include_accession: bool, warnings: list[str]) -> str:
     esc = html.escape
     cols = [c for c in _HTML_COLUMNS if c in csv_columns]
     counts = issues["issue"].value_counts()
@@ -340,6 +352,7 @@ def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], is
         "<title>radaudit: suspected label errors</title>"
         f"<style>{_CSS}</style></head><body>"
         "<h1>Suspected label errors</h1>"
+        + "".join(f'<p class="warning" role="alert">Warning: {esc(w)}</p>' for w in warnings) +
         f"<p class=\"summary\">{esc(summary)} among {len(issues)} images; "
         f"showing the {len(rows)} most suspect. Click a column header to sort.</p>"
         "<div class=\"controls\"><input id=\"filter\" type=\"search\" placeholder=\"Filter: region, UID, text ...\">"

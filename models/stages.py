@@ -9,10 +9,13 @@ These are what the Dagster assets call, and what a notebook calls to run one sta
 Layout under the data dir (beside the ingest's ``index/``, ``labels/`` and ``cache/``)::
 
     models/<method>/checkpoints/         per-epoch checkpoints (safetensors), resumable
+    models/<method>/fold<f>/checkpoints/ a cross-fitted method's backbones (label_folds.parquet: the split)
     embeddings/<method>.npy              (N, D) float32 features, rows = embeddings/<method>.uids.parquet
     probabilities/<method>.npy           (N, K) out-of-fold probabilities, rows = probabilities/rows.parquet
     probabilities/ensemble.npy           (N, K) the methods' combined probabilities
-    audit/label_issues.parquet           one row per image: label quality, OOD score, issue, rank
+    probabilities/ensemble.weights.json  each method's weight in it (0: dropped as too weak)
+    audit/label_issues.parquet           one row per image: label quality, OOD score and reason, issue, rank
+    audit/summary.json                   the audit's warnings (features too weak) and figures
     reports/                             the radiologists' CSV and HTML
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import io as _io
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,9 +41,12 @@ from pacs.index import INDEX_PATH
 LABELS_PATH = Path("labels") / "region_labels.parquet"
 VOCABULARY_PATH = Path("labels") / "vocabulary.json"
 MODELS_DIR = Path("models")
+FOLDS_FILE = "label_folds.parquet"
 EMBED_DIR = Path("embeddings")
 PROB_DIR = Path("probabilities")
 ISSUES_PATH = Path("audit") / "label_issues.parquet"
+SUMMARY_PATH = Path("audit") / "summary.json"
+WEIGHTS_PATH = PROB_DIR / "ensemble.weights.json"
 
 Log = Callable[[str], None]
 
@@ -108,10 +115,29 @@ def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str
     return TrainingSet(meta["sop_instance_uid"].tolist(), y, groups, vocab, meta)
 
 
+def map_labels(data_dir: str | os.PathLike[str], region_map: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+    """Map every live instance's PACS strings to the region vocabulary; write ``labels/``.
+
+    Args:
+        region_map: A mapping file (TOML or YAML); None: the packaged default.
+
+    Returns:
+        The region labels (``sop_instance_uid``, ``recorded_region``, ``recorded_raw``, ``recorded_tag``).
+    """
+    from pacs.regions import RegionMapper
+
+    data_dir = Path(data_dir)
+    index = pd.read_parquet(data_dir / INDEX_PATH)
+    live = index[index["present"] & index["duplicate_of"].isna()]
+    mapper = RegionMapper.from_file(region_map)
+    labels = mapper.label_frame(live)
+    pio.write_parquet_frame(labels, data_dir / LABELS_PATH)
+    pio.write_text(data_dir / VOCABULARY_PATH, json.dumps(list(mapper.regions)))
+    return labels
+
+
 def read_vocabulary(data_dir: str | os.PathLike[str]) -> tuple[str, ...]:
     """The region vocabulary the recorded labels were mapped with (the default if none was saved)."""
-    import json
-
     from pacs.regions import DEFAULT_REGIONS
 
     path = Path(data_dir) / VOCABULARY_PATH
@@ -129,8 +155,19 @@ def truth_labels(ts: TrainingSet, truth_path: str | os.PathLike[str] | None) -> 
     return np.array([lookup.get(r, -1) if isinstance(r, str) else -1 for r in region], dtype=np.int64)
 
 
+def label_folds(ts: TrainingSet, n_folds: int, seed: int = 0) -> np.ndarray:
+    """The split of a cross-fitted label-trained method: a fold per labelled image, -1 for null labels.
+
+    Region-stratified and grouped by patient (:func:`models.heads.group_stratified_folds`).
+    """
+    from models.heads import check_groups, group_stratified_folds
+
+    return group_stratified_folds(ts.labels, check_groups(ts.groups, len(ts.uids)), n_splits=n_folds, seed=seed)
+
+
 def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *, truth_path: str | None = None,
-                   from_scratch: bool = False, scratch_token: str | None = None, log: Log | None = None) -> Any:
+                   from_scratch: bool = False, scratch_token: str | None = None, log: Log | None = None,
+                   cross_fit: int = 1) -> Any:
     """Pretrain one method's backbone on the image cache; checkpoints under ``models/<method>/``.
 
     Args:
@@ -142,29 +179,74 @@ def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *
         scratch_token: Names the request to start from scratch (a Dagster run's root run id): a
             retry or re-execution of the same request resumes what its first attempt trained
             instead of deleting it again.
+        cross_fit: For a method that trains on the recorded labels (SupCon): train this many
+            backbones, backbone ``f`` blind to the labels of fold ``f`` (:func:`label_folds`;
+            those images still train it, as unlabelled ones), under ``models/<method>/fold<f>/``.
+            :func:`compute_oof` then scores each image with the backbone that never saw its
+            label, so the label noise the audit looks for cannot leak into its own scores.
 
     Returns:
-        The :class:`models.train.PretrainResult`.
+        The :class:`models.train.PretrainResult` (of the last fold's backbone, with the wall
+        time and steps of all of them).
     """
+    import dataclasses
+    import shutil
+
+    from augment.dataset import CacheDataset
     from models.train import knn_monitor, pretrain
 
+    if isinstance(cross_fit, bool) or not isinstance(cross_fit, int) or cross_fit < 1:
+        raise ValueError(f"cross_fit must be an int >= 1 (1: one backbone on all labels), got {cross_fit!r}")
     data_dir = Path(data_dir)
-    checkpoints = data_dir / MODELS_DIR / method / "checkpoints"
-    marker = checkpoints.parent / "from_scratch.token"
+    root = data_dir / MODELS_DIR / method
+    marker = root / "from_scratch.token"
     if from_scratch and not (scratch_token and marker.is_file() and marker.read_text() == scratch_token):
-        import shutil
-
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        shutil.rmtree(root / "checkpoints", ignore_errors=True)
+        for old in root.glob("fold*"):
+            shutil.rmtree(old, ignore_errors=True)
+        (root / FOLDS_FILE).unlink(missing_ok=True)
         if scratch_token:
             pio.write_bytes(marker, scratch_token.encode())
     ts = load_training_set(data_dir)
     dataset = ts.dataset(data_dir)
-    config = config.replace(method=method, checkpoint_dir=str(checkpoints))
     eval_labels = truth_labels(ts, truth_path)
     eval_fn = knn_monitor(dataset, eval_labels if eval_labels is not None else ts.labels, seed=config.seed,
                           linear_probe=True)
     # About five evaluations per run (and always after the last epoch): each embeds every image.
-    return pretrain(config, dataset, log=log, eval_fn=eval_fn, eval_every=max(1, config.epochs // 5))
+    eval_every = max(1, config.epochs // 5)
+    if cross_fit == 1:
+        if (root / FOLDS_FILE).exists():
+            raise ValueError(f"{root} holds cross-fitted backbones; train with from_scratch to replace them by one")
+        config = config.replace(method=method, checkpoint_dir=str(root / "checkpoints"))
+        return pretrain(config, dataset, log=log, eval_fn=eval_fn, eval_every=eval_every)
+    stored = cross_fit_folds(data_dir, method)
+    if stored is not None and stored["fold"].max() + 1 == cross_fit:
+        # Resuming: the split the backbones were trained with; images new since then are blind to all.
+        folds = pd.Series(ts.uids).map(stored.set_index("sop_instance_uid")["fold"]).fillna(-1).to_numpy(np.int64)
+    else:
+        folds = label_folds(ts, cross_fit, config.seed)
+        pio.write_parquet_frame(pd.DataFrame({"sop_instance_uid": ts.uids, "fold": folds}), root / FOLDS_FILE)
+    results = []
+    for f in range(cross_fit):
+        blind = np.where((folds == f) | (folds < 0), -1, ts.labels)
+        fold_set = CacheDataset.from_reader(functools.partial(cache.read, data_dir), ts.uids, blind.tolist())
+        fold_config = config.replace(method=method, checkpoint_dir=str(_fold_checkpoints(data_dir, method, f)))
+        if log is not None:
+            log(f"{method} backbone {f + 1} of {cross_fit}: blind to the labels of {int((folds == f).sum())} images")
+        results.append(pretrain(fold_config, fold_set, log=log, eval_fn=eval_fn, eval_every=eval_every))
+    return dataclasses.replace(results[-1], wall_time_s=sum(r.wall_time_s for r in results),
+                               steps=sum(r.steps for r in results),
+                               steps_this_run=sum(r.steps_this_run for r in results))
+
+
+def _fold_checkpoints(data_dir: Path, method: str, fold: int) -> Path:
+    return data_dir / MODELS_DIR / method / f"fold{fold}" / "checkpoints"
+
+
+def cross_fit_folds(data_dir: str | os.PathLike[str], method: str) -> pd.DataFrame | None:
+    """The label folds a cross-fitted method was trained with (``sop_instance_uid``, ``fold``), or None."""
+    path = Path(data_dir) / MODELS_DIR / method / FOLDS_FILE
+    return pd.read_parquet(path) if path.exists() else None
 
 
 def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: int | None = None,
@@ -175,22 +257,43 @@ def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: i
     ``size`` defaults to the image size the backbone was trained at (from its checkpoint). With
     ``reuse``, an image embedded before by the same weights at the same size, whose cached pixels
     have not changed since, keeps its row: a nightly run embeds only the night's new images.
+    A cross-fitted method (see :func:`train_backbone`) also writes ``<method>.fold<f>`` for each
+    backbone; ``<method>`` itself holds fold 0's features (for the out-of-domain evidence).
     """
+    data_dir = Path(data_dir)
+    ts = load_training_set(data_dir)
+    folds = cross_fit_folds(data_dir, method)
+    if folds is None:
+        return _embed_with(data_dir, data_dir / MODELS_DIR / method / "checkpoints", method, ts,
+                           size=size, batch_size=batch_size, device=device, reuse=reuse, log=log)
+    features = None
+    for f in range(int(folds["fold"].max()) + 1):
+        x = _embed_with(data_dir, _fold_checkpoints(data_dir, method, f), f"{method}.fold{f}", ts,
+                        size=size, batch_size=batch_size, device=device, reuse=reuse, log=log)
+        features = x if features is None else features
+    assert features is not None
+    _save_rows(features, data_dir / EMBED_DIR / f"{method}.npy",
+               pd.read_parquet(data_dir / EMBED_DIR / f"{method}.fold0.uids.parquet").drop(columns="array_digest"),
+               data_dir / EMBED_DIR / f"{method}.uids.parquet")
+    return features
+
+
+def _embed_with(data_dir: Path, checkpoints: Path, name: str, ts: TrainingSet, *, size: int | None,
+                batch_size: int, device: str | None, reuse: bool, log: Log | None) -> np.ndarray:
+    """Embed ``ts``'s images with the latest backbone under ``checkpoints``; write ``embeddings/<name>.*``."""
     from augment.dataset import CacheDataset
     from models.checkpoint import WEIGHTS_FILE, latest_checkpoint, load_backbone, load_checkpoint
     from models.embed import embed
 
-    data_dir = Path(data_dir)
-    ts = load_training_set(data_dir)
-    checkpoints = data_dir / MODELS_DIR / method / "checkpoints"
     latest = latest_checkpoint(checkpoints)
     if latest is None:
+        method = checkpoints.relative_to(data_dir / MODELS_DIR).parts[0]
         raise FileNotFoundError(f"no {method} backbone under {checkpoints}: materialize backbone/{method} first")
     if size is None:
         size = load_checkpoint(latest).state.get("size")
     model_key = f"{_file_digest(latest / WEIGHTS_FILE)}:{size}"
     cache_keys = _cache_keys(data_dir, ts.uids)
-    features = _previous_rows(data_dir, method, model_key, ts.uids, cache_keys) if reuse else None
+    features = _previous_rows(data_dir, name, model_key, ts.uids, cache_keys) if reuse else None
     todo = np.arange(len(ts.uids)) if features is None else np.flatnonzero(np.isnan(features[:, 0]))
     if len(todo):
         read = functools.partial(cache.read, data_dir)
@@ -200,10 +303,10 @@ def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: i
             features = np.full((len(ts.uids), new.shape[1]), np.nan, np.float32)
         features[todo] = new
     if log is not None:
-        log(f"{method} embeddings: {len(todo)} images embedded, {len(ts.uids) - len(todo)} kept from the last run")
-    _save_rows(features, data_dir / EMBED_DIR / f"{method}.npy",
+        log(f"{name} embeddings: {len(todo)} images embedded, {len(ts.uids) - len(todo)} kept from the last run")
+    _save_rows(features, data_dir / EMBED_DIR / f"{name}.npy",
                pd.DataFrame({"sop_instance_uid": ts.uids, "cache_key": cache_keys, "model_key": model_key}),
-               data_dir / EMBED_DIR / f"{method}.uids.parquet")
+               data_dir / EMBED_DIR / f"{name}.uids.parquet")
     return features
 
 
@@ -243,6 +346,14 @@ def _previous_rows(data_dir: Path, method: str, model_key: str, uids: Sequence[s
     return features
 
 
+def save_embeddings(data_dir: str | os.PathLike[str], name: str, features: np.ndarray, uids: Sequence[str]) -> None:
+    """Store features computed elsewhere (e.g. a baseline backbone) as ``embeddings/<name>``, for the heads and the audit."""
+    data_dir = Path(data_dir)
+    _save_rows(np.asarray(features, dtype=np.float32), data_dir / EMBED_DIR / f"{name}.npy",
+               pd.DataFrame({"sop_instance_uid": list(uids), "cache_key": "", "model_key": "external"}),
+               data_dir / EMBED_DIR / f"{name}.uids.parquet")
+
+
 def load_embeddings(data_dir: str | os.PathLike[str], method: str, uids: Sequence[str]) -> np.ndarray:
     """A method's embeddings in the order of ``uids``.
 
@@ -263,13 +374,41 @@ def load_embeddings(data_dir: str | os.PathLike[str], method: str, uids: Sequenc
 
 def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int = 5, seed: int = 0) -> Any:
     """Out-of-fold probabilities of one method's linear heads (reviewed labels trusted); write
-    ``probabilities/<method>.npy``."""
-    from models.heads import oof_probabilities
+    ``probabilities/<method>.npy``.
+
+    For a cross-fitted method (see :func:`train_backbone`) each backbone scores only the images
+    whose labels it never saw: K-fold heads on backbone ``f``'s features of label fold ``f`` (and
+    of the images without a fold, averaged over the backbones).
+    """
+    from models.heads import OOFResult, oof_probabilities
 
     data_dir = Path(data_dir)
     ts = load_training_set(data_dir, overrides=load_overrides(data_dir))
-    x = load_embeddings(data_dir, method, ts.uids)
-    result = oof_probabilities(x, ts.labels, ts.groups, n_splits=n_splits, n_classes=len(ts.vocabulary), seed=seed)
+    k = len(ts.vocabulary)
+    folds = cross_fit_folds(data_dir, method)
+    if folds is None:
+        x = load_embeddings(data_dir, method, ts.uids)
+        result = oof_probabilities(x, ts.labels, ts.groups, n_splits=n_splits, n_classes=k, seed=seed)
+    else:
+        n_fits = int(folds["fold"].max()) + 1
+        fold_of = pd.Series(ts.uids).map(folds.set_index("sop_instance_uid")["fold"]).fillna(-1).to_numpy(np.int64)
+        probs = np.zeros((len(ts.uids), k))
+        out_of_fold = np.ones(len(ts.uids), dtype=bool)
+        fold = np.full(len(ts.uids), -1, dtype=np.int64)
+        shared = fold_of < 0  # new or unlabelled at training: no backbone saw a label of theirs
+        heads = []
+        for f in range(n_fits):
+            rows = np.flatnonzero((fold_of == f) | shared)
+            x = load_embeddings(data_dir, f"{method}.fold{f}", [ts.uids[i] for i in rows])
+            part = oof_probabilities(x, ts.labels[rows], ts.groups[rows], n_splits=n_splits, n_classes=k, seed=seed)
+            own = fold_of[rows] == f
+            probs[rows[own]] = part.probabilities[own]
+            probs[rows[~own]] += part.probabilities[~own] / n_fits
+            out_of_fold[rows] &= part.out_of_fold
+            fold[rows[own]] = np.where(part.fold[own] >= 0, f * n_splits + part.fold[own], -1)
+            heads.append(part.head)
+        out_of_fold &= ts.labels >= 0
+        result = OOFResult(probs, fold, out_of_fold, heads[0])
     _save_rows(result.probabilities.astype(np.float32), data_dir / PROB_DIR / f"{method}.npy",
                pd.DataFrame({"sop_instance_uid": ts.uids, "label": ts.labels, "fold": result.fold,
                              "out_of_fold": result.out_of_fold}),
@@ -283,13 +422,17 @@ def load_probabilities(data_dir: str | os.PathLike[str], name: str) -> tuple[np.
     return _load_rows(data_dir / PROB_DIR / f"{name}.npy", data_dir / PROB_DIR / f"{name}.rows.parquet")
 
 
-def combine(data_dir: str | os.PathLike[str], methods: Sequence[str], *, weights: str = "equal") -> np.ndarray:
+def combine(data_dir: str | os.PathLike[str], methods: Sequence[str], *, weights: str = "log_loss",
+            drop_below: float | None = 0.05) -> tuple[np.ndarray, dict[str, float]]:
     """Ensemble the methods' probabilities; write ``probabilities/ensemble.npy``.
+
+    Returns:
+        The probabilities and each method's weight (see :func:`models.ensemble.ensemble_weights`).
 
     Raises:
         ValueError: If the methods' rows differ (one was computed on an older cache).
     """
-    from models.ensemble import ensemble_probabilities
+    from models.ensemble import ensemble_probabilities, ensemble_weights
 
     data_dir = Path(data_dir)
     loaded = {m: load_probabilities(data_dir, m) for m in methods}
@@ -297,31 +440,87 @@ def combine(data_dir: str | os.PathLike[str], methods: Sequence[str], *, weights
     for m, (_, rows) in loaded.items():
         if not rows["sop_instance_uid"].equals(first_rows["sop_instance_uid"]):
             raise ValueError(f"oof_probabilities/{m} covers other images than {methods[0]}: re-materialize it")
-    probs = ensemble_probabilities({m: p for m, (p, _) in loaded.items()}, weights=weights,
-                                   labels=first_rows["label"].to_numpy())
+    by_method = {m: p for m, (p, _) in loaded.items()}
+    labels = first_rows["label"].to_numpy()
+    if not (labels >= 0).any():
+        weights, drop_below = "equal", None  # nothing to weigh the members by
+    w = ensemble_weights(by_method, weights=weights, labels=labels, drop_below=drop_below)
+    probs = ensemble_probabilities(by_method, weights=weights, labels=labels, drop_below=drop_below)
     out_of_fold = np.logical_and.reduce([rows["out_of_fold"].to_numpy() for _, rows in loaded.values()])
     _save_rows(probs.astype(np.float32), data_dir / PROB_DIR / "ensemble.npy",
                first_rows.assign(out_of_fold=out_of_fold), data_dir / PROB_DIR / "ensemble.rows.parquet")
-    return probs
+    pio.write_text(data_dir / WEIGHTS_PATH, json.dumps(w, indent=1))
+    return probs, w
 
 
-def audit(data_dir: str | os.PathLike[str], methods: Sequence[str], **options: Any) -> pd.DataFrame:
-    """Score every image with cleanlab on the ensemble; write ``audit/label_issues.parquet``."""
+def pixel_features(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> pd.DataFrame:
+    """:func:`models.ood.pixel_features` of every cached image in ``uids`` order, inside its content box."""
+    from models.ood import PIXEL_FEATURES
+    from models.ood import pixel_features as features_of
+
+    data_dir = Path(data_dir)
+    boxes = pd.read_parquet(data_dir / MANIFEST_PATH, columns=["sop_instance_uid", "content_height", "content_width"])
+    boxes = boxes.drop_duplicates("sop_instance_uid", keep="last").set_index("sop_instance_uid").reindex(list(uids))
+    rows = []
+    for uid, h, w in zip(uids, boxes["content_height"], boxes["content_width"]):
+        box = None if pd.isna(h) or pd.isna(w) else (int(h), int(w))
+        rows.append(features_of(cache.read(data_dir, uid, mmap=True), content=box))
+    return pd.DataFrame(rows, columns=list(PIXEL_FEATURES))
+
+
+def issue_inputs(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> dict[str, Any]:
+    """The header and pixel evidence :func:`models.audit.find_issues` takes, in ``uids`` order."""
+    from models.ood import header_evidence
+
+    meta = load_training_set(data_dir).meta.set_index("sop_instance_uid").reindex(list(uids))
+    return {"header_reasons": header_evidence(meta), "pixel_feats": pixel_features(data_dir, uids)}
+
+
+def audit(data_dir: str | os.PathLike[str], methods: Sequence[str], *, members: Sequence[str] | None = None,
+          **options: Any) -> pd.DataFrame:
+    """Score every image with cleanlab on the ensemble; write ``audit/label_issues.parquet``.
+
+    Args:
+        methods: Whose embeddings feed the out-of-domain evidence.
+        members: Whose own probabilities must agree with a mislabel's suggestion (default: the
+            methods the ensemble gave a weight, see :func:`combine`).
+        options: For :func:`models.audit.find_issues`.
+    """
     from models.audit import combine_embeddings, find_issues
 
     data_dir = Path(data_dir)
     probs, rows = load_probabilities(data_dir, "ensemble")
     uids = rows["sop_instance_uid"].tolist()
     features = combine_embeddings({m: load_embeddings(data_dir, m, uids) for m in methods})
+    if members is None:
+        weights = json.loads((data_dir / WEIGHTS_PATH).read_text()) if (data_dir / WEIGHTS_PATH).exists() else {}
+        members = [m for m in methods if weights.get(m, 1.0) > 0]
+    member_probs = {}
+    for m in members:
+        p, member_rows = load_probabilities(data_dir, m)
+        if not member_rows["sop_instance_uid"].equals(rows["sop_instance_uid"]):
+            raise ValueError(f"oof_probabilities/{m} covers other images than the ensemble: re-materialize it")
+        member_probs[m] = p.astype(np.float64)
     issues = find_issues(probs.astype(np.float64), rows["label"].to_numpy(), features, sop_instance_uids=uids,
-                         out_of_fold=rows["out_of_fold"].to_numpy(), **options)
+                         out_of_fold=rows["out_of_fold"].to_numpy(), member_probs=member_probs,
+                         **issue_inputs(data_dir, uids), **options)
     overrides = load_overrides(data_dir)
     if overrides is not None:
         from pacs.review import apply_to_issues
 
+        attrs = dict(issues.attrs)
         issues = apply_to_issues(issues, overrides)
+        issues.attrs.update(attrs)
     pio.write_parquet_frame(issues, data_dir / ISSUES_PATH)
+    pio.write_text(data_dir / SUMMARY_PATH, json.dumps(
+        {k: v for k, v in issues.attrs.items() if isinstance(v, (int, float, str, list))}, indent=1))
     return issues
+
+
+def load_audit_summary(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """What :func:`audit` found beside the table: ``warnings``, ``heads_agreement``, ``ood_threshold``..."""
+    path = Path(data_dir) / SUMMARY_PATH
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
 def report(data_dir: str | os.PathLike[str], *, vocabulary: Sequence[str] | None = None, **options: Any) -> Any:
@@ -331,7 +530,8 @@ def report(data_dir: str | os.PathLike[str], *, vocabulary: Sequence[str] | None
     data_dir = Path(data_dir)
     issues = pd.read_parquet(data_dir / ISSUES_PATH)
     ts = load_training_set(data_dir, vocabulary)
-    return write_report(issues, ts.meta, data_dir, class_names=list(ts.vocabulary), **options)
+    warnings = load_audit_summary(data_dir).get("warnings", [])
+    return write_report(issues, ts.meta, data_dir, class_names=list(ts.vocabulary), warnings=warnings, **options)
 
 
 def _save_array(array: np.ndarray, path: Path) -> None:
@@ -387,30 +587,48 @@ def evaluate_against_truth(data_dir: str | os.PathLike[str], truth_path: str | o
     return score_issues(pd.read_parquet(data_dir / ISSUES_PATH), load_training_set(data_dir), truth_path)
 
 
-def evaluate_methods(data_dir: str | os.PathLike[str], truth_path: str | os.PathLike[str], methods: Sequence[str],
-                     **options: Any) -> dict[str, dict[str, float]]:
-    """:func:`evaluate_against_truth` for each method's own audit and for the ensemble's.
+def evaluate_method(data_dir: str | os.PathLike[str], truth_path: str | os.PathLike[str], method: str, *,
+                    evidence: dict[str, Any] | None = None, **options: Any) -> dict[str, float]:
+    """:func:`evaluate_against_truth` of one method's own audit (its probabilities and embeddings alone).
 
-    Each method's out-of-fold probabilities and embeddings go through the same cleanlab scoring
-    as the ensemble's (``options`` as for :func:`audit`); nothing is written.
+    Args:
+        evidence: :func:`issue_inputs` for the cached images (computed when None).
+        options: For :func:`models.audit.find_issues`; nothing is written.
     """
     from models.audit import find_issues
 
     data_dir = Path(data_dir)
     ts = load_training_set(data_dir)
-    scores = {}
-    for m in methods:
-        probs, rows = load_probabilities(data_dir, m)
-        uids = rows["sop_instance_uid"].tolist()
-        issues = find_issues(probs.astype(np.float64), rows["label"].to_numpy(), load_embeddings(data_dir, m, uids),
-                             sop_instance_uids=uids, out_of_fold=rows["out_of_fold"].to_numpy(), **options)
-        scores[m] = score_issues(issues, ts, truth_path)
+    probs, rows = load_probabilities(data_dir, method)
+    uids = rows["sop_instance_uid"].tolist()
+    if uids != ts.uids:
+        raise ValueError(f"oof_probabilities/{method} covers other images than the image cache: re-materialize it")
+    evidence = issue_inputs(data_dir, uids) if evidence is None else evidence
+    issues = find_issues(probs.astype(np.float64), rows["label"].to_numpy(), load_embeddings(data_dir, method, uids),
+                         sop_instance_uids=uids, out_of_fold=rows["out_of_fold"].to_numpy(), **evidence, **options)
+    return score_issues(issues, ts, truth_path)
+
+
+def evaluate_methods(data_dir: str | os.PathLike[str], truth_path: str | os.PathLike[str], methods: Sequence[str],
+                     **options: Any) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_method` for each method and :func:`evaluate_against_truth` for the ensemble."""
+    data_dir = Path(data_dir)
+    evidence = issue_inputs(data_dir, load_training_set(data_dir).uids)
+    scores = {m: evaluate_method(data_dir, truth_path, m, evidence=evidence, **options) for m in methods}
     scores["ensemble"] = evaluate_against_truth(data_dir, truth_path)
     return scores
 
 
-def score_issues(issues: pd.DataFrame, ts: TrainingSet, truth_path: str | os.PathLike[str]) -> dict[str, float]:
-    """The figures of :func:`evaluate_against_truth` for one label-issues table."""
+def score_issues(issues: pd.DataFrame, ts: TrainingSet, truth_path: str | os.PathLike[str], *,
+                 top: int = 20) -> dict[str, float]:
+    """The figures of :func:`evaluate_against_truth` for one label-issues table.
+
+    ``mislabel_precision_at_k``: of the k labelled images not reported out of domain with the
+    lowest label quality (k = the number truly wrong), the share truly wrong: the mislabel list
+    a radiologist reads. ``top_precision``: of the ``top`` highest-ranked flags, the share whose
+    kind is true (an out-of-domain image flagged ``out_of_domain``, a wrong label ``mislabel``, a
+    null label of an in-domain image ``missing_label``).
+    """
     from sklearn.metrics import roc_auc_score
 
     path = Path(truth_path)
@@ -420,13 +638,18 @@ def score_issues(issues: pd.DataFrame, ts: TrainingSet, truth_path: str | os.Pat
     is_ood = pd.Series(ts.uids).map(truth["is_ood"]).fillna(False).to_numpy(dtype=bool)
     labelled = (ts.labels >= 0) & ~is_ood
     wrong = labelled & (ts.labels != true_idx)
-    flagged = (issues["issue"] == "mislabel").to_numpy()
+    kind = issues["issue"].to_numpy(dtype=object)
+    flagged = kind == "mislabel"
+    ood_flag = kind == "out_of_domain"
     k = int(wrong.sum())
-    quality = np.where(ts.labels >= 0, issues["label_quality"].to_numpy(dtype=float), np.inf)
-    top_k = np.argsort(quality, kind="stable")[:k]
-    ood_flag = (issues["issue"] == "out_of_domain").to_numpy()
+    quality = np.where((ts.labels >= 0) & ~ood_flag, issues["label_quality"].to_numpy(dtype=float), np.inf)
+    top_k = np.argsort(np.nan_to_num(quality, nan=np.inf), kind="stable")[:k]
     missing = (ts.labels < 0) & ~is_ood
     suggested = issues["suggested_region"].to_numpy()  # class index
+    real = np.where(kind == "out_of_domain", is_ood,
+                    np.where(kind == "mislabel", wrong, np.where(kind == "missing_label", missing, False)))
+    flags = np.flatnonzero(pd.notna(kind))
+    ranked = flags[np.argsort(issues["rank"].to_numpy()[flags], kind="stable")][:top]
 
     def ratio(a: int, b: int) -> float:
         return float(a / b) if b else float("nan")
@@ -436,10 +659,12 @@ def score_issues(issues: pd.DataFrame, ts: TrainingSet, truth_path: str | os.Pat
         "mislabel_precision": ratio(int((flagged & wrong).sum()), int(flagged.sum())),
         "mislabel_recall": ratio(int((flagged & wrong).sum()), k),
         "mislabel_precision_at_k": ratio(int(wrong[top_k].sum()), k),
-        "out_of_domain": int(is_ood.sum()),
+        f"top{top}_precision": ratio(int(real[ranked].sum()), int(ranked.size)),
+        "out_of_domain": int(is_ood.sum()), "flagged_out_of_domain": int(ood_flag.sum()),
         "ood_auroc": float(roc_auc_score(is_ood, issues["ood_score"])) if 0 < is_ood.sum() < len(is_ood) else float("nan"),
         "ood_precision": ratio(int((ood_flag & is_ood).sum()), int(ood_flag.sum())),
         "ood_recall": ratio(int((ood_flag & is_ood).sum()), int(is_ood.sum())),
+        "ood_flagged_as_mislabel": int((flagged & is_ood).sum()),
         "missing_labels": int(missing.sum()),
         "missing_suggestion_accuracy": ratio(int((suggested[missing] == true_idx[missing]).sum()), int(missing.sum())),
     }

@@ -34,8 +34,16 @@ def test_every_stage_writes_its_files(audited):
     data, _, result = audited
     assert result.success
     n = len(stages.load_training_set(data).uids)
-    for m in METHODS:
+    for m in ("simclr", "byol"):
         assert (data / "models" / m / "checkpoints" / "latest.json").exists()
+    # SupCon trains on the recorded labels: two backbones, each blind to one half of them.
+    folds = pd.read_parquet(data / "models" / "supcon" / "label_folds.parquet")
+    assert sorted(folds["fold"].unique()) == [-1, 0, 1]
+    for f in (0, 1):
+        assert (data / "models" / "supcon" / f"fold{f}" / "checkpoints" / "latest.json").exists()
+        assert np.load(data / "embeddings" / f"supcon.fold{f}.npy").shape == (n, 512)
+    assert not (data / "models" / "supcon" / "checkpoints").exists()
+    for m in METHODS:
         assert np.load(data / "embeddings" / f"{m}.npy").shape == (n, 512)
         probs = np.load(data / "probabilities" / f"{m}.npy")
         assert probs.shape == (n, 14) and np.allclose(probs.sum(1), 1, atol=1e-4)
@@ -152,14 +160,16 @@ def test_nightly_audit_embeds_the_new_files_of_the_night(audited, tmp_path):
         result = job.execute_in_process(run_config=config, instance=instance)
         messages = [e.user_message for e in instance.all_logs(result.run_id)]
     assert result.success
-    for m in METHODS:
-        assert f"{m} embeddings: 12 images embedded, {before} kept from the last run" in messages
+    backbones = {"simclr": "simclr/checkpoints", "byol": "byol/checkpoints",
+                 "supcon.fold0": "supcon/fold0/checkpoints", "supcon.fold1": "supcon/fold1/checkpoints"}
+    for name in backbones:
+        assert f"{name} embeddings: 12 images embedded, {before} kept from the last run" in messages
     uids = stages.load_training_set(night).uids
     assert len(uids) == before + 12
-    for m in METHODS:
-        assert np.load(night / "embeddings" / f"{m}.npy").shape[0] == len(uids)
-        assert (night / "models" / m / "checkpoints" / "latest.json").read_bytes() == \
-            (data / "models" / m / "checkpoints" / "latest.json").read_bytes()
+    for name, checkpoints in backbones.items():
+        assert np.load(night / "embeddings" / f"{name}.npy").shape[0] == len(uids)
+        assert (night / "models" / checkpoints / "latest.json").read_bytes() == \
+            (data / "models" / checkpoints / "latest.json").read_bytes()
     issues = pd.read_parquet(night / "audit" / "label_issues.parquet")
     assert set(pd.read_parquet(tmp_path / "night.parquet")["sop_instance_uid"]) <= set(issues["sop_instance_uid"])
     # Only the night's images were embedded; the others kept their rows, and a re-run embeds none.

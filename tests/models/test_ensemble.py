@@ -49,3 +49,19 @@ def test_bad_inputs() -> None:
         ensemble_probabilities({"a": A}, weights="accuracy", labels=LABELS[:2])
     with pytest.raises(ValueError, match="every label is -1"):
         ensemble_probabilities({"a": A}, weights="log_loss", labels=np.full(3, -1))
+
+
+def test_drop_below_removes_a_weak_member() -> None:
+    C = np.array([[0.55, 0.45], [0.45, 0.55], [0.5, 0.5]])  # right on both rows, like A
+    w = ensemble_weights({"a": A, "b": B, "c": C}, weights="log_loss", labels=LABELS, drop_below=0.05)
+    # b's accuracy (0) lies 1.0 below the best (1.0): dropped; a and c keep their log-loss weights.
+    ga, gc = np.sqrt(0.9 * 0.8), np.sqrt(0.55 * 0.55)
+    assert w == pytest.approx({"a": ga / (ga + gc), "b": 0.0, "c": gc / (ga + gc)})
+    out = ensemble_probabilities({"a": A, "b": B, "c": C}, weights="log_loss", labels=LABELS, drop_below=0.05)
+    np.testing.assert_allclose(out, w["a"] * A + w["c"] * C)
+    # Even a tolerance of 0.99 drops a member that is right on no row when another is right on all.
+    assert ensemble_weights({"a": A, "b": B}, labels=LABELS, drop_below=0.99)["b"] == 0.0
+    with pytest.raises(ValueError, match="drop_below"):
+        ensemble_weights({"a": A, "b": B}, labels=LABELS, drop_below=1.5)
+    with pytest.raises(ValueError, match="pass labels="):
+        ensemble_weights({"a": A, "b": B}, drop_below=0.05)

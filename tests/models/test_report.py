@@ -124,3 +124,30 @@ def test_semicolon_delimiter_round_trips(tmp_path: Path) -> None:
     files = write_report(issues, meta, tmp_path, class_names=NAMES, delimiter=";")
     df = pd.read_csv(io.StringIO(files.csv_path.read_text(encoding="utf-8-sig")), sep=";", keep_default_na=False)
     assert NASTY in df["recorded_raw"].tolist()
+
+
+def test_out_of_domain_rows_carry_a_reason_and_no_region(tmp_path: Path) -> None:
+    issues, meta = make_inputs(tmp_path)
+    issues["ood_reason"] = ["", "", "", "header: modality CT", "", ""]
+    files = write_report(issues, meta, tmp_path, class_names=NAMES)
+    df = pd.read_csv(files.csv_path, encoding="utf-8-sig", keep_default_na=False)
+    ood = df[df["issue"] == "out_of_domain"].iloc[0]
+    assert ood["ood_reason"] == "header: modality CT"
+    assert ood["suggested_region"] == "" and ood["suggested_probability"] == ""
+    assert (df.loc[df["issue"] != "out_of_domain", "ood_reason"] == "").all()
+    assert (df.loc[df["issue"] == "mislabel", "suggested_region"] != "").all()
+    assert "header: modality CT" in files.html_path.read_text(encoding="utf-8")
+
+
+def test_tiny_label_qualities_stay_apart_and_warnings_head_the_html(tmp_path: Path) -> None:
+    issues, meta = make_inputs(tmp_path)
+    issues["label_quality"] = [0.9, 3.2e-7, np.nan, 0.3, 1.5e-9, 0.8]
+    files = write_report(issues, meta, tmp_path, class_names=NAMES,
+                         warnings=["features too weak to audit: 41.0% agreement"])
+    df = pd.read_csv(files.csv_path, encoding="utf-8-sig", keep_default_na=False, dtype=str)
+    mis = df[df["issue"] == "mislabel"]["label_quality"].tolist()
+    assert mis == ["1.5e-09", "3.2e-07"]  # not both 0.0000
+    assert float(mis[0]) < float(mis[1])
+    html_text = files.html_path.read_text(encoding="utf-8")
+    assert html_text.index("features too weak to audit: 41.0% agreement") < html_text.index("<table")
+    assert 'class="warning"' not in write_report(issues, meta, tmp_path, class_names=NAMES).html_path.read_text()

@@ -1,0 +1,295 @@
+"""Out-of-domain evidence from three places, combined into one score with a reason.
+
+An image is *out of domain* when it is not a radiograph of the region vocabulary: a CT slice, a
+clinical photo, a scanned form, a blank exposure, a QC test pattern. Such images tend to arrive
+in look-alike batches, so none of the evidence below asks "does this image have neighbours?"
+(a batch of 40 blank exposures vouches for itself); every piece compares an image with
+*trusted in-domain* images instead.
+
+- :func:`header_evidence`: the DICOM header says so: a Modality that is not a projection
+  radiograph, a SOP Class that is not CR/DX (secondary capture, CT, MR, ...), colour
+  photometrics. Decisive on its own.
+- :func:`pixel_features` + :func:`pixel_evidence`: what the cached pixels say, scored against
+  the trusted images' distribution: uniform or blank, one grey level dominating (paper, an empty
+  exposure), sharp text-like strokes (scanned forms, test patterns).
+- :func:`mahalanobis_evidence`: the embeddings, by class-conditional Mahalanobis distance with a
+  shared, shrunk covariance (Lee, Lee, Lee and Shin, 2018, "A Simple Unified Framework for
+  Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS) to the class means of
+  the trusted images, in their top principal axes.
+
+:func:`combine_evidence` turns the pixel and embedding evidence into robust z-scores (median and
+MAD of the trusted rows, one-sided), takes the largest, and maps it to
+``ood_score = 1 - 2 ** (-z / z_threshold)`` in [0, 1): 0.5 exactly at the threshold, so the
+flag is ``ood_score > 0.5`` whatever the backbone. A decisive header sets the score to at least
+0.99. ``ood_reason`` names every piece of evidence above its threshold.
+
+numpy in, numpy out; data positional, options keyword-only.
+
+Run the tests with::
+
+    python -m pytest tests/models/test_ood.py -q
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "CR_DX_SOP_CLASSES",
+    "PIXEL_FEATURES",
+    "RADIOGRAPH_MODALITIES",
+    "OODEvidence",
+    "combine_evidence",
+    "header_evidence",
+    "mahalanobis_evidence",
+    "pixel_evidence",
+    "pixel_features",
+]
+
+# Projection radiography: Computed Radiography and Digital X-Ray.
+RADIOGRAPH_MODALITIES: frozenset[str] = frozenset({"CR", "DX"})
+CR_DX_SOP_CLASSES: frozenset[str] = frozenset({
+    "1.2.840.10008.5.1.4.1.1.1",      # CR Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",    # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+})
+_SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+_COLOUR = ("RGB", "YBR", "PALETTE")
+
+# Pixel feature -> (direction that is suspicious: +1 high, -1 low, reason shown to a radiologist).
+PIXEL_FEATURES: dict[str, tuple[int, str]] = {
+    "structure": (-1, "uniform or blank image"),
+    "peak_share": (+1, "one grey level dominates (blank, form or pattern)"),
+    "edge_share": (+1, "sharp text-like strokes (scanned form or pattern)"),
+}
+# Features scored on a log scale: their suspicious end is near 0, where a linear robust z would
+# call a blank (0.016) hardly further out than a dark radiograph (0.1).
+_LOG_FEATURES = frozenset({"structure"})
+
+
+@dataclass(frozen=True)
+class OODEvidence:
+    """The combined out-of-domain verdict for N images.
+
+    Attributes:
+        score: Shape: (N,), in [0, 1), higher = more out of domain; > 0.5 is flagged.
+        flagged: Shape: (N,), bool.
+        reason: N strings, empty where not flagged: every piece of evidence above threshold.
+        z: {source: Shape: (N,)}, the one-sided robust z-score of each soft source (``pixels``,
+            ``embedding``) and 0/inf for ``header``, for inspection.
+    """
+
+    score: np.ndarray
+    flagged: np.ndarray
+    reason: list[str]
+    z: dict[str, np.ndarray]
+
+
+def header_evidence(meta: pd.DataFrame, *, modalities: frozenset[str] = RADIOGRAPH_MODALITIES,
+                    sop_classes: frozenset[str] = CR_DX_SOP_CLASSES) -> list[str]:
+    """Per row of the instance index, why the header alone says "not a radiograph" ("" if it does not).
+
+    Args:
+        meta: Columns ``modality``, ``sop_class_uid``, ``photometric_interpretation`` (missing
+            columns or empty values give no evidence: an absent tag proves nothing).
+        modalities: Modality values that are projection radiographs.
+        sop_classes: SOP Class UIDs of projection radiographs.
+
+    Returns:
+        One string per row.
+    """
+    n = len(meta)
+
+    def column(name: str) -> list[str]:
+        if name not in meta:
+            return [""] * n
+        return ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip().upper()
+                for v in meta[name].tolist()]
+
+    reasons = []
+    for modality, sop, photometric in zip(column("modality"), column("sop_class_uid"),
+                                          column("photometric_interpretation")):
+        parts = []
+        if modality and modality not in modalities:
+            parts.append(f"modality {modality}")
+        if sop and sop not in sop_classes:
+            kind = "secondary capture" if sop.startswith(_SECONDARY_CAPTURE_PREFIX) else "not CR/DX"
+            parts.append(f"SOP class {sop} ({kind})")
+        if photometric and photometric.startswith(_COLOUR):
+            parts.append(f"colour image ({photometric})")
+        reasons.append("header: " + ", ".join(parts) if parts else "")
+    return reasons
+
+
+def pixel_features(image: np.ndarray, *, content: tuple[int, int] | None = None) -> dict[str, float]:
+    """Cheap statistics of one cached image that separate radiographs from look-alike intruders.
+
+    Args:
+        image: Shape: (H, W), uint8, the cache's letterboxed image.
+        content: ``(height, width)`` of the centred content box (the cache manifest's
+            ``content_height``/``content_width``); the black letterbox around it is ignored.
+
+    Returns:
+        ``structure``: standard deviation of the means of an 8 x 8 grid of blocks, in [0, 0.5]
+        (anatomy varies from block to block; an empty exposure, whatever its noise, does not);
+        ``peak_share``: share of pixels in the most populated of 64 levels;
+        ``edge_share``: share of pixels whose horizontal or vertical step exceeds 1/4 of the range.
+    """
+    img = np.asarray(image)
+    if img.ndim != 2 or img.dtype != np.uint8:
+        raise ValueError(f"image must be a 2-D uint8 array (a cached image), got {img.dtype} {img.shape}")
+    if content is not None:
+        ch, cw = (max(1, min(int(c), s)) for c, s in zip(content, img.shape))
+        top, left = (img.shape[0] - ch) // 2, (img.shape[1] - cw) // 2
+        img = img[top:top + ch, left:left + cw]
+    x = img.astype(np.float32) / 255.0
+    bh, bw = max(1, x.shape[0] // 8), max(1, x.shape[1] // 8)
+    grid = x[:bh * 8, :bw * 8] if x.shape[0] >= 8 and x.shape[1] >= 8 else x
+    blocks = grid.reshape(grid.shape[0] // bh, bh, grid.shape[1] // bw, bw).mean(axis=(1, 3))
+    hist = np.bincount((img >> 2).ravel(), minlength=64).astype(np.float64) / img.size
+    step = 0.25
+    edges = np.zeros(img.shape, dtype=bool)
+    if img.shape[1] > 1:
+        edges[:, 1:] |= np.abs(np.diff(x, axis=1)) > step
+    if img.shape[0] > 1:
+        edges[1:, :] |= np.abs(np.diff(x, axis=0)) > step
+    return {"structure": float(blocks.std()), "peak_share": float(hist.max()), "edge_share": float(edges.mean())}
+
+
+def _robust_z(values: np.ndarray, reference: np.ndarray, direction: int, *, floor: float) -> np.ndarray:
+    """One-sided robust z-score of ``values`` against ``values[reference]`` (median, 1.4826 MAD)."""
+    ref = values[reference]
+    med = float(np.median(ref))
+    mad = 1.4826 * float(np.median(np.abs(ref - med)))
+    return np.maximum(direction * (values - med) / max(mad, floor), 0.0)
+
+
+def pixel_evidence(features: pd.DataFrame | Mapping[str, np.ndarray], reference: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """One-sided robust z of each pixel feature against the reference rows; the largest per row.
+
+    ``structure`` is scored as ``log(structure + 0.001)``.
+
+    Args:
+        features: Columns of :data:`PIXEL_FEATURES`, one row per image.
+        reference: Indices of trusted in-domain rows.
+
+    Returns:
+        ``(z, which)``: Shape: (N,) largest z per row, and Shape: (N,) the index into
+        ``PIXEL_FEATURES`` of the feature that gave it.
+    """
+    ref = np.asarray(reference, dtype=np.int64)
+    if ref.size < 2:
+        raise ValueError("pixel_evidence needs at least 2 reference (trusted in-domain) rows")
+    zs = []
+    for name, (direction, _) in PIXEL_FEATURES.items():
+        if name not in features:
+            raise ValueError(f"features lacks {name!r}; compute them with pixel_features")
+        values = np.asarray(features[name], dtype=np.float64)
+        if name in _LOG_FEATURES:
+            values = np.log(values + 1e-3)
+        zs.append(_robust_z(values, ref, direction, floor=0.01))
+    stacked = np.stack(zs, axis=1)  # (N, F)
+    return stacked.max(axis=1), stacked.argmax(axis=1)
+
+
+def mahalanobis_evidence(embeddings: np.ndarray, labels: np.ndarray, reference: np.ndarray, *, dim: int = 32,
+                         n_folds: int = 2, seed: int = 0) -> np.ndarray:
+    """Class-conditional Mahalanobis distance of every row to the reference rows' class means.
+
+    Rows are scaled to unit length and projected on the reference's top ``dim`` principal
+    axes; class means and a shared within-class covariance (Ledoit-Wolf shrinkage, so a few
+    hundred rows in 32 dimensions give a stable inverse) come from the reference rows. The
+    distance is to the nearest class mean. Reference rows are scored out of fold (``n_folds``
+    splits), so their distances are as honest as everyone else's and can calibrate a threshold.
+
+    Args:
+        embeddings: Shape: (N, D).
+        labels: Shape: (N,), class index (-1 = none); only the reference rows' labels are used.
+        reference: Indices of trusted in-domain, labelled rows.
+        dim: Principal axes kept (capped by the reference size).
+        n_folds: Splits for scoring the reference rows out of fold.
+        seed: Fold assignment.
+
+    Returns:
+        Shape: (N,), float64, the square-rooted Mahalanobis distance.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    x = np.asarray(embeddings, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    ref = np.asarray(reference, dtype=np.int64)
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+        raise ValueError(f"embeddings must be (N, D) and labels (N,), got {x.shape} and {y.shape}")
+    if ref.size < 4 or (y[ref] < 0).any():
+        raise ValueError("reference must hold at least 4 labelled rows (label >= 0)")
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+    def fit(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        mean = x[rows].mean(axis=0)
+        _, _, vt = np.linalg.svd(x[rows] - mean, full_matrices=False)
+        axes = vt[:max(1, min(dim, rows.size // 4, vt.shape[0]))].T  # (D, d)
+        z = (x[rows] - mean) @ axes
+        classes = np.unique(y[rows])
+        means = np.stack([z[y[rows] == c].mean(axis=0) for c in classes])  # (C, d)
+        resid = z - means[np.searchsorted(classes, y[rows])]
+        precision = LedoitWolf(assume_centered=True).fit(resid).precision_
+        return mean, axes, means, precision
+
+    def distance(rows: np.ndarray, model: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        mean, axes, means, precision = model
+        z = (x[rows] - mean) @ axes  # (R, d)
+        diff = z[:, None, :] - means[None, :, :]  # (R, C, d)
+        d2 = np.einsum("rcd,de,rce->rc", diff, precision, diff)
+        return np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+
+    out = distance(np.arange(x.shape[0]), fit(ref))
+    fold = np.random.default_rng(seed).permutation(ref.size) % max(2, n_folds)
+    for f in range(max(2, n_folds)):
+        held, rest = ref[fold == f], ref[fold != f]
+        if held.size and rest.size >= 4:
+            out[held] = distance(held, fit(rest))
+    return out
+
+
+def combine_evidence(header: Sequence[str], pixel_z: np.ndarray, pixel_which: np.ndarray, embedding_z: np.ndarray,
+                     *, z_threshold: float = 6.0) -> OODEvidence:
+    """One score and one reason per image from the three sources (see the module docstring).
+
+    Args:
+        header: Per row, the reason of :func:`header_evidence` ("" for none).
+        pixel_z: Shape: (N,), largest pixel-feature z (:func:`pixel_evidence`).
+        pixel_which: Shape: (N,), which pixel feature gave it.
+        embedding_z: Shape: (N,), robust z of the Mahalanobis distance.
+        z_threshold: z above which a soft source flags an image (the score is 0.5 there).
+
+    Returns:
+        :class:`OODEvidence`.
+    """
+    if not z_threshold > 0:
+        raise ValueError(f"z_threshold must be > 0, got {z_threshold!r}")
+    pz, ez = np.asarray(pixel_z, dtype=np.float64), np.asarray(embedding_z, dtype=np.float64)
+    n = pz.size
+    if len(header) != n or ez.shape != (n,) or np.shape(pixel_which) != (n,):
+        raise ValueError(f"every source needs one entry per image ({n})")
+    has_header = np.array([bool(h) for h in header])
+    z = np.maximum(pz, ez)
+    score = 1.0 - np.exp2(-z / z_threshold)
+    score = np.where(has_header, np.maximum(score, 0.99), score)
+    score = np.minimum(score, 1.0 - 1e-12)
+    names = list(PIXEL_FEATURES)
+    reasons = []
+    for i in range(n):
+        parts = [header[i]] if has_header[i] else []
+        if pz[i] > z_threshold:
+            parts.append(f"pixels: {PIXEL_FEATURES[names[int(pixel_which[i])]][1]} (z {pz[i]:.1f})")
+        if ez[i] > z_threshold:
+            parts.append(f"embedding: far from every region's trusted images (z {ez[i]:.1f})")
+        reasons.append("; ".join(parts))
+    flagged = score > 0.5
+    return OODEvidence(score, flagged, reasons,
+                       {"header": np.where(has_header, np.inf, 0.0), "pixels": pz, "embedding": ez})

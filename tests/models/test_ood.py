@@ -1,0 +1,96 @@
+"""Tests of models.ood: each piece of out-of-domain evidence on small arrays with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.ood import (PIXEL_FEATURES, combine_evidence, header_evidence, mahalanobis_evidence, pixel_evidence,
+                        pixel_features)
+
+
+def test_header_evidence_names_modality_sop_class_and_colour() -> None:
+    meta = pd.DataFrame({
+        "modality": ["DX", "CR", "CT", "OT", None, "dx"],
+        "sop_class_uid": ["1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.2",
+                          "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"],
+        "photometric_interpretation": ["MONOCHROME2", "MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL_422",
+                                       "MONOCHROME2"],
+    })
+    r = header_evidence(meta)
+    assert r[0] == "" and r[1] == "" and r[5] == ""  # lower-case dx is still DX
+    assert r[2] == "header: modality CT, SOP class 1.2.840.10008.5.1.4.1.1.2 (not CR/DX)"
+    assert "modality OT" in r[3] and "secondary capture" in r[3] and "colour image (RGB)" in r[3]
+    assert r[4] == "header: colour image (YBR_FULL_422)"  # an absent modality proves nothing
+    assert header_evidence(pd.DataFrame({"x": [1, 2]})) == ["", ""]
+
+
+def test_pixel_features_known_values() -> None:
+    blank = np.full((40, 40), 128, np.uint8)
+    f = pixel_features(blank)
+    assert f == {"structure": 0.0, "peak_share": 1.0, "edge_share": 0.0}
+    checker = ((np.indices((40, 40)).sum(0) % 2) * 255).astype(np.uint8)
+    f = pixel_features(checker)
+    # Pixel-level alternation: sharp everywhere, yet every 5 x 5 block averages to 12 or 13 of 25 white.
+    assert f["structure"] == pytest.approx(0.02, abs=1e-6) and f["peak_share"] == 0.5
+    assert f["edge_share"] == 1 - 1 / 1600  # every pixel but the corner steps from its left or upper one
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (8, 1))  # every level once per row: smooth, many levels
+    f = pixel_features(ramp)
+    assert f["edge_share"] == 0.0 and f["peak_share"] == pytest.approx(4 / 256)
+    # The letterbox is ignored: a ramp centred in black reads like the ramp alone.
+    boxed = np.zeros((256, 256), np.uint8)
+    boxed[124:132] = ramp
+    assert pixel_features(boxed, content=(8, 256)) == pixel_features(ramp)
+    with pytest.raises(ValueError, match="uint8"):
+        pixel_features(ramp.astype(np.float32))
+
+
+def test_pixel_evidence_is_one_sided_robust_z() -> None:
+    n = 101
+    feats = pd.DataFrame({"structure": np.linspace(0.1, 0.3, n),
+                          "peak_share": np.linspace(0.04, 0.06, n), "edge_share": np.full(n, 0.01)})
+    feats.loc[0, "structure"] = 0.0     # lower than all: suspicious
+    feats.loc[1, "structure"] = 0.5     # more structure than all: not suspicious
+    feats.loc[2, "peak_share"] = 0.9    # one level dominates
+    z, which = pixel_evidence(feats, np.arange(n))
+    names = list(PIXEL_FEATURES)
+    logs = np.log(feats["structure"] + 1e-3)  # scored on a log scale
+    med = np.median(logs)
+    mad = 1.4826 * np.median(np.abs(logs - med))
+    assert z[0] == pytest.approx((med - np.log(1e-3)) / mad) and names[which[0]] == "structure"
+    assert z[1] == 0.0
+    assert names[which[2]] == "peak_share" and z[2] > 50
+    with pytest.raises(ValueError, match="edge_share"):
+        pixel_evidence(feats.drop(columns="edge_share"), np.arange(n))
+
+
+def test_mahalanobis_finds_the_point_off_every_class() -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 100)
+    centres = np.eye(8)[:3] * 6
+    x = centres[y] + rng.standard_normal((300, 8))
+    x = np.vstack([x, np.full((1, 8), 3.0)])  # between the classes, on none
+    y = np.append(y, -1)
+    d = mahalanobis_evidence(x, y, np.arange(300), dim=8)
+    assert d.shape == (301,)
+    assert d[-1] > np.quantile(d[:300], 0.999)
+    # Reference rows are scored out of fold: their distances are not the in-sample ones.
+    assert np.median(d[:300]) > 0
+    with pytest.raises(ValueError, match="labelled"):
+        mahalanobis_evidence(x, y, np.array([300, 1, 2, 3]))
+
+
+def test_combine_evidence_score_and_reason() -> None:
+    header = ["", "header: modality CT", "", ""]
+    pz = np.array([0.0, 0.0, 12.0, 3.0])
+    which = np.array([0, 0, 2, 0])
+    ez = np.array([6.0, 0.0, 0.0, 7.0])
+    ev = combine_evidence(header, pz, which, ez, z_threshold=6.0)
+    assert ev.score[0] == pytest.approx(0.5) and not ev.flagged[0]  # exactly at the threshold: not above
+    assert ev.score[1] >= 0.99 and ev.reason[1] == "header: modality CT"
+    assert ev.score[2] == pytest.approx(0.75) and "text-like" in ev.reason[2] and "z 12.0" in ev.reason[2]
+    assert ev.flagged[3] and ev.reason[3].startswith("embedding:")
+    assert (ev.score < 1).all()
+    with pytest.raises(ValueError, match="z_threshold"):
+        combine_evidence(header, pz, which, ez, z_threshold=0)
