@@ -3,7 +3,8 @@
 Radiologists return ``reports/mislabel_report.csv`` with a ``verdict`` column, into ``review/``
 under the data dir:
 
-- ``confirm``: the recorded label is wrong and the suggestion is right;
+- ``confirm``: the recorded label is wrong and the suggestion is right; on a row reported
+  ``out_of_domain`` (which shows no suggestion): the image is indeed out of domain;
 - ``reject``: the recorded label is right;
 - a region name (e.g. ``knee``): the right region;
 - ``out_of_domain``: the image does not belong to the vocabulary;
@@ -77,6 +78,8 @@ def read_review_file(path: str | os.PathLike[str], vocabulary: tuple[str, ...] |
         raise ReviewFileError(path, 1, doubled[0], f"column {doubled[0]!r} appears {header.count(doubled[0])} times; "
                                                    "keep one")
     col = {c: header.index(c) for c in needed}
+    if header.count("issue") == 1:  # optional: lets 'confirm' confirm an out-of-domain finding
+        col["issue"] = header.index("issue")
     regions = {r.casefold(): r for r in vocabulary}
     rows: list[dict[str, object]] = []
     seen: dict[str, int] = {}
@@ -103,7 +106,9 @@ def read_review_file(path: str | os.PathLike[str], vocabulary: tuple[str, ...] |
             raise ReviewFileError(path, n, "sop_instance_uid", f"{uid} already has a verdict in row {seen[uid]}")
         seen[uid] = n
         key = _VERDICT_SEPARATORS.sub("_", verdict.casefold()).strip("_")
-        if key == "confirm":
+        if key == "confirm" and rec.get("issue", "").strip().casefold() == "out_of_domain":
+            region, verdict_name = None, "out_of_domain"
+        elif key == "confirm":
             suggestion = rec["suggested_region"].strip().casefold()
             if suggestion not in regions:
                 raise ReviewFileError(path, n, "suggested_region",

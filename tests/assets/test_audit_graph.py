@@ -144,6 +144,31 @@ def test_a_backbone_resumes_unless_asked_to_start_from_scratch(audited, tmp_path
     assert later.resumed_from_epoch == 0 and later.steps_this_run > 0
 
 
+def test_cross_fitted_heads_score_each_image_with_the_backbone_blind_to_its_label(audited, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(audited[0], data)
+    ts = stages.load_training_set(data)
+    folds = stages.cross_fit_folds(data, "supcon").set_index("sop_instance_uid")["fold"].loc[ts.uids].to_numpy()
+    assert set(folds[ts.labels >= 0]) == {0, 1} and (folds[ts.labels < 0] == -1).all()
+    # Backbone 0 "knows" every recorded label, backbone 1 sees every image alike: only fold 0's
+    # images may be scored by backbone 0, so only they come out right.
+    onehot = np.eye(len(ts.vocabulary), dtype=np.float32)[np.maximum(ts.labels, 0)] * 10
+    stages.save_embeddings(data, "supcon.fold0", onehot, ts.uids)
+    stages.save_embeddings(data, "supcon.fold1", np.ones_like(onehot), ts.uids)
+    result = stages.compute_oof(data, "supcon", n_splits=2)
+    hit = result.probabilities.argmax(1) == ts.labels
+    assert hit[folds == 0].mean() > 0.9 and hit[folds == 1].mean() < 0.5
+    assert not result.out_of_fold[ts.labels < 0].any()
+    # Training it again without from_scratch keeps the split the backbones were trained with.
+    config = AuditConfig(epochs=1, batch_size=16, image_size=32, on_cpu="as_is", num_workers=0).pretrain_config("supcon")
+    kept = stages.train_backbone(data, "supcon", config, cross_fit=2)
+    assert kept.steps_this_run == 0
+    again = stages.cross_fit_folds(data, "supcon").set_index("sop_instance_uid")["fold"].loc[ts.uids].to_numpy()
+    np.testing.assert_array_equal(again, folds)
+    with pytest.raises(ValueError, match="cross-fitted"):
+        stages.train_backbone(data, "supcon", config, cross_fit=1)
+
+
 def test_nightly_audit_embeds_the_new_files_of_the_night(audited, tmp_path):
     """The nightly job caches new files before it embeds them with the current backbones."""
     data, truth, _ = audited
@@ -197,7 +222,10 @@ def test_reviewers_verdicts_are_applied_on_the_next_run(audited):
                  dg.AssetKey("ensemble_probabilities"), dg.AssetKey("label_issues"), dg.AssetKey("mislabel_report")]
     report = pd.read_csv(data / "reports" / "mislabel_report.csv", encoding="utf-8-sig", dtype=str)
     assert len(report) >= 2
-    review = report.assign(verdict="")
+    # Confirm the first mislabel (a region suggestion), and call another row out of domain.
+    first_mislabel = int((report["issue"] == "mislabel").to_numpy().argmax())
+    assert report.loc[first_mislabel, "issue"] == "mislabel"
+    review = report.loc[[first_mislabel, 1 if first_mislabel == 0 else 0]].reset_index(drop=True).assign(verdict="")
     review.loc[0, "verdict"] = "confirm"
     review.loc[1, "verdict"] = "out_of_domain"
     (data / "review").mkdir()

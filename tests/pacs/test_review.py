@@ -27,6 +27,20 @@ def test_verdicts_become_override_rows(tmp_path):
     assert rows.loc["1.2", "reviewed_quality"] == pytest.approx(0.10) and rows.loc["1.3", "row"] == 4
 
 
+def test_confirming_an_out_of_domain_row_confirms_the_finding(tmp_path):
+    """An out-of-domain row shows no suggested region: 'confirm' there means 'yes, out of domain'."""
+    f = tmp_path / "review.csv"
+    write(f, "1,1.1,knee,,,out_of_domain,confirm\n2,1.2,hip,pelvis,0.05,mislabel,confirm\n")
+    rows = read_review_file(f, DEFAULT_REGIONS).set_index("sop_instance_uid")
+    assert rows.loc["1.1", "verdict"] == "out_of_domain" and rows.loc["1.1", "region"] is None
+    assert rows.loc["1.2", ["verdict", "region"]].tolist() == ["confirm", "pelvis"]
+    # Without the issue column a confirm still needs a suggestion.
+    g = tmp_path / "bare.csv"
+    g.write_text("sop_instance_uid,suggested_region,label_quality,verdict\n1.1,,,confirm\n", encoding="utf-8")
+    with pytest.raises(ReviewFileError, match="suggested_region"):
+        read_review_file(g, DEFAULT_REGIONS)
+
+
 def test_semicolon_files_from_german_spreadsheets_are_read(tmp_path):
     f = tmp_path / "r.csv"
     write(f, "1;1.1;hip;pelvis;0.05;mislabel;confirm\n", sep=";")
