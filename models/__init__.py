@@ -11,13 +11,17 @@ Modules load on first attribute access, so ``import models`` stays cheap::
 - :mod:`models.checkpoint`: safetensors checkpoints, ``load_backbone``
 - :mod:`models.embed`: ``embed``; :mod:`models.probe`: kNN / linear-probe accuracy, loss-curve PNG
 
-No module here imports dagster.
+No module here imports dagster. Importing the package imports :mod:`augment` first, which sets
+torch's OpenMP threads to wait passively (after a short spin) before torch loads
+(:func:`augment.passive_openmp`).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+import augment  # noqa: F401  (before any torch import: OMP_WAIT_POLICY)
 
 _LAZY = {
     "create_backbone": "models.backbone",
