@@ -16,6 +16,8 @@ Example::
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ from augment.pipeline import ViewConfig
 from models.backbone import feature_dim
 from models.data import ArrayDataset
 
-__all__ = ["embed", "normalize_images", "MEAN", "STD"]
+__all__ = ["embed", "default_workers", "normalize_images", "MEAN", "STD"]
 
 _VIEW = ViewConfig()
 MEAN: float = _VIEW.mean
@@ -68,23 +70,53 @@ def _images_of(batch: Any) -> torch.Tensor:
     return batch[0] if isinstance(batch, (tuple, list)) else batch
 
 
+def default_workers(device: torch.device) -> int:
+    """Loader workers for :func:`embed` when none are given: up to 8 beside a GPU, none on the CPU.
+
+    On the CPU the forward pass needs every core and reading a cached image costs far less than
+    embedding it, so workers only take cores from it.
+    """
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+def _batches(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool) -> Iterator[torch.Tensor]:
+    """uint8 image batches (B, 1, H, W) in dataset order; in-memory arrays are sliced, not collated."""
+    if isinstance(dataset, ArrayDataset):
+        images = torch.from_numpy(dataset.images)  # (N, H, W), shares memory
+        for start in range(0, images.shape[0], batch_size):
+            yield images[start:start + batch_size, None]
+        return
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=num_workers,
+                        pin_memory=pin_memory, prefetch_factor=4 if num_workers > 0 else None)
+    for batch in loader:
+        yield _images_of(batch)
+
+
+# Features stay on the GPU for this many batches before one copy to the host: no sync per batch.
+_FLUSH_BATCHES = 32
+
+
 @torch.no_grad()
 def embed(backbone: nn.Module, data: Dataset | np.ndarray | torch.Tensor, *, batch_size: int = 256,
-          device: str | torch.device | None = None, size: int | None = None, num_workers: int = 0,
+          device: str | torch.device | None = None, size: int | None = None, num_workers: int | None = None,
           in_chans: int | None = None) -> np.ndarray:
     """Features of every image from a frozen backbone, in dataset order.
 
     The backbone runs in eval mode (BatchNorm uses its running statistics) and is put back in
-    the mode it had; on CUDA the forward pass uses bf16 autocast and channels-last.
+    the mode and on the device it had. On CUDA: bf16 autocast, channels-last, pinned batches
+    copied asynchronously, every batch padded to ``batch_size`` (one input shape, so cuDNN's
+    autotuning and ``torch.compile`` see no new shape at the last batch), and features copied
+    to the host every few dozen batches rather than after each.
 
     Args:
         backbone: Maps (B, C, H, W) to (B, D).
         data: A dataset of ``(uint8 image (1, H, W), label)`` items (or bare images), or a uint8
-            array of Shape (N, H, W) / (N, 1, H, W).
+            array of Shape (N, H, W) / (N, 1, H, W). Arrays (and :class:`models.data.ArrayDataset`)
+            are sliced into batches directly, without a DataLoader.
         batch_size: Images per forward pass.
         device: Default: CUDA when available, else CPU.
         size: See :func:`normalize_images`.
-        num_workers: DataLoader workers.
+        num_workers: DataLoader workers reading a dataset; None: :func:`default_workers`.
         in_chans: Input channels of the backbone; grey images are repeated to fill them.
             Default: the first convolution's input channels.
 
@@ -92,12 +124,17 @@ def embed(backbone: nn.Module, data: Dataset | np.ndarray | torch.Tensor, *, bat
         Shape: (N, D), float32.
 
     Raises:
-        ValueError: ``batch_size`` < 1.
+        ValueError: ``batch_size`` < 1 or ``num_workers`` < 0.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
+                                    or num_workers < 0):
+        raise ValueError(f"num_workers must be an int >= 0 or None (default for the device), got {num_workers!r}")
     dataset = _as_dataset(data)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = dev.type == "cuda"
+    workers = default_workers(dev) if num_workers is None else num_workers
     if in_chans is None:
         conv = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
         in_chans = conv.in_channels if conv is not None else 1
@@ -105,19 +142,27 @@ def embed(backbone: nn.Module, data: Dataset | np.ndarray | torch.Tensor, *, bat
     old_device = param.device if param is not None else dev
     was_training = backbone.training
     backbone.to(dev).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=num_workers,
-                        pin_memory=dev.type == "cuda")
+    pad = cuda and len(dataset) > batch_size  # type: ignore[arg-type]
     out: list[np.ndarray] = []
+    pending: list[torch.Tensor] = []
     try:
-        for batch in loader:
-            x = normalize_images(_images_of(batch).to(dev, non_blocking=True), size=size)  # (B, 1, S, S)
+        for images in _batches(dataset, batch_size, workers, pin_memory=cuda):
+            n = images.shape[0]
+            x = images.to(dev, non_blocking=True)
+            if pad and n < batch_size:
+                x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])  # (batch_size, 1, H, W)
+            x = normalize_images(x, size=size)  # (B, 1, S, S)
             if in_chans != 1:
                 x = x.expand(-1, in_chans, -1, -1)
-            if dev.type == "cuda":
+            if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                feats = backbone(x)  # (B, D)
-            out.append(feats.float().cpu().numpy())
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+                pending.append(backbone(x)[:n].float())  # (n, D)
+            if len(pending) >= _FLUSH_BATCHES:
+                out.append(torch.cat(pending).cpu().numpy())
+                pending.clear()
+        if pending:
+            out.append(torch.cat(pending).cpu().numpy())
     finally:
         backbone.train(was_training)
         backbone.to(old_device)

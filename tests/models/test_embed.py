@@ -32,6 +32,26 @@ def test_array_input_matches_dataset(backbone: torch.nn.Module, tiny_images: np.
     assert embed(backbone, tiny_images[:, None], batch_size=8).shape == (16, 512)
 
 
+class _PlainDataset(torch.utils.data.Dataset):
+    """Not an ArrayDataset: embed() reads it through a DataLoader."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.images[i])[None], -1
+
+
+def test_loader_workers_give_the_same_features(backbone: torch.nn.Module, tiny_images: np.ndarray) -> None:
+    sliced = embed(backbone, tiny_images, batch_size=6, size=32)  # in memory: sliced, no loader
+    np.testing.assert_array_equal(embed(backbone, _PlainDataset(tiny_images), batch_size=6, size=32), sliced)
+    np.testing.assert_array_equal(embed(backbone, _PlainDataset(tiny_images), batch_size=6, size=32, num_workers=2),
+                                  sliced)
+
+
 def test_normalization_matches_training_views() -> None:
     x = torch.tensor([[[[0, 255], [128, 64]]]], dtype=torch.uint8)
     out = normalize_images(x)
@@ -44,3 +64,5 @@ def test_rejects_bad_input(backbone: torch.nn.Module) -> None:
         embed(backbone, np.zeros((2, 8, 8), dtype=np.float32))
     with pytest.raises(ValueError, match="batch_size"):
         embed(backbone, np.zeros((2, 8, 8), dtype=np.uint8), batch_size=0)
+    with pytest.raises(ValueError, match="num_workers"):
+        embed(backbone, np.zeros((2, 8, 8), dtype=np.uint8), num_workers=-1)

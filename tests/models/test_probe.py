@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.probe import knn_accuracy, linear_probe_accuracy, plot_loss_curve
+from models.probe import knn_accuracy, linear_probe_accuracy, plot_loss_curve, quick_probe_accuracy
 
 
 def clusters(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -18,6 +18,7 @@ def test_separable_clusters_are_perfect() -> None:
     vx, vy = clusters(30, 1)
     assert knn_accuracy(tx, ty, vx, vy, k=5) == 1.0
     assert linear_probe_accuracy(tx, ty, vx, vy) == 1.0
+    assert quick_probe_accuracy(tx, ty, vx, vy) == 1.0
 
 
 def test_random_labels_are_near_chance() -> None:
@@ -36,6 +37,37 @@ def test_null_labels_are_left_out() -> None:
     vx_bad = vx.copy()
     vx_bad[:10] = -vx_bad[:10]
     assert knn_accuracy(tx, ty_null, vx_bad, vy_null, k=5) == 1.0
+
+
+def test_knn_matches_a_hand_written_reference() -> None:
+    rng = np.random.default_rng(3)
+    tx, vx = rng.normal(size=(50, 6)), rng.normal(size=(20, 6))
+    ty, vy = rng.integers(0, 4, 50), rng.integers(0, 4, 20)
+    tn = tx / np.linalg.norm(tx, axis=1, keepdims=True)
+    vn = vx / np.linalg.norm(vx, axis=1, keepdims=True)
+    sim = vn @ tn.T  # (20, 50)
+    right = 0
+    for i in range(20):
+        top = np.argsort(-sim[i])[:7]
+        votes = np.zeros(4)
+        for j in top:
+            votes[ty[j]] += np.exp(sim[i, j] / 0.07)
+        right += int(votes.argmax() == vy[i])
+    assert knn_accuracy(tx, ty, vx, vy, k=7) == right / 20
+
+
+def test_quick_probe_tracks_the_converged_probe() -> None:
+    """Overlapping classes (accuracy well below 1): a bounded L-BFGS budget lands near scikit-learn's optimum."""
+    rng = np.random.default_rng(4)
+    centres = rng.normal(size=(5, 32))
+    ty, vy = rng.integers(0, 5, 400), rng.integers(0, 5, 400)
+    tx, vx = centres[ty] + 2.5 * rng.normal(size=(400, 32)), centres[vy] + 2.5 * rng.normal(size=(400, 32))
+    reference = linear_probe_accuracy(tx, ty, vx, vy)
+    assert 0.4 < reference < 0.95
+    assert abs(quick_probe_accuracy(tx, ty, vx, vy, steps=100) - reference) <= 0.02
+    assert quick_probe_accuracy(tx, np.zeros(400, int), vx, vy) == float((vy == 0).mean())  # one class
+    with pytest.raises(ValueError, match="steps"):
+        quick_probe_accuracy(tx, ty, vx, vy, steps=0)
 
 
 @pytest.mark.parametrize("args, match", [

@@ -157,6 +157,64 @@ def test_the_monitor_also_fits_a_linear_probe(tiny_dataset: ArrayDataset) -> Non
     assert 0.0 <= scores["linear_probe_accuracy"] <= 1.0
 
 
+class _CountingDataset(ArrayDataset):
+    """Records every index read."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        super().__init__(images, labels)
+        self.read: list[int] = []
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        self.read.append(int(index))
+        return super().__getitem__(index)
+
+
+def test_the_monitor_evaluates_a_bounded_stratified_subsample() -> None:
+    from models.backbone import create_backbone
+
+    images = np.random.default_rng(0).integers(0, 256, (120, 24, 24), dtype=np.uint8)
+    labels = np.repeat([0, 1, 2, -1], [60, 30, 20, 10])
+    dataset = _CountingDataset(images, labels)
+    monitor = knn_monitor(dataset, labels, size=16, k=3, max_images=20, linear_probe=True, probe_steps=5)
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet18")
+    rows: list[int] = []
+    backbone.register_forward_hook(lambda _m, inputs, _out: rows.append(inputs[0].shape[0]))
+    first, second = monitor(backbone), monitor(backbone)
+    assert first == second and set(first) == {"knn_accuracy", "linear_probe_accuracy"}
+    assert sum(rows) == 2 * 20  # 20 images embedded per evaluation, not the 110 labelled ones
+    assert len(dataset.read) == len(set(dataset.read)) == 20  # read once, kept for later evaluations
+    # class shares kept (60:30:20 of 110 -> 10.9, 5.5, 3.6 -> 11, 5, 4), null labels never drawn
+    assert np.bincount(labels[dataset.read], minlength=3).tolist() == [11, 5, 4]
+    # the same seed draws the same images; all labelled images when max_images is None
+    again = _CountingDataset(images, labels)
+    knn_monitor(again, labels, size=16, k=3, max_images=20)(backbone)
+    assert sorted(again.read) == sorted(dataset.read)
+    everything = _CountingDataset(images, labels)
+    knn_monitor(everything, labels, size=16, k=3, max_images=None)(backbone)
+    assert sorted(everything.read) == np.flatnonzero(labels >= 0).tolist()
+
+
+def test_monitor_options_follow_the_run() -> None:
+    from models.train import MONITOR_MAX_IMAGES, MONITOR_MAX_IMAGES_CPU, monitor_options
+
+    options = monitor_options(PretrainConfig(size=224))
+    if torch.cuda.is_available():
+        assert options == {"size": 224, "max_images": MONITOR_MAX_IMAGES}
+    else:  # pretrain shrinks a CPU run to 64 px: the monitor embeds at that size
+        assert options == {"size": 64, "max_images": MONITOR_MAX_IMAGES_CPU}
+        assert monitor_options(PretrainConfig(size=224, on_cpu="as_is"))["size"] == 224
+
+
+@pytest.mark.parametrize("option, match", [
+    ({"max_images": 1}, "max_images"), ({"max_images": 2.5}, "max_images"),
+    ({"probe_steps": 0}, "probe_steps"), ({"test_fraction": 1.0}, "test_fraction"),
+])
+def test_monitor_validation(option: dict[str, float], match: str, tiny_dataset: ArrayDataset) -> None:
+    with pytest.raises(ValueError, match=match):
+        knn_monitor(tiny_dataset, tiny_dataset.labels, **option)  # type: ignore[arg-type]
+
+
 def test_a_pickled_module_compiles_in_the_process_that_trains() -> None:
     """ddp_spawn pickles the module, which drops a compiled call: compiling happens in configure_model."""
     import pickle
