@@ -3,22 +3,29 @@
 Both run in one process on the same synthetic 256 x 256 radiograph-like images, at the same
 output size and batch size, fed by a DataLoader with the same number of CPU workers:
 
-- lightly: the standard ``lightly.transforms.SimCLRTransform(input_size=size)`` on PIL RGB
-  images inside the workers (how lightly is used), default collate;
+- ours, augmentation only: :func:`augment.make_two_view` ("simclr") on a batch already on
+  ``--device`` (the cheapest figure, measured first);
+- on CUDA: a ResNet18 (timm, 1 input channel) SimCLR training step (forward, NT-Xent loss,
+  backward, SGD) on both views of the same batch, fp32 and bf16, and the augmentation's share
+  of it (goal: <= 10 %);
 - ours: uint8 batches from :class:`augment.dataset.StackedCacheDataset` (no work in the
-  workers), copied to ``--device``, then :func:`augment.make_two_view` ("simclr") there;
+  workers), copied to ``--device``, then the two-view pipeline there;
 - kornia: the same loader, then a chain of ``kornia.augmentation`` modules with the same ops
-  (crop, flip, rotation, brightness, contrast, gamma, blur, noise; no gauges) per view.
+  (crop, flip, rotation, brightness, contrast, gamma, blur, noise; no gauges) per view;
+- lightly: the standard ``lightly.transforms.SimCLRTransform(input_size=size)`` on PIL RGB
+  images inside the workers (how lightly is used), default collate.
 
-On CUDA it also times a ResNet18 (timm, 1 input channel) SimCLR training step (forward,
-NT-Xent loss, backward, SGD) on both views of the same batch and prints the augmentation's
-share of it (goal: <= 10 %).
+The three loader-fed pipelines run in interleaved rounds (``--rounds``), each one's best kept.
+Every figure is printed the moment it is measured and appended to a JSON file (``--json``;
+default ``$OUT/augment.json`` where ``OUT`` is set, else ``benchmarks/out/augment.json``).
 
-Run (CPU, about a minute on 2 cores)::
+Run (CPU: tiny, seconds; the second about a minute on 2 cores)::
 
+    python benchmarks/augment.py --device cpu --size 64 --workers 1 --batch 8 --images 32
     python benchmarks/augment.py --device cpu --size 224 --workers 2 --batch 64
 
-On a GPU machine::
+On a GPU machine (sized for a first figure within 30 s and all within a minute; not yet timed
+on a GPU)::
 
     python benchmarks/augment.py --device cuda --size 224 --workers 16 --batch 256 --batches 20
 """
@@ -33,15 +40,17 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
-import torch
-
 # This file is named augment.py: put the repository root, not benchmarks/, first on the path.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
+import augment  # noqa: E402,F401  (before torch, as the pipeline: OpenMP waits passively, see augment.passive_openmp)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 from augment.dataset import CacheDataset, StackedCacheDataset, make_loader  # noqa: E402
 from augment.pipeline import make_two_view  # noqa: E402
+from benchmarks._figures import Figures  # noqa: E402
 
 
 def synthetic_radiographs(n: int, side: int = 256, seed: int = 0) -> np.ndarray:
@@ -132,21 +141,68 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=4, help="timed batches per pipeline")
     ap.add_argument("--images", type=int, default=256)
-    ap.add_argument("--rounds", type=int, default=2, help="repeat all pipelines; report each one's best")
+    ap.add_argument("--rounds", type=int, default=2, help="repeat the loader-fed pipelines; report each one's best")
     ap.add_argument("--no-kornia", action="store_true", help="skip the kornia.augmentation chain")
+    ap.add_argument("--json", type=Path, help="figures file (default: $OUT/augment.json, else benchmarks/out/)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but CUDA is not available")
+    for name in ("size", "batch", "batches", "images", "rounds"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.workers < 0:
+        ap.error(f"--workers must be >= 0, got {args.workers}")
     device = torch.device(args.device)
-    images = synthetic_radiographs(max(args.images, args.batch))
     if device.type == "cuda":
         machine = torch.cuda.get_device_name(device)
+        torch.backends.cudnn.benchmark = True
     else:
         machine = f"{os.cpu_count()} CPU cores, load average " + " ".join(f"{v:.1f}" for v in os.getloadavg())
+    figures = Figures("augment", args.json, {**{k: v for k, v in vars(args).items() if k != "json"},
+                                              "machine": machine, "torch_threads": torch.get_num_threads()})
+    images = synthetic_radiographs(max(args.images, args.batch))
     print(f"device={device} ({machine}) size={args.size} batch={args.batch} workers={args.workers} "
-          f"images={len(images)} torch_threads={torch.get_num_threads()}")
+          f"images={len(images)} torch_threads={torch.get_num_threads()}", flush=True)
+    vps = lambda t: 2 * args.batch / t  # noqa: E731
 
-    # lightly: per-image PIL transforms in the workers
+    # 1. The augmentation alone on a batch already on the device: the cheapest figure, first.
+    two_view = make_two_view("simclr", size=args.size, seed=0).to(device)
+    x_dev = torch.from_numpy(images[: args.batch])[:, None].to(device)  # (B, 1, 256, 256) uint8
+    t_aug = time_loop(lambda: two_view(x_dev), args.batches, device)
+    figures.add("augmentation", "ours, augmentation only (batch on device)", vps(t_aug), "views/s",
+                ms_per_batch=1000 * t_aug)
+
+    # 2. On CUDA: the augmentation's share of a ResNet18 SimCLR training step on its views.
+    if device.type == "cuda":
+        import timm
+        from lightly.loss import NTXentLoss
+
+        model = timm.create_model("resnet18", in_chans=1, num_classes=128)
+        model = model.to(device).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
+        loss_fn = NTXentLoss()
+        v1, v2 = two_view(x_dev)
+
+        def train_step(amp: bool) -> Callable[[], None]:
+            def run() -> None:
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                    z = model(torch.cat([v1, v2]).contiguous(memory_format=torch.channels_last))
+                    loss = loss_fn(z[: args.batch].float(), z[args.batch :].float())
+                loss.backward()
+                opt.step()
+            return run
+
+        for amp in (True, False):
+            t_step = time_loop(train_step(amp), args.batches, device, warmup=3)
+            label = "bf16 autocast" if amp else "fp32"
+            figures.add("training step", f"ResNet18 SimCLR step ({label}, {2 * args.batch} views)", 1000 * t_step,
+                        "ms", precision=label)
+            figures.add("training step", f"augmentation / step ({label})", 100 * t_aug / t_step, "%",
+                        precision=label, goal="<= 10 %")
+        del model, opt, v1, v2
+
+    # 3. The loader-fed pipelines, interleaved rounds.
     from lightly.transforms import SimCLRTransform
 
     lightly_data = _PILDataset(images, SimCLRTransform(input_size=args.size))
@@ -175,7 +231,6 @@ def main(argv: list[str] | None = None) -> None:
         np.save(paths[-1], img)
     stacked = StackedCacheDataset.build(CacheDataset.from_paths(paths), Path(tmp.name) / "stack.npy")
     it = _cycle(make_loader(stacked, args.batch, workers=args.workers, seed=0))
-    two_view = make_two_view("simclr", size=args.size, seed=0).to(device)
 
     def ours_step() -> None:
         x, _ = next(it)
@@ -187,57 +242,32 @@ def main(argv: list[str] | None = None) -> None:
         x, _ = next(it)
         kv(x.to(device, non_blocking=True))
 
-    x_dev = next(it)[0].to(device)
     # Warm-ups drain the batches the workers prefetched, so the timed part sees steady production.
-    # Rounds repeat all pipelines in turn and keep each one's best, against other load on the machine.
+    # Rounds repeat the pipelines in turn and keep each one's best, against other load on the machine.
+    pipelines: dict[str, tuple[str, Callable[[], float]]] = {
+        "ours": (f"ours (loader + two-view on {device.type})",
+                 lambda: time_loop(ours_step, args.batches, device, warmup=4 * args.workers + 1)),
+    }
+    if kv is not None:
+        pipelines["kornia"] = ("kornia.augmentation chain, same loader",
+                               lambda: time_loop(kornia_step, max(2, args.batches // 2), device, warmup=1))
+    pipelines["lightly"] = (f"lightly SimCLRTransform, {args.workers} workers", time_lightly)
     best: dict[str, float] = {}
-    for _ in range(args.rounds):
-        timings = {
-            "lightly": time_lightly(),
-            "ours": time_loop(ours_step, args.batches, device, warmup=4 * args.workers + 1),
-            "aug": time_loop(lambda: two_view(x_dev), args.batches, device),
-        }
-        if kv is not None:
-            timings["kornia"] = time_loop(kornia_step, max(2, args.batches // 2), device, warmup=1)
-        best = {k: min(v, best.get(k, float("inf"))) for k, v in timings.items()}
+    for r in range(args.rounds):
+        for key, (label, measure) in pipelines.items():
+            t = measure()
+            best[key] = min(t, best.get(key, float("inf")))
+            figures.add("pipelines", f"{label}, round {r + 1}", vps(t), "views/s", pipeline=key, round=r + 1)
     del it
     tmp.cleanup()
-    t_lightly, t_ours, t_aug, t_kornia = best["lightly"], best["ours"], best["aug"], best.get("kornia")
 
-    vps = lambda t: 2 * args.batch / t  # noqa: E731
-    rows = [(f"lightly SimCLRTransform, {args.workers} workers", t_lightly, ""),
-            (f"ours (loader + two-view on {device.type})", t_ours, f"ours/lightly = {t_lightly / t_ours:.2f}x")]
-    if t_kornia is not None:
-        rows.append(("kornia.augmentation chain, same loader", t_kornia, f"ours/kornia = {t_kornia / t_ours:.2f}x"))
-    rows.append(("ours, augmentation only (batch on device)", t_aug,
-                 f"{1000 * t_aug:.1f} ms per batch of {args.batch} x 2 views"))
-    for name, t, note in rows:
-        print(f"{name:<44} {vps(t):9.1f} views/s   {note}")
-
-    if device.type == "cuda":
-        import timm
-        from lightly.loss import NTXentLoss
-
-        model = timm.create_model("resnet18", in_chans=1, num_classes=128)
-        model = model.to(device).to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
-        loss_fn = NTXentLoss()
-        v1, v2 = two_view(x_dev)
-
-        def train_step(amp: bool) -> Callable[[], None]:
-            def run() -> None:
-                opt.zero_grad(set_to_none=True)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                    z = model(torch.cat([v1, v2]).contiguous(memory_format=torch.channels_last))
-                    loss = loss_fn(z[: args.batch].float(), z[args.batch :].float())
-                loss.backward()
-                opt.step()
-            return run
-
-        for amp in (False, True):
-            t_step = time_loop(train_step(amp), args.batches, device, warmup=3)
-            print(f"ResNet18 SimCLR step ({'bf16 autocast' if amp else 'fp32'}, {2 * args.batch} views): "
-                  f"{1000 * t_step:.1f} ms; augmentation = {100 * t_aug / t_step:.1f} % of the step")
+    t_ours, t_lightly = best["ours"], best["lightly"]
+    figures.add("pipelines", "ours / lightly (best rounds)", t_lightly / t_ours, "x",
+                shown=f"{t_lightly / t_ours:10.2f}")
+    if "kornia" in best:
+        figures.add("pipelines", "ours / kornia (best rounds)", best["kornia"] / t_ours, "x",
+                    shown=f"{best['kornia'] / t_ours:10.2f}")
+    figures.note(f"done in {time.perf_counter() - figures.t0:.0f} s")
 
 
 if __name__ == "__main__":
