@@ -144,6 +144,7 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
                 quality_method: str = "self_confidence",
                 ood_threshold: float | None = None,
                 ood_z: float = 6.0,
+                pixel_z: float = 7.0,
                 ood_dim: int = 32,
                 max_mislabel_fraction: float = 0.25,
                 min_agreement: float = 0.75,
@@ -166,8 +167,9 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         filter_by: cleanlab ``find_label_issues`` method, one of ``FILTER_BY``.
         quality_method: cleanlab ``get_label_quality_scores`` method, one of ``QUALITY_METHODS``.
         ood_threshold: ``ood_score`` above which an image is out of domain, in (0, 1); default 0.5
-            (where a soft source's robust z equals ``ood_z``).
-        ood_z: Robust z-score of the pixel or embedding evidence that flags an image.
+            (where a soft source's z equals its threshold).
+        ood_z: Robust z-score of the embedding evidence that flags an image.
+        pixel_z: The same for the pixel evidence (see :func:`models.ood.combine_evidence`).
         ood_dim: Principal axes of the Mahalanobis evidence.
         max_mislabel_fraction: Most labelled images flagged ``mislabel``, in (0, 1).
         min_agreement: Heads' agreement with the recorded labels below which the run warns that
@@ -209,6 +211,7 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     quality_method = _lookup(QUALITY_METHODS, quality_method, "quality_method")
     threshold = 0.5 if ood_threshold is None else _check_positive_number(ood_threshold, "ood_threshold", "0.5", 1.0)
     ood_z = _check_positive_number(ood_z, "ood_z", "6.0")
+    pixel_z = _check_positive_number(pixel_z, "pixel_z", "7.0")
     max_mislabel_fraction = _check_positive_number(max_mislabel_fraction, "max_mislabel_fraction", "0.25", 1.0)
     if isinstance(ood_dim, bool) or not isinstance(ood_dim, (int, np.integer)) or ood_dim < 1:
         raise ValueError(f"ood_dim must be a positive integer, e.g. 32; got {ood_dim!r}")
@@ -218,10 +221,10 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     # 1. Evidence that needs no label: the header, then the pixels against the rows the header clears.
     has_header = np.array([bool(h) for h in header])
     cleared = np.flatnonzero(~has_header)
-    pixel_z, pixel_which = np.zeros(n), np.zeros(n, dtype=np.int64)
+    pixel_z_of_row, pixel_which = np.zeros(n), np.zeros(n, dtype=np.int64)
     if pixel_feats is not None and cleared.size >= 2:
-        pixel_z, pixel_which = pixel_evidence(pixel_feats, cleared)
-    early_ood = has_header | (pixel_z > ood_z)
+        pixel_z_of_row, pixel_which = pixel_evidence(pixel_feats, cleared)
+    early_ood = has_header | (pixel_z_of_row > pixel_z)
 
     # 2. Confident learning on the labelled rows that look in domain so far.
     lab = np.flatnonzero((y >= 0) & ~early_ood)
@@ -242,7 +245,8 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         med = float(np.median(ref))
         mad = 1.4826 * float(np.median(np.abs(ref - med)))
         emb_z = np.maximum((dist - med) / max(mad, 1e-6 * max(med, 1.0)), 0.0)
-    evidence = combine_evidence(header, pixel_z, pixel_which, emb_z, z_threshold=ood_z)
+    evidence = combine_evidence(header, pixel_z_of_row, pixel_which, emb_z, z_threshold=ood_z,
+                                pixel_threshold=pixel_z)
     ood = evidence.score
     is_ood = ood > threshold
     quality[is_ood] = np.nan

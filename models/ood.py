@@ -18,9 +18,9 @@ in look-alike batches, so none of the evidence below asks "does this image have 
   the trusted images, in their top principal axes.
 
 :func:`combine_evidence` turns the pixel and embedding evidence into robust z-scores (median and
-MAD of the trusted rows, one-sided), takes the largest, and maps it to
-``ood_score = 1 - 2 ** (-z / z_threshold)`` in [0, 1): 0.5 exactly at the threshold, so the
-flag is ``ood_score > 0.5`` whatever the backbone. A decisive header sets the score to at least
+MAD of the trusted rows, one-sided), divides each by its source's threshold, takes the largest
+ratio ``r`` and maps it to ``ood_score = 1 - 2 ** (-r)`` in [0, 1): 0.5 exactly at a threshold,
+so the flag is ``ood_score > 0.5`` whatever the backbone. A decisive header sets the score to at least
 0.99. ``ood_reason`` names every piece of evidence above its threshold.
 
 numpy in, numpy out; data positional, options keyword-only.
@@ -257,7 +257,7 @@ def mahalanobis_evidence(embeddings: np.ndarray, labels: np.ndarray, reference: 
 
 
 def combine_evidence(header: Sequence[str], pixel_z: np.ndarray, pixel_which: np.ndarray, embedding_z: np.ndarray,
-                     *, z_threshold: float = 6.0) -> OODEvidence:
+                     *, z_threshold: float = 6.0, pixel_threshold: float = 7.0) -> OODEvidence:
     """One score and one reason per image from the three sources (see the module docstring).
 
     Args:
@@ -265,27 +265,30 @@ def combine_evidence(header: Sequence[str], pixel_z: np.ndarray, pixel_which: np
         pixel_z: Shape: (N,), largest pixel-feature z (:func:`pixel_evidence`).
         pixel_which: Shape: (N,), which pixel feature gave it.
         embedding_z: Shape: (N,), robust z of the Mahalanobis distance.
-        z_threshold: z above which a soft source flags an image (the score is 0.5 there).
+        z_threshold: Embedding z above which an image is flagged (the score is 0.5 there).
+        pixel_threshold: The same for the pixel z. It is higher: it is the largest of several
+            heavy-tailed statistics, and on 2,400 in-domain images of 3 synthetic exports their
+            largest robust z reached 6.7 while blank exposures scored 7.3 and more.
 
     Returns:
         :class:`OODEvidence`.
     """
-    if not z_threshold > 0:
-        raise ValueError(f"z_threshold must be > 0, got {z_threshold!r}")
+    if not z_threshold > 0 or not pixel_threshold > 0:
+        raise ValueError(f"z_threshold and pixel_threshold must be > 0, got {z_threshold!r}, {pixel_threshold!r}")
     pz, ez = np.asarray(pixel_z, dtype=np.float64), np.asarray(embedding_z, dtype=np.float64)
     n = pz.size
     if len(header) != n or ez.shape != (n,) or np.shape(pixel_which) != (n,):
         raise ValueError(f"every source needs one entry per image ({n})")
     has_header = np.array([bool(h) for h in header])
-    z = np.maximum(pz, ez)
-    score = 1.0 - np.exp2(-z / z_threshold)
+    ratio = np.maximum(pz / pixel_threshold, ez / z_threshold)  # 1 at a source's threshold
+    score = 1.0 - np.exp2(-ratio)
     score = np.where(has_header, np.maximum(score, 0.99), score)
     score = np.minimum(score, 1.0 - 1e-12)
     names = list(PIXEL_FEATURES)
     reasons = []
     for i in range(n):
         parts = [header[i]] if has_header[i] else []
-        if pz[i] > z_threshold:
+        if pz[i] > pixel_threshold:
             parts.append(f"pixels: {PIXEL_FEATURES[names[int(pixel_which[i])]][1]} (z {pz[i]:.1f})")
         if ez[i] > z_threshold:
             parts.append(f"embedding: far from every region's trusted images (z {ez[i]:.1f})")

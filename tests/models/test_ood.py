@@ -86,10 +86,11 @@ def test_combine_evidence_score_and_reason() -> None:
     pz = np.array([0.0, 0.0, 12.0, 3.0])
     which = np.array([0, 0, 2, 0])
     ez = np.array([6.0, 0.0, 0.0, 7.0])
-    ev = combine_evidence(header, pz, which, ez, z_threshold=6.0)
+    ev = combine_evidence(header, pz, which, ez, z_threshold=6.0, pixel_threshold=8.0)
     assert ev.score[0] == pytest.approx(0.5) and not ev.flagged[0]  # exactly at the threshold: not above
     assert ev.score[1] >= 0.99 and ev.reason[1] == "header: modality CT"
-    assert ev.score[2] == pytest.approx(0.75) and "text-like" in ev.reason[2] and "z 12.0" in ev.reason[2]
+    # Pixel z 12 against its threshold 8: ratio 1.5, score 1 - 2 ** -1.5.
+    assert ev.score[2] == pytest.approx(1 - 2 ** -1.5) and "text-like" in ev.reason[2] and "z 12.0" in ev.reason[2]
     assert ev.flagged[3] and ev.reason[3].startswith("embedding:")
     assert (ev.score < 1).all()
     with pytest.raises(ValueError, match="z_threshold"):
