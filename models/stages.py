@@ -381,7 +381,7 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
     whose labels it never saw: K-fold heads on backbone ``f``'s features of label fold ``f`` (and
     of the images without a fold, averaged over the backbones).
     """
-    from models.heads import OOFResult, oof_probabilities
+    from models.heads import OOFResult, check_groups, oof_probabilities
 
     data_dir = Path(data_dir)
     ts = load_training_set(data_dir, overrides=load_overrides(data_dir))
@@ -401,7 +401,14 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
         for f in range(n_fits):
             rows = np.flatnonzero((fold_of == f) | shared)
             x = load_embeddings(data_dir, f"{method}.fold{f}", [ts.uids[i] for i in rows])
-            part = oof_probabilities(x, ts.labels[rows], ts.groups[rows], n_splits=n_splits, n_classes=k, seed=seed)
+            labelled = rows[ts.labels[rows] >= 0]
+            patients = int(np.unique(check_groups(ts.groups[labelled], labelled.size)).size)
+            if patients < 2:
+                raise ValueError(f"{method} fold {f} holds {patients} labelled patient(s): too few to cross-fit; "
+                                 f"set supcon_cross_fit to 1 for so small an archive")
+            # A small archive's half may hold fewer patients than n_splits: fewer folds there.
+            part = oof_probabilities(x, ts.labels[rows], ts.groups[rows], n_splits=min(n_splits, patients),
+                                     n_classes=k, seed=seed)
             own = fold_of[rows] == f
             probs[rows[own]] = part.probabilities[own]
             probs[rows[~own]] += part.probabilities[~own] / n_fits

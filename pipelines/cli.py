@@ -119,13 +119,21 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--preview", type=Path, help="write a contact sheet PNG of all regions and artefacts instead")
     synth.set_defaults(func=_cmd_synth)
 
+    from models.presets import PRESETS
+
+    preset = PRESETS["cpu-demo"]
     demo = sub.add_parser("demo", help="make the synthetic demo export if missing and run the pipeline on it")
     demo.add_argument("--dir", type=Path, default=Path("demo"), help="demo folder (default ./demo)")
-    demo.add_argument("--n", type=int, default=800, help="images in the synthetic export")
+    demo.add_argument("--n", type=int, default=preset.n, help=f"images in the synthetic export (default {preset.n})")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--epochs", type=int, default=10, help="pretraining epochs per method")
-    demo.add_argument("--batch-size", type=int, default=64)
-    _add_ingest_options(demo, default_size=64)
+    demo.add_argument("--methods", nargs="+", default=list(preset.methods), choices=["simclr", "byol", "supcon"],
+                      help=f"methods to pretrain and ensemble (default: {' '.join(preset.methods)})")
+    demo.add_argument("--epochs", type=int, default=preset.epochs,
+                      help=f"pretraining epochs per method (default {preset.epochs})")
+    demo.add_argument("--batch-size", type=int, default=preset.batch_size)
+    demo.add_argument("--image-size", type=int, default=preset.image_size,
+                      help=f"side of the training views and embedding input (default {preset.image_size})")
+    _add_ingest_options(demo, default_size=preset.cache_size)
     demo.set_defaults(func=_cmd_demo)
     return parser
 
@@ -184,8 +192,11 @@ def _resource(export: str | os.PathLike[str], data: str | os.PathLike[str], args
     )
 
 
-def run_assets(resource: Any, audit: Any = None, selection: str | None = None) -> Any:
-    """Materialize the code location's assets in-process with these resources."""
+def run_assets(resource: Any, audit: Any = None, selection: Any = None) -> Any:
+    """Materialize the code location's assets in-process with these resources.
+
+    ``selection``: a Dagster selection string or ``AssetSelection``; None: every asset.
+    """
     import dagster as dg
 
     from assets.resources import AuditConfig
@@ -313,25 +324,41 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from assets.resources import AuditConfig
+    import time
+
+    import dagster as dg
+
     from assets.models import METHODS
-    from models.stages import evaluate_against_truth
+    from assets.resources import AuditConfig
+    from models.presets import GPU_REFERENCE, PRESETS
+    from models.stages import evaluate_against_truth, load_audit_summary
     from pacs.synth import generate_export
 
+    t0 = time.perf_counter()
+    preset = PRESETS["cpu-demo"]
     export, data, truth = args.dir / "export", args.dir / "data", args.dir / "truth.parquet"
     if not truth.exists() or not export.is_dir() or not any(export.iterdir()):
         print(f"making the synthetic demo export in {export} ({args.n} images) ...")
-        generate_export(export, truth, n=args.n, seed=args.seed, size=max(args.size * 2, 128), force=True)
-    # A few hundred steps on the CPU: BYOL's target must move faster than the paper's 0.9995 lets it.
-    audit = AuditConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.size, on_cpu="as_is",
-                        tau_base=0.99,
-                        num_workers=min(2, os.cpu_count() or 1), seed=args.seed, truth_path=str(truth))
-    result = run_assets(_resource(export, data, args), audit)
+        generate_export(export, truth, n=args.n, seed=args.seed, size=max(args.size * 2, preset.export_size),
+                        force=True)
+    methods = list(dict.fromkeys(args.methods))
+    audit = AuditConfig(methods=methods, epochs=args.epochs, batch_size=args.batch_size,
+                        image_size=min(args.image_size, args.size), supcon_cross_fit=preset.supcon_cross_fit,
+                        on_cpu="as_is", tau_base=preset.tau_base, num_workers=min(preset.num_workers, os.cpu_count() or 1),
+                        seed=args.seed, truth_path=str(truth))
+    # Only the chosen methods' backbones, embeddings and heads; everything else as in a real run.
+    skipped = [dg.AssetKey([kind, m]) for m in METHODS if m not in methods
+               for kind in ("backbone", "embeddings", "oof_probabilities")]
+    selection = dg.AssetSelection.all() - dg.AssetSelection.assets(*skipped) if skipped else None
+    result = run_assets(_resource(export, data, args), audit, selection)
     _print_ingest_summary(data)
     print(f"report: {data / 'reports' / 'mislabel_report.csv'}")
     print(f"        {data / 'reports' / 'mislabel_report.html'}")
+    for warning in load_audit_summary(data).get("warnings", []):
+        print(f"WARNING: {warning}")
     scores = evaluate_against_truth(data, truth)
-    print("against the synthetic ground truth:")
+    print(f"against the synthetic ground truth ({', '.join(methods)}, {args.epochs} epochs, "
+          f"{min(args.image_size, args.size)} px views):")
     for key, value in scores.items():
         print(f"  {key:30s} {value:.3f}" if isinstance(value, float) else f"  {key:30s} {value}")
     print("linear-eval accuracy on true regions (test split), by share of labels used:")
@@ -340,9 +367,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     # The ensemble asset measured them with the truth: read its metadata rather than fit them again.
     accuracy = {k.removeprefix("linear_eval/"): v.value for k, v in event.materialization.metadata.items()
                 if k.startswith("linear_eval/")}
-    for name in [*METHODS, "ensemble"]:
+    for name in [*methods, "ensemble"]:
         print(f"  {name:10s} " + "  ".join(f"{share:>4s}: {a:.3f}" for key, a in accuracy.items()
                                            for m, share in [key.split("@")] if m == name))
+    print(f"demo wall time: {time.perf_counter() - t0:.0f} s")
+    print(GPU_REFERENCE)
     return 0
 
 

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from pacs.index import ERRORS_PATH, INDEX_PATH
+from models.presets import PRESETS
 from pipelines.cli import main
 
 
@@ -174,9 +175,12 @@ def test_demo_runs_the_whole_audit_and_scores_it_against_the_truth(tmp_path, cap
     out = capsys.readouterr().out
     assert (tmp_path / "demo" / "data" / "reports" / "mislabel_report.csv").exists()
     assert "making the synthetic demo export" in out and "mislabel_report.html" in out
-    assert "against the synthetic ground truth:" in out
-    accuracy = [line.split() for line in out.splitlines() if line.strip().startswith(("simclr ", "ensemble "))]
-    assert [row[0] for row in accuracy] == ["simclr", "ensemble"]
+    assert "against the synthetic ground truth (" in out and "mislabel_precision_at_k" in out
+    assert "demo wall time:" in out and "on a GPU (one H200" in out
+    methods = PRESETS["cpu-demo"].methods
+    accuracy = [line.split() for line in out.splitlines() if line.strip().startswith(tuple(f"{m} " for m in
+                                                                                            (*methods, "ensemble")))]
+    assert [row[0] for row in accuracy] == [*methods, "ensemble"]
     for row in accuracy:
         assert row[1:] == ["1%:", row[2], "10%:", row[4], "100%:", row[6]]
         assert all(0.0 <= float(v) <= 1.0 for v in row[2::2])

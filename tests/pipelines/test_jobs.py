@@ -87,7 +87,8 @@ def test_a_retried_backbone_step_resumes_and_bad_input_is_not_retried(tmp_path, 
 
     calls: list[tuple[bool, str]] = []
 
-    def flaky(data_dir, method, config, *, truth_path=None, from_scratch=False, scratch_token=None, log=None):
+    def flaky(data_dir, method, config, *, truth_path=None, from_scratch=False, scratch_token=None, log=None,
+              cross_fit=1):
         calls.append((from_scratch, scratch_token))
         if len(calls) == 1:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One GPU session's checks, in one command that fits a 10-minute device call (about 9 minutes of work).
+#
+# Prepare here (once): ../shared/tools/gpu-wheels.sh   (fetches lightly, pydicom, cleanlab, ... into .whl/)
+# Then run it on the device with `.whl` carried:
+#   bash benchmarks/gpu_session.sh
+# Every figure is printed as it is measured and written under $OUT (or benchmarks/out/ without it):
+#   pretrain.json, augment.json (step rates, compute bound, peak memory), quality.json (audit quality),
+#   and one log per benchmark. A benchmark that runs over its share of time is stopped; what it
+#   wrote so far stays.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-benchmarks/out}
+mkdir -p "$out"
+if [ -d .whl ] && ! python3 -c 'import lightly, pydicom, cleanlab' 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=$PWD:/tmp/site
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$out/gpu.txt"
+# The settings can be overridden for a dry run on a CPU, e.g.
+#   PRETRAIN_ARGS="--probe-images 0" AUGMENT_ARGS="--device cpu --size 64 --workers 1 --batch 8 --images 32" \
+#   QUALITY_ARGS="--n 150 --epochs 1 --methods simclr" bash benchmarks/gpu_session.sh
+PRETRAIN_ARGS=${PRETRAIN_ARGS:---gpu}
+AUGMENT_ARGS=${AUGMENT_ARGS:---device cuda --workers 16 --batch 256}
+QUALITY_ARGS=${QUALITY_ARGS:---gpu --shards 16}
+# Seconds per benchmark: step rates first (cheap, most wanted), then the whole audit.
+timeout 120 python3 benchmarks/pretrain.py $PRETRAIN_ARGS --json "$out/pretrain.json" 2>&1 | tee "$out/pretrain.log"
+timeout 50 python3 benchmarks/augment.py $AUGMENT_ARGS --json "$out/augment.json" 2>&1 | tee "$out/augment.log"
+timeout 360 python3 benchmarks/quality.py $QUALITY_ARGS --json "$out/quality.json" 2>&1 | tee "$out/quality.log"
+echo "gpu session done"
