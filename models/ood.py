@@ -198,7 +198,7 @@ def pixel_evidence(features: pd.DataFrame | Mapping[str, np.ndarray], reference:
 
 
 def mahalanobis_evidence(embeddings: np.ndarray, labels: np.ndarray, reference: np.ndarray, *, dim: int = 32,
-                         n_folds: int = 2, seed: int = 0) -> np.ndarray:
+                         n_folds: int = 2, seed: int = 0, max_fit_rows: int = 5000) -> np.ndarray:
     """Class-conditional Mahalanobis distance of every row to the reference rows' class means.
 
     Rows are scaled to unit length and projected on the reference's top ``dim`` principal
@@ -213,24 +213,32 @@ def mahalanobis_evidence(embeddings: np.ndarray, labels: np.ndarray, reference: 
         reference: Indices of trusted in-domain, labelled rows.
         dim: Principal axes kept (capped by the reference size).
         n_folds: Splits for scoring the reference rows out of fold.
-        seed: Fold assignment.
+        seed: Fold assignment and the fit's subsample.
+        max_fit_rows: Each fit (axes, means, covariance) uses a seeded subsample of at most this
+            many rows: 32 dimensions need no more, and 100,000 rows x 1,536 features would cost
+            a minute and gigabytes for nothing.
 
     Returns:
         Shape: (N,), float64, the square-rooted Mahalanobis distance.
     """
     from sklearn.covariance import LedoitWolf
 
-    x = np.asarray(embeddings, dtype=np.float64)
+    x = np.asarray(embeddings, dtype=np.float32)
     y = np.asarray(labels, dtype=np.int64)
     ref = np.asarray(reference, dtype=np.int64)
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise ValueError(f"embeddings must be (N, D) and labels (N,), got {x.shape} and {y.shape}")
     if ref.size < 4 or (y[ref] < 0).any():
         raise ValueError("reference must hold at least 4 labelled rows (label >= 0)")
+    if isinstance(max_fit_rows, bool) or not isinstance(max_fit_rows, int) or max_fit_rows < 4:
+        raise ValueError(f"max_fit_rows must be an int >= 4, e.g. 5000; got {max_fit_rows!r}")
     x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    rng = np.random.default_rng(seed)
 
     def fit(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        mean = x[rows].mean(axis=0)
+        if rows.size > max_fit_rows:
+            rows = np.sort(rng.choice(rows, size=max_fit_rows, replace=False))
+        mean = x[rows].mean(axis=0, dtype=np.float64)
         _, _, vt = np.linalg.svd(x[rows] - mean, full_matrices=False)
         axes = vt[:max(1, min(dim, rows.size // 4, vt.shape[0]))].T  # (D, d)
         z = (x[rows] - mean) @ axes
@@ -240,15 +248,19 @@ def mahalanobis_evidence(embeddings: np.ndarray, labels: np.ndarray, reference: 
         precision = LedoitWolf(assume_centered=True).fit(resid).precision_
         return mean, axes, means, precision
 
-    def distance(rows: np.ndarray, model: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+    def distance(rows: np.ndarray, model: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+                 chunk: int = 8192) -> np.ndarray:
         mean, axes, means, precision = model
-        z = (x[rows] - mean) @ axes  # (R, d)
-        diff = z[:, None, :] - means[None, :, :]  # (R, C, d)
-        d2 = np.einsum("rcd,de,rce->rc", diff, precision, diff)
-        return np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+        out = np.empty(rows.size)
+        for i in range(0, rows.size, chunk):  # bounds memory at chunk x C x d
+            z = (x[rows[i:i + chunk]] - mean) @ axes  # (R, d)
+            diff = z[:, None, :] - means[None, :, :]  # (R, C, d)
+            d2 = np.einsum("rcd,de,rce->rc", diff, precision, diff, optimize=True)  # (R, C)
+            out[i:i + chunk] = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+        return out
 
     out = distance(np.arange(x.shape[0]), fit(ref))
-    fold = np.random.default_rng(seed).permutation(ref.size) % max(2, n_folds)
+    fold = rng.permutation(ref.size) % max(2, n_folds)
     for f in range(max(2, n_folds)):
         held, rest = ref[fold == f], ref[fold != f]
         if held.size and rest.size >= 4:
