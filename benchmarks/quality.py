@@ -27,6 +27,7 @@ The JSON goes to ``--json``, else ``$OUT/quality.json`` where ``OUT`` is set, el
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -247,8 +248,6 @@ def main(argv: list[str] | None = None) -> None:
                                  ("supcon_cross_fit", args.supcon_cross_fit)) if v is not None}
     if args.methods:
         changes["methods"] = tuple(args.methods)
-    import dataclasses
-
     preset = dataclasses.replace(preset, **changes)
     out = args.json or (Path(os.environ["OUT"]) / "quality.json" if os.environ.get("OUT")
                         else Path(__file__).resolve().parent / "out" / "quality.json")

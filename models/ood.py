@@ -79,14 +79,11 @@ class OODEvidence:
         score: Shape: (N,), in [0, 1), higher = more out of domain; > 0.5 is flagged.
         flagged: Shape: (N,), bool.
         reason: N strings, empty where not flagged: every piece of evidence above threshold.
-        z: {source: Shape: (N,)}, the one-sided robust z-score of each soft source (``pixels``,
-            ``embedding``) and 0/inf for ``header``, for inspection.
     """
 
     score: np.ndarray
     flagged: np.ndarray
     reason: list[str]
-    z: dict[str, np.ndarray]
 
 
 def header_evidence(meta: pd.DataFrame, *, modalities: frozenset[str] = RADIOGRAPH_MODALITIES,
@@ -306,5 +303,4 @@ def combine_evidence(header: Sequence[str], pixel_z: np.ndarray, pixel_which: np
             parts.append(f"embedding: far from every region's trusted images (z {ez[i]:.1f})")
         reasons.append("; ".join(parts))
     flagged = score > 0.5
-    return OODEvidence(score, flagged, reasons,
-                       {"header": np.where(has_header, np.inf, 0.0), "pixels": pz, "embedding": ez})
+    return OODEvidence(score, flagged, reasons)

@@ -267,12 +267,9 @@ def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: i
     if folds is None:
         return _embed_with(data_dir, data_dir / MODELS_DIR / method / "checkpoints", method, ts,
                            size=size, batch_size=batch_size, device=device, reuse=reuse, log=log)
-    features = None
-    for f in range(int(folds["fold"].max()) + 1):
-        x = _embed_with(data_dir, _fold_checkpoints(data_dir, method, f), f"{method}.fold{f}", ts,
-                        size=size, batch_size=batch_size, device=device, reuse=reuse, log=log)
-        features = x if features is None else features
-    assert features is not None
+    features = [_embed_with(data_dir, _fold_checkpoints(data_dir, method, f), f"{method}.fold{f}", ts,
+                            size=size, batch_size=batch_size, device=device, reuse=reuse, log=log)
+                for f in range(int(folds["fold"].max()) + 1)][0]
     _save_rows(features, data_dir / EMBED_DIR / f"{method}.npy",
                pd.read_parquet(data_dir / EMBED_DIR / f"{method}.fold0.uids.parquet").drop(columns="array_digest"),
                data_dir / EMBED_DIR / f"{method}.uids.parquet")
