@@ -60,6 +60,7 @@ CR_DX_SOP_CLASSES: frozenset[str] = frozenset({
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _COLOUR = ("RGB", "YBR", "PALETTE")
 
+
 # Pixel feature -> (direction that is suspicious: +1 high, -1 low, reason shown to a radiologist).
 PIXEL_FEATURES: dict[str, tuple[int, str]] = {
     "structure": (-1, "uniform or blank image"),
@@ -90,9 +91,15 @@ def header_evidence(meta: pd.DataFrame, *, modalities: frozenset[str] = RADIOGRA
                     sop_classes: frozenset[str] = CR_DX_SOP_CLASSES) -> list[str]:
     """Per row of the instance index, why the header alone says "not a radiograph" ("" if it does not).
 
+    Besides what the header claims (Modality, SOP Class, colour), it checks what the header cannot
+    hide when an image was misfiled or relabelled as "DX knee": attributes of another modality's
+    modules (:data:`pacs.header.OTHER_MODALITY_ATTRIBUTES`: slice geometry, echo time, ultrasound
+    regions, an Image Type of a cross-section or an emission image, ...) and several frames.
+
     Args:
-        meta: Columns ``modality``, ``sop_class_uid``, ``photometric_interpretation`` (missing
-            columns or empty values give no evidence: an absent tag proves nothing).
+        meta: Columns ``modality``, ``sop_class_uid``, ``photometric_interpretation``,
+            ``other_modality_attributes``, ``number_of_frames`` (missing columns or
+            empty values give no evidence: an absent tag proves nothing).
         modalities: Modality values that are projection radiographs.
         sop_classes: SOP Class UIDs of projection radiographs.
 
@@ -107,9 +114,13 @@ def header_evidence(meta: pd.DataFrame, *, modalities: frozenset[str] = RADIOGRA
         return ["" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip().upper()
                 for v in meta[name].tolist()]
 
+    frames = pd.to_numeric(meta["number_of_frames"], errors="coerce").to_numpy(dtype=np.float64) \
+        if "number_of_frames" in meta else np.full(n, np.nan)
+    others = [str(v).strip() if isinstance(v, str) else "" for v in
+              (meta["other_modality_attributes"].tolist() if "other_modality_attributes" in meta else [""] * n)]
     reasons = []
-    for modality, sop, photometric in zip(column("modality"), column("sop_class_uid"),
-                                          column("photometric_interpretation")):
+    for i, (modality, sop, photometric) in enumerate(zip(
+            column("modality"), column("sop_class_uid"), column("photometric_interpretation"))):
         parts = []
         if modality and modality not in modalities:
             parts.append(f"modality {modality}")
@@ -118,6 +129,10 @@ def header_evidence(meta: pd.DataFrame, *, modalities: frozenset[str] = RADIOGRA
             parts.append(f"SOP class {sop} ({kind})")
         if photometric and photometric.startswith(_COLOUR):
             parts.append(f"colour image ({photometric})")
+        if others[i]:
+            parts.append(f"attributes of another modality ({others[i].replace(',', ', ')})")
+        if frames[i] > 1:
+            parts.append(f"{int(frames[i])} frames")
         reasons.append("header: " + ", ".join(parts) if parts else "")
     return reasons
 

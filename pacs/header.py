@@ -65,10 +65,24 @@ INT_COLUMNS = frozenset(
 # Read for the patient key and the pixel plausibility check, never written out.
 _EXTRA_TAGS = [
     "SpecificCharacterSet", "PatientID", "PatientName", "PatientBirthDate", "IssuerOfPatientID", "PixelRepresentation", "PlanarConfiguration",
-    "MediaStorageSOPClassUID",
+    "MediaStorageSOPClassUID", "ImageType",
 ]
-_SPECIFIC_TAGS = list(HEADER_TAGS.values()) + _EXTRA_TAGS
+# Attributes of other modalities' modules, which a CR or DX image never carries: a CT slice, an MR
+# image or an ultrasound frame misfiled as "DX knee" keeps them (index column other_modality_attributes).
+OTHER_MODALITY_ATTRIBUTES: tuple[str, ...] = (
+    "ImageOrientationPatient", "ImagePositionPatient", "SliceThickness", "SliceLocation",  # cross-sections
+    "ConvolutionKernel", "ReconstructionDiameter",  # CT
+    "ScanningSequence", "EchoTime", "RepetitionTime", "MagneticFieldStrength",  # MR
+    "SequenceOfUltrasoundRegions", "TransducerType",  # US
+    "EnergyWindowInformationSequence", "DetectorInformationSequence",  # NM
+    "RadiopharmaceuticalInformationSequence",  # NM, PET
+)
+# Image Type values of cross-sections, CT scouts and nuclear medicine, never of a CR/DX image.
+FOREIGN_IMAGE_TYPES = frozenset({"AXIAL", "LOCALIZER", "EMISSION", "TRANSMISSION"})
+_SPECIFIC_TAGS = list(HEADER_TAGS.values()) + _EXTRA_TAGS + list(OTHER_MODALITY_ATTRIBUTES)
 _SPECIFIC_TAG_NUMBERS = [BaseTag(tag_for_keyword(keyword)) for keyword in _SPECIFIC_TAGS]
+_IMAGE_TYPE = BaseTag(tag_for_keyword("ImageType"))
+_OTHER_MODALITY_TAGS = [(keyword, BaseTag(tag_for_keyword(keyword))) for keyword in OTHER_MODALITY_ATTRIBUTES]
 _COLUMN_TAGS = [(column, BaseTag(tag_for_keyword(keyword)), column in INT_COLUMNS)
                 for column, keyword in HEADER_TAGS.items()]
 _PATIENT_ID, _ISSUER = BaseTag(tag_for_keyword("PatientID")), BaseTag(tag_for_keyword("IssuerOfPatientID"))
@@ -178,6 +192,7 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
     if not _UID.fullmatch(row["sop_instance_uid"]):
         raise HeaderError("SOP Instance UID is not a valid UID (digits and dots, at most 64 characters)")
     row["transfer_syntax_uid"] = _transfer_syntax(ds)
+    row["other_modality_attributes"] = _other_modality_attributes(ds, encodings, enc_key)
     patient_id = _value(ds, _PATIENT_ID, encodings, enc_key, integer=False)
     row["patient_key"] = _patient_key(patient_id, key, _value(ds, _ISSUER, encodings, enc_key, integer=False))
     # Used to redact paths, then dropped: never written anywhere.
@@ -191,6 +206,15 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
         exc.identifiers = row[IDENTIFIERS]
         raise
     return row
+
+
+def _other_modality_attributes(ds: Dataset, encodings: list[str], enc_key: tuple[str, ...]) -> str | None:
+    """The index's ``other_modality_attributes``: keywords of another modality's attributes present,
+    then ``ImageType=<value>`` for each value in :data:`FOREIGN_IMAGE_TYPES`; None for none."""
+    found = [keyword for keyword, tag in _OTHER_MODALITY_TAGS if tag in ds]
+    image_type = _value(ds, _IMAGE_TYPE, encodings, enc_key, integer=False) or ""
+    found += [f"ImageType={v}" for v in image_type.upper().split("\\") if v.strip() in FOREIGN_IMAGE_TYPES]
+    return ",".join(found) or None
 
 
 def clear_memos() -> None:

@@ -51,6 +51,8 @@ INDEX_SCHEMA = pa.schema(
     + [pa.field(c, pa.int64() if c in INT_COLUMNS else pa.string()) for c in HEADER_TAGS]
     + [
         pa.field("transfer_syntax_uid", pa.string()),
+        # Comma-joined keywords of pacs.header.OTHER_MODALITY_ATTRIBUTES the file carries.
+        pa.field("other_modality_attributes", pa.string()),
         pa.field("patient_key", pa.string()),
         pa.field("duplicate_of", pa.string()),
         # Filled by the pixel stage: how the image was decoded.
@@ -87,10 +89,20 @@ def to_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
 
 
 def read_table(path: Path, schema: pa.Schema) -> pd.DataFrame:
-    """Read a table written by this module, or an empty frame when it does not exist yet."""
+    """Read a table written by this module, or an empty frame when it does not exist yet.
+
+    A column the schema gained since the table was written is added empty (its files are not
+    read again until they change, or with a full rebuild).
+    """
     if not path.exists():
         return empty_frame(schema)
-    return pd.read_parquet(path)
+    df = pd.read_parquet(path)
+    missing = [name for name in schema.names if name not in df.columns]
+    if missing:
+        empty = empty_frame(schema)
+        df = df.assign(**{name: pd.Series([None] * len(df), dtype=empty[name].dtype, index=df.index)
+                          for name in missing})
+    return df
 
 
 @dataclass

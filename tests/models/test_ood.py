@@ -26,6 +26,19 @@ def test_header_evidence_names_modality_sop_class_and_colour() -> None:
     assert header_evidence(pd.DataFrame({"x": [1, 2]})) == ["", ""]
 
 
+def test_header_evidence_sees_through_a_relabelled_header() -> None:
+    dx = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta = pd.DataFrame({
+        "modality": ["DX"] * 5, "sop_class_uid": [dx] * 5,
+        "other_modality_attributes": [None, "SliceThickness,EchoTime", None, "ImageType=EMISSION", ""],
+        "number_of_frames": [1, None, 10, None, 1],
+    })
+    assert header_evidence(meta) == [
+        "", "header: attributes of another modality (SliceThickness, EchoTime)", "header: 10 frames",
+        "header: attributes of another modality (ImageType=EMISSION)", "",
+    ]
+
+
 def test_pixel_features_known_values() -> None:
     blank = np.full((40, 40), 128, np.uint8)
     f = pixel_features(blank)
