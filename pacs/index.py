@@ -8,6 +8,7 @@ Every discovered file ends in exactly one table: the index, or the errors with a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -255,14 +256,29 @@ _SHOWN_EXTENSIONS = frozenset({"dcm", "dicom", "dic", "ima", "img", "pdf", "txt"
                                "jpeg", "png", "bmp", "tif", "tiff", "zip", "htm", "html", "ini", "inf", "db", "exe"})
 
 
+# Names that exports and media give their files, which cannot carry a patient's name: a short
+# prefix and numbers ("IM000001", "I1000000", "00000001", a UID), or a well-known file.
+_PLAIN_NAME = re.compile(r"[a-z]{0,3}[\d._-]*")
+_WELL_KNOWN_NAMES = frozenset({"dicomdir", "readme", "lockfile", "version", "autorun", "index", "thumbs",
+                               "desktop", ".ds_store", "manifest", "license", "viewer", "setup"})
+
+
+def _plain_name(name: str) -> bool:
+    """Whether a file name is one exports give (see :data:`_PLAIN_NAME`), not possibly a patient's."""
+    stem = name.lower()
+    stem = stem.rpartition(".")[0] if stem.rpartition(".")[2] in _SHOWN_EXTENSIONS else stem
+    return bool(_PLAIN_NAME.fullmatch(stem)) or stem in _WELL_KNOWN_NAMES
+
+
 def _hide_unknown_folders(path: str, safe: Collection[str], key: bytes, *, folder: bool = False) -> str:
-    """``path`` with each folder that holds no indexed file shown as ``folder-<keyed hash>``, and then
-    the file name as ``file-<keyed hash>.<ext>``: a name nobody has read may be a patient's.
+    """``path`` with each folder that holds no indexed file shown as ``folder-<keyed hash>``, and the
+    file name as ``file-<keyed hash>.<ext>`` unless it is a plain export name (``IM000001``,
+    ``DICOMDIR``): a name nobody has read may be a patient's, even beside indexed images.
     ``folder``: the path itself may be a folder (an entry the walk could not read)."""
     if folder:
         return "/".join(f if f in safe else f"folder-{path_key(f, key)[:8]}" for f in path.split("/"))
     *folders, name = path.split("/")
-    if all(f in safe for f in folders):
+    if all(f in safe for f in folders) and _plain_name(name):
         return path
     ext = name.rpartition(".")[2] if "." in name else ""
     name = f"file-{path_key(name, key)[:8]}" + (f".{ext}" if ext.lower() in _SHOWN_EXTENSIONS else "")
@@ -277,10 +293,11 @@ def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, kep
     this run (error rows carry the tokens of files that were read but refused), and a folder
     redacted for an indexed file, in this run or an earlier one, is redacted the same way in the
     error rows. A file whose patient is unknown (not DICOM, unreadable, it hung or crashed the
-    reader) in a folder that holds no indexed file may sit in a folder named after a patient
-    nobody has read: such folders and the file's name show as ``folder-<keyed hash>/file-<keyed
-    hash>.dcm``; ``radaudit locate`` finds the real file from its ``path_hash``. Error rows kept
-    from earlier runs with their real path get the same treatment.
+    reader) may sit in a folder named after a patient nobody has read, or carry such a name
+    itself: folders that hold no indexed file show as ``folder-<keyed hash>``, and its name as
+    ``file-<keyed hash>.dcm`` unless it is a plain export name (``IM000001``, ``DICOMDIR``);
+    ``radaudit locate`` finds the real file from its ``path_hash``. Error rows kept from earlier
+    runs with their real path get the same treatment.
     """
     tokens: set[str] = set()
     for r in rows:

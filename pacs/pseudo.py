@@ -160,7 +160,12 @@ def identifier_tokens(
 
 
 class Redactor:
-    """Finds the identifier tokens of many patients in paths, case-insensitively.
+    """Finds the identifier tokens of many patients in paths, case-insensitively, as whole tokens.
+
+    A token counts only where it stands alone: between characters that are not letters or digits
+    ("Bauer Margaret (52020514)"), or where letters meet digits ("Mueller2021"). An ID made only
+    of digits glued to letters counts from :data:`MIN_GLUED_DIGITS` digits on, so a short Patient
+    ID is not cut out of "IM000001".
 
     One regular expression over thousands of tokens costs milliseconds per path (an archive's
     first ingest meets thousands of patients); here each position of a path costs a dict lookup
@@ -178,10 +183,12 @@ class Redactor:
         }
 
     def redact(self, path: str, replacement: str) -> str:
-        """Replace the identifier parts of ``path`` by ``replacement``, keeping the rest of each name.
+        """Replace the identifier parts of ``path`` by ``replacement``, keeping every other character.
 
         ``MÜLLER^HANS 4711/Knie`` becomes ``<replacement>/Knie``; ``MUELLER_HANS_2021`` becomes
-        ``<replacement>_2021``, so different folders of one patient stay apart.
+        ``<replacement>_2021``, so different folders of one patient stay apart. Tokens joined only
+        by spaces, ``_``, ``-``, ``^``, ``,`` or ``.`` become one replacement; brackets stay:
+        ``Bauer Margaret (52020514)`` becomes ``<replacement> (<replacement>)``.
         """
         if not self._by_head:
             return path
@@ -191,9 +198,14 @@ class Redactor:
         parts: list[str] = []
         start = i = 0
         while i <= len(low) - MIN_TOKEN:
+            if i and not _separates(low[i - 1], low[i]):
+                i += 1
+                continue
             lengths, group = self._by_head.get(low[i : i + MIN_TOKEN], _NO_TOKENS)
             for n in lengths:
-                if low[i : i + n] in group:
+                token = low[i : i + n]
+                if token in group and (i + n == len(low) or _separates(low[i + n], low[i + n - 1])) \
+                        and _stands_alone(low, i, n):
                     parts += [path[start:i], "\0"]
                     start = i = i + n
                     break
@@ -202,7 +214,24 @@ class Redactor:
         if not parts:
             return path
         marked = "".join(parts) + path[start:]
-        return re.sub(r"\0(?:[^\w/]*\0|_+\0)*", replacement, marked)
+        return re.sub(r"\0(?:[\s_\-^,.]*\0)*", replacement, marked)
+
+
+# A token of digits only (a Patient ID, a birth date) glued to letters counts from this length.
+MIN_GLUED_DIGITS = 8
+
+
+def _separates(neighbour: str, edge: str) -> bool:
+    """Whether ``neighbour`` ends a token whose character next to it is ``edge``: it is neither a
+    letter nor a digit, or one is a letter and the other a digit."""
+    return not neighbour.isalnum() or neighbour.isalpha() != edge.isalpha()
+
+
+def _stands_alone(low: str, i: int, n: int) -> bool:
+    """A digits-only token glued to a letter needs :data:`MIN_GLUED_DIGITS` digits ("IM000001")."""
+    if not low[i : i + n].isdigit() or n >= MIN_GLUED_DIGITS:
+        return True
+    return not ((i and low[i - 1].isalpha()) or (i + n < len(low) and low[i + n].isalpha()))
 
 
 def redact_path(path: str, tokens: Iterable[str], replacement: str) -> str:

@@ -42,25 +42,37 @@ def ingested(messy_export, tmp_path):
     return export, data, expected, run_ingest(config(export, data))
 
 
+def by_real_path(data: Path, errors: pd.DataFrame, candidates) -> pd.DataFrame:
+    """Error rows indexed by their real path (the shown one may hide a name nobody has read)."""
+    key = load_or_create_key(data)
+    real = {path_key(p, key): p for p in candidates}
+    return errors.assign(real=errors["path_hash"].map(real)).set_index("real")
+
+
 def test_every_file_ends_in_exactly_one_table(ingested):
     export, data, expected, result = ingested
     index = pd.read_parquet(data / INDEX_PATH)
-    errors = pd.read_parquet(data / ERRORS_PATH)
-    assert set(index["path"]).isdisjoint(errors["path"])
-    assert set(index["path"]) | set(errors["path"]) == set(expected)
-    outcome = {p: "index" for p in index["path"]} | dict(zip(errors["path"], errors["stage"]))
+    errors = by_real_path(data, pd.read_parquet(data / ERRORS_PATH), expected)
+    assert set(index["path"]).isdisjoint(errors.index)
+    assert set(index["path"]) | set(errors.index) == set(expected)
+    outcome = {p: "index" for p in index["path"]} | dict(zip(errors.index, errors["stage"]))
     assert outcome == expected
     assert errors["reason"].str.len().min() > 5
+    # Files nobody could read show their name only where it is a plain export name.
+    shown = dict(zip(errors.index, errors["path"]))
+    assert shown["DICOMDIR"] == "DICOMDIR" and shown["README.txt"] == "README.txt"
+    assert re.fullmatch(r"PAT4/file-[0-9a-f]{8}\.dcm", shown["PAT4/empty.dcm"])
+    assert shown["PAT4/truncated_pixels.dcm"] == "PAT4/truncated_pixels.dcm"  # read: its patient is known
 
 
 def test_error_reasons_are_readable(ingested):
-    *_, result = ingested
-    reasons = dict(zip(result.errors["path"], result.errors["reason"]))
+    _, data, expected, result = ingested
+    reasons = by_real_path(data, result.errors, expected)["reason"].to_dict()
     assert "empty" in reasons["PAT4/empty.dcm"]
     assert "PNG" in reasons["PAT4/scan.dcm"]
     assert "DICOMDIR" in reasons["DICOMDIR"]
     assert "truncated" in reasons["PAT4/truncated_pixels.dcm"]
-    severity = dict(zip(result.errors["path"], result.errors["severity"]))
+    severity = by_real_path(data, result.errors, expected)["severity"].to_dict()
     assert severity["DICOMDIR"] == "skipped" and severity["PAT4/corrupt_j2k.dcm"] == "error"
 
 
@@ -229,12 +241,15 @@ def test_folders_named_after_the_patient_are_redacted(tmp_path, good_sources):
     assert first.index["path"].iloc[0] == f"patient-{key[:8]}/Knie li/IM0001"
     second = run_ingest(config(export, data))
     assert second.stats["unchanged"] == 4 and second.stats["written"] == 0
-    (folder / "later.dcm").write_bytes(b"")  # a later run meets a bad file in the known patient folder
+    (folder / "IM0009").write_bytes(b"")  # a later run meets a bad file in the known patient folder
+    (folder / "Schmidt Erika.pdf").write_bytes(b"%PDF-1.4")  # another patient's name, beside indexed images
     third = run_ingest(config(export, data))
-    assert f"patient-{key[:8]}/Knie li/later.dcm" in set(third.errors["path"])
+    shown = set(third.errors["path"])
+    assert f"patient-{key[:8]}/Knie li/IM0009" in shown
+    assert f"patient-{key[:8]}/Knie li/file-{path_key('Schmidt Erika.pdf', load_or_create_key(data))[:8]}.pdf" in shown
     for parquet in data.rglob("*.parquet"):
         text = pd.read_parquet(parquet).astype(str).to_csv().casefold()
-        for secret in ("müller", "mueller", "hans", "4711-0815", "19560312"):
+        for secret in ("müller", "mueller", "hans", "4711-0815", "19560312", "schmidt", "erika"):
             assert secret not in text, f"{secret!r} in {parquet}"
 
 
@@ -354,7 +369,7 @@ def test_a_header_read_that_hangs_or_kills_its_worker_is_one_error_row(tmp_path,
     ct = good_sources["PAT1/ST1/SE1/IM0002.DCM"].read_bytes()
     # The hanging file is alone in a folder named after its patient, whose header nobody read; the
     # crashing one sits beside indexed files in an ordinary folder.
-    names = [f"im{i:02d}.dcm" for i in range(ix.POOL_MIN_FILES - 1)] + ["Knie li/im.dcm", "Knie li/crash.dcm",
+    names = [f"im{i:02d}.dcm" for i in range(ix.POOL_MIN_FILES - 1)] + ["Knie li/im.dcm", "Knie li/im666.dcm",
                                                                         "Schmidt Erika 0815/hang.dcm"]
     for name in names:
         (export / name).parent.mkdir(exist_ok=True)
@@ -364,7 +379,7 @@ def test_a_header_read_that_hangs_or_kills_its_worker_is_one_error_row(tmp_path,
     def sabotaged(path, **kwargs):
         if path.endswith("hang.dcm"):
             time.sleep(30)
-        if path.endswith("crash.dcm"):
+        if path.endswith("im666.dcm"):
             os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer or a segfault would
         return read_header(path, **kwargs)
 
@@ -375,10 +390,10 @@ def test_a_header_read_that_hangs_or_kills_its_worker_is_one_error_row(tmp_path,
     errors = pd.read_parquet(tmp_path / "data" / ERRORS_PATH).set_index("path")
     key = load_or_create_key(tmp_path / "data")
     hidden = f"folder-{path_key('Schmidt Erika 0815', key)[:8]}/file-{path_key('hang.dcm', key)[:8]}.dcm"
-    assert sorted(errors.index) == ["Knie li/crash.dcm", hidden]
+    assert sorted(errors.index) == ["Knie li/im666.dcm", hidden]
     assert set(errors["stage"]) == {"header"}
     assert "reading the header took longer than 1 s" in errors.loc[hidden, "reason"]
-    assert errors.loc["Knie li/crash.dcm", "reason"].startswith("header reader crashed (exit code -9: killed by SIGKILL")
+    assert errors.loc["Knie li/im666.dcm", "reason"].startswith("header reader crashed (exit code -9: killed by SIGKILL")
     index = pd.read_parquet(tmp_path / "data" / INDEX_PATH)
     assert sorted(index["path"]) == sorted(names[:-2])
     assert result.stats["cached"] == 1
@@ -432,7 +447,8 @@ def test_error_rows_never_show_a_folder_that_may_be_named_after_a_patient() -> N
     rows = [{"path": "Mueller Hans/IM1", "patient_key": "abcdef1234",
              IDENTIFIERS: identifier_tokens("Müller^Hans", "4711", None)}]
     errors = [
-        ix.error_row("Mueller Hans/crash.dcm", 10, 1, "header", "header reader crashed", now),  # beside IM1
+        ix.error_row("Mueller Hans/IM2", 10, 1, "header", "header reader crashed", now),  # beside IM1
+        ix.error_row("Mueller Hans/Weber_Lea.dcm", 10, 1, "discover", "not DICOM: PDF document", now),
         ix.error_row("Schmidt Erika/report.pdf", 10, 1, "discover", "not DICOM: PDF document", now),
         ix.error_row("Schmidt Erika/DOE.JOHN", 10, 1, "header", "reading the header took longer than 60 s", now),
         ix.error_row("Weber Lea", None, None, "discover", "cannot open folder: [Errno 13] '/x/Weber Lea'", now),
@@ -443,12 +459,28 @@ def test_error_rows_never_show_a_folder_that_may_be_named_after_a_patient() -> N
                real_paths={path_key("Berg Jan/IM9", key): "Berg Jan/IM9"}, key=key)
     hidden = f"folder-{path_key('Schmidt Erika', key)[:8]}"
     assert [r["path"] for r in errors] == [
-        "patient-abcdef12/crash.dcm",  # the same folder name as the indexed file beside it
+        "patient-abcdef12/IM2",  # the same folder name as the indexed file beside it
+        f"patient-abcdef12/file-{path_key('Weber_Lea.dcm', key)[:8]}.dcm",  # a name nobody has read
         f"{hidden}/file-{path_key('report.pdf', key)[:8]}.pdf",
         f"{hidden}/file-{path_key('DOE.JOHN', key)[:8]}",  # ".JOHN" is not an extension to show
         f"folder-{path_key('Weber Lea', key)[:8]}",
     ]
-    assert errors[3]["reason"] == f"cannot open folder: [Errno 13] '/x/folder-{path_key('Weber Lea', key)[:8]}'"
+    assert errors[4]["reason"] == f"cannot open folder: [Errno 13] '/x/folder-{path_key('Weber Lea', key)[:8]}'"
     assert legacy["path"].tolist() == [f"folder-{path_key('Berg Jan', key)[:8]}/file-{path_key('IM9', key)[:8]}"]
     text = repr([*errors, legacy.to_dict("records")]).lower()
     assert not any(name in text for name in ("schmidt", "erika", "weber", "berg jan", "john", "mueller"))
+
+
+def test_an_index_written_before_a_column_existed_is_read_with_it_empty(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pacs.index import INDEX_SCHEMA, read_table
+
+    old = pa.schema([f for f in INDEX_SCHEMA if f.name != "other_modality_attributes"])
+    rows = pa.Table.from_pylist([{"path": "a.dcm", "sop_instance_uid": "1.2", "rows": 4}], schema=old)
+    pq.write_table(rows, tmp_path / "index.parquet")
+    df = read_table(tmp_path / "index.parquet", INDEX_SCHEMA)
+    assert list(df["sop_instance_uid"]) == ["1.2"] and df["other_modality_attributes"].isna().all()
+    assert set(INDEX_SCHEMA.names) <= set(df.columns)
+    assert pa.Table.from_pandas(df[INDEX_SCHEMA.names], schema=INDEX_SCHEMA).num_rows == 1

@@ -85,7 +85,7 @@ def test_redactor_takes_the_longest_token_and_many_patients() -> None:
     for i in range(2000):
         tokens |= identifier_tokens(f"Name{i:04d}^Vorname{i:04d}", f"ID{i:06d}", None)
     redactor = Redactor(tokens)
-    assert redactor.redact("Name1234 Vorname1234 (ID001234)/Knie", "patient-x") == "patient-x)/Knie"
+    assert redactor.redact("Name1234 Vorname1234 (ID001234)/Knie", "patient-x") == "patient-x (patient-x)/Knie"
     assert redactor.redact("Knie li/Bild 1.dcm", "patient-x") == "Knie li/Bild 1.dcm"
 
 
@@ -129,3 +129,14 @@ def test_without_hard_links_the_key_is_still_written_atomically(tmp_path, monkey
     assert (tmp_path / pseudo.KEY_FILE).stat().st_mode & 0o777 == 0o600
     assert [p.name for p in (tmp_path / "secrets").iterdir()] == ["pseudonym.key"]
     assert pseudo.load_or_create_key(tmp_path) == key
+
+
+def test_only_whole_tokens_are_replaced_and_brackets_stay() -> None:
+    """The cases of issue 14: a short ID inside a file name, a bracketed ID, a name glued to a year."""
+    short = Redactor(identifier_tokens("Roe^Jo", "00001", None))
+    assert short.redact("ST1/IM000001", "patient-x") == "ST1/IM000001"
+    assert short.redact("ST1/00001.dcm", "patient-x") == "ST1/patient-x.dcm"
+    assert short.redact("ST1/scan_00001_b.dcm", "patient-x") == "ST1/scan_patient-x_b.dcm"
+    bauer = Redactor(identifier_tokens("Bauer^Margaret", "52020514", None))
+    assert bauer.redact("Bauer Margaret (52020514)/IM000001", "patient-x") == "patient-x (patient-x)/IM000001"
+    assert bauer.redact("X52020514/Bauerstrasse/Margaret2021", "patient-x") == "Xpatient-x/Bauerstrasse/patient-x2021"
