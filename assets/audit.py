@@ -4,6 +4,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from assets.guard import guarded
 from assets.models import METHODS, _png_markdown
 from assets.resources import AuditConfig, RadauditConfig
 from models import stages
@@ -20,9 +21,10 @@ def oof_asset(method: str) -> dg.AssetsDefinition:
         "on all labels (probabilities/" + method + ".npy).",
     )
     def oof(radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
-        result = stages.compute_oof(radaudit.data_dir, method, n_splits=audit.n_splits, seed=audit.seed)
-        labelled = result.fold >= 0
-        acc = float((result.probabilities[labelled].argmax(1) == _labels(radaudit, method)[labelled]).mean())
+        with guarded(radaudit, f"oof_probabilities/{method}"):
+            result = stages.compute_oof(radaudit.data_dir, method, n_splits=audit.n_splits, seed=audit.seed)
+            labelled = result.fold >= 0
+            acc = float((result.probabilities[labelled].argmax(1) == _labels(radaudit, method)[labelled]).mean())
         return dg.MaterializeResult(metadata={
             "dagster/row_count": len(result.fold), "labelled": int(labelled.sum()),
             "oof_accuracy_vs_recorded": round(acc, 4), "rare_classes": str(list(result.rare_classes)),
@@ -49,30 +51,31 @@ def _labels(radaudit: RadauditConfig, method: str) -> np.ndarray:
 )
 def ensemble_probabilities(radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
     """Mean of the methods' probabilities, weighted as configured."""
-    from models.heads import confusion_matrix_png
+    with guarded(radaudit, "ensemble_probabilities"):
+        from models.heads import confusion_matrix_png
 
-    methods = _methods(audit)
-    probs, weights = stages.combine(radaudit.data_dir, methods, weights=audit.ensemble_weights,
-                                    drop_below=audit.ensemble_drop_below)
-    rows = stages.load_probabilities(radaudit.data_dir, "ensemble")[1]
-    labelled = rows["label"].to_numpy() >= 0
-    y, pred = rows["label"].to_numpy()[labelled], probs[labelled].argmax(1)
-    names = list(stages.load_training_set(radaudit.data_dir).vocabulary)
-    truth = {}
-    if audit.truth_path:
-        scores, (y_true, y_clean) = stages.evaluate_label_fractions(radaudit.data_dir, audit.truth_path, methods,
-                                                                   seed=audit.seed, with_predictions=True)
-        truth = {f"linear_eval/{m}@{int(f * 100)}%": round(a, 4) for m, by in scores.items() for f, a in by.items()}
-        truth["confusion_matrix_clean_test"] = _png_markdown(confusion_matrix_png(y_true, y_clean, names),
-                                                             "confusion matrix on the true regions of a held-out split")
-    return dg.MaterializeResult(metadata={
-        **truth,
-        "dagster/row_count": int(probs.shape[0]), "weights": audit.ensemble_weights,
-        **{f"weight/{m}": round(w, 4) for m, w in weights.items()},
-        "accuracy_vs_recorded": round(float((pred == y).mean()), 4) if labelled.any() else None,
-        # Out-of-fold predictions against the recorded labels: label noise shows up off the diagonal.
-        "confusion_matrix": _png_markdown(confusion_matrix_png(y, pred, names), "confusion matrix vs recorded labels"),
-    })
+        methods = _methods(audit)
+        probs, weights = stages.combine(radaudit.data_dir, methods, weights=audit.ensemble_weights,
+                                        drop_below=audit.ensemble_drop_below)
+        rows = stages.load_probabilities(radaudit.data_dir, "ensemble")[1]
+        labelled = rows["label"].to_numpy() >= 0
+        y, pred = rows["label"].to_numpy()[labelled], probs[labelled].argmax(1)
+        names = list(stages.load_training_set(radaudit.data_dir).vocabulary)
+        truth = {}
+        if audit.truth_path:
+            scores, (y_true, y_clean) = stages.evaluate_label_fractions(radaudit.data_dir, audit.truth_path, methods,
+                                                                       seed=audit.seed, with_predictions=True)
+            truth = {f"linear_eval/{m}@{int(f * 100)}%": round(a, 4) for m, by in scores.items() for f, a in by.items()}
+            truth["confusion_matrix_clean_test"] = _png_markdown(confusion_matrix_png(y_true, y_clean, names),
+                                                                 "confusion matrix on the true regions of a held-out split")
+        return dg.MaterializeResult(metadata={
+            **truth,
+            "dagster/row_count": int(probs.shape[0]), "weights": audit.ensemble_weights,
+            **{f"weight/{m}": round(w, 4) for m, w in weights.items()},
+            "accuracy_vs_recorded": round(float((pred == y).mean()), 4) if labelled.any() else None,
+            # Out-of-fold predictions against the recorded labels: label noise shows up off the diagonal.
+            "confusion_matrix": _png_markdown(confusion_matrix_png(y, pred, names), "confusion matrix vs recorded labels"),
+        })
 
 
 @dg.asset(
@@ -84,17 +87,18 @@ def ensemble_probabilities(radaudit: RadauditConfig, audit: AuditConfig) -> dg.M
 def label_issues(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
                  audit: AuditConfig) -> dg.MaterializeResult:
     """Find label issues on the ensemble's out-of-sample probabilities."""
-    issues = stages.audit(radaudit.data_dir, _methods(audit), ood_threshold=audit.ood_threshold, seed=audit.seed,
-                          max_mislabel_fraction=audit.max_mislabel_fraction)
-    counts = issues["issue"].value_counts().to_dict()
-    for warning in issues.attrs["warnings"]:
-        context.log.warning(warning)
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": len(issues), **{f"n_{k}": int(counts.get(k, 0)) for k in ("mislabel", "out_of_domain", "missing_label")},
-        "cleanlab_issues": issues.attrs["cleanlab_issues"],
-        "heads_agreement": round(float(issues.attrs["heads_agreement"]), 4),
-        "warnings": "\n".join(issues.attrs["warnings"]) or "none",
-    })
+    with guarded(radaudit, "label_issues"):
+        issues = stages.audit(radaudit.data_dir, _methods(audit), ood_threshold=audit.ood_threshold, seed=audit.seed,
+                              max_mislabel_fraction=audit.max_mislabel_fraction)
+        counts = issues["issue"].value_counts().to_dict()
+        for warning in issues.attrs["warnings"]:
+            context.log.warning(warning)
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(issues), **{f"n_{k}": int(counts.get(k, 0)) for k in ("mislabel", "out_of_domain", "missing_label")},
+            "cleanlab_issues": issues.attrs["cleanlab_issues"],
+            "heads_agreement": round(float(issues.attrs["heads_agreement"]), 4),
+            "warnings": "\n".join(issues.attrs["warnings"]) or "none",
+        })
 
 
 @dg.asset(
@@ -110,37 +114,38 @@ def label_issues(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
 )
 def mislabel_report(context: dg.AssetExecutionContext, radaudit: RadauditConfig, audit: AuditConfig):
     """Write the CSV and HTML report and check them."""
-    from models.audit import flag_fraction
+    with guarded(radaudit, "mislabel_report"):
+        from models.audit import flag_fraction
 
-    files = stages.report(radaudit.data_dir, include_accession=audit.include_accession, top_html=audit.report_top_html)
-    csv = pd.read_csv(files.csv_path, encoding="utf-8-sig")
-    issues = pd.read_parquet(radaudit.data_path / stages.ISSUES_PATH)
-    fraction = flag_fraction(issues)
-    preview = csv.head(15)[[c for c in ("rank", "recorded_region", "suggested_region", "suggested_probability",
-                                        "label_quality", "issue") if c in csv.columns]]
-    warnings = stages.load_audit_summary(radaudit.data_dir).get("warnings", [])
-    for warning in warnings:
-        context.log.warning(warning)
-    yield dg.MaterializeResult(metadata={
-        "warnings": "\n".join(warnings) or "none",
-        "dagster/row_count": len(csv), "csv": str(files.csv_path), "html": str(files.html_path),
-        "flagged_fraction": round(fraction, 4), "top_flags": dg.MetadataValue.md(preview.to_markdown(index=False)
-                                                                                 if len(preview) else "_none_"),
-    })
-    required = {"rank", "sop_instance_uid", "study_instance_uid", "recorded_region", "recorded_raw",
-                "suggested_region", "suggested_probability", "label_quality", "issue", "ood_reason", "thumbnail",
-                "source_path"}
-    if audit.include_accession:
-        required.add("accession_number")
-    missing = sorted(required - set(csv.columns))
-    yield dg.AssetCheckResult(check_name="schema", passed=not missing, metadata={"missing": str(missing)})
-    yield dg.AssetCheckResult(check_name="ranks_sorted",
-                              passed=bool(csv.empty or (csv["rank"].to_numpy() == np.arange(1, len(csv) + 1)).all()))
-    yield dg.AssetCheckResult(
-        check_name="flag_fraction", passed=audit.min_flag_fraction <= fraction <= audit.max_flag_fraction,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"fraction": fraction, "bounds": f"[{audit.min_flag_fraction}, {audit.max_flag_fraction}]"},
-    )
+        files = stages.report(radaudit.data_dir, include_accession=audit.include_accession, top_html=audit.report_top_html)
+        csv = pd.read_csv(files.csv_path, encoding="utf-8-sig")
+        issues = pd.read_parquet(radaudit.data_path / stages.ISSUES_PATH)
+        fraction = flag_fraction(issues)
+        preview = csv.head(15)[[c for c in ("rank", "recorded_region", "suggested_region", "suggested_probability",
+                                            "label_quality", "issue") if c in csv.columns]]
+        warnings = stages.load_audit_summary(radaudit.data_dir).get("warnings", [])
+        for warning in warnings:
+            context.log.warning(warning)
+        yield dg.MaterializeResult(metadata={
+            "warnings": "\n".join(warnings) or "none",
+            "dagster/row_count": len(csv), "csv": str(files.csv_path), "html": str(files.html_path),
+            "flagged_fraction": round(fraction, 4), "top_flags": dg.MetadataValue.md(preview.to_markdown(index=False)
+                                                                                     if len(preview) else "_none_"),
+        })
+        required = {"rank", "sop_instance_uid", "study_instance_uid", "recorded_region", "recorded_raw",
+                    "suggested_region", "suggested_probability", "label_quality", "issue", "ood_reason", "thumbnail",
+                    "source_path"}
+        if audit.include_accession:
+            required.add("accession_number")
+        missing = sorted(required - set(csv.columns))
+        yield dg.AssetCheckResult(check_name="schema", passed=not missing, metadata={"missing": str(missing)})
+        yield dg.AssetCheckResult(check_name="ranks_sorted",
+                                  passed=bool(csv.empty or (csv["rank"].to_numpy() == np.arange(1, len(csv) + 1)).all()))
+        yield dg.AssetCheckResult(
+            check_name="flag_fraction", passed=audit.min_flag_fraction <= fraction <= audit.max_flag_fraction,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"fraction": fraction, "bounds": f"[{audit.min_flag_fraction}, {audit.max_flag_fraction}]"},
+        )
 
 
 audit_assets = [oof_asset(m) for m in METHODS] + [ensemble_probabilities, label_issues, mislabel_report]

@@ -3,7 +3,9 @@
 import dagster as dg
 import pandas as pd
 
+from pacs.checks import check_ingest_result
 from pacs.ingest import run_ingest
+from assets.guard import guarded
 from assets.resources import RadauditConfig
 
 GROUP = "ingest"
@@ -34,7 +36,10 @@ GROUP = "ingest"
 )
 def ingest(context: dg.AssetExecutionContext, radaudit: RadauditConfig):
     """Scan the export, index headers, decode and cache new images."""
-    result = run_ingest(radaudit.ingest_config(), progress=_progress_logger(context))
+    with guarded(radaudit, "ingest", reads_export=True):
+        result = run_ingest(radaudit.ingest_config(), progress=_progress_logger(context))
+        cached = int(result.manifest["sop_instance_uid"].isin(result.index.loc[result.index["present"].astype(bool), "sop_instance_uid"]).sum())
+        check_ingest_result(result.index, result.errors, cached, radaudit.export_dir)
     s = result.stats
     context.log.info(f"ingest: {s}")
     present_paths = pd.concat([result.index.loc[result.index["present"], "path_hash"],

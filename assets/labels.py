@@ -10,6 +10,7 @@ from pacs.regions import RegionMapper
 from pacs.review import OVERRIDES_PATH, REVIEW_DIR, read_reviews, unknown_uid_warnings
 from models import stages
 from models.stages import LABELS_PATH
+from assets.guard import guarded
 from assets.resources import RadauditConfig
 
 
@@ -21,15 +22,16 @@ from assets.resources import RadauditConfig
 )
 def region_labels(radaudit: RadauditConfig) -> dg.MaterializeResult:
     """Map Body Part Examined / Series / Study Description / Protocol Name to the vocabulary."""
-    labels = stages.map_labels(radaudit.data_dir, radaudit.region_map)
-    counts = labels["recorded_region"].value_counts(dropna=False)
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": len(labels),
-        "null_labels": int(labels["recorded_region"].isna().sum()),
-        "by_region": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
-        "by_tag": dg.MetadataValue.json({str(k): int(v) for k, v in labels["recorded_tag"].value_counts(dropna=False).items()}),
-        "vocabulary": ", ".join(stages.read_vocabulary(radaudit.data_dir)),
-    })
+    with guarded(radaudit, "region_labels"):
+        labels = stages.map_labels(radaudit.data_dir, radaudit.region_map)
+        counts = labels["recorded_region"].value_counts(dropna=False)
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(labels),
+            "null_labels": int(labels["recorded_region"].isna().sum()),
+            "by_region": dg.MetadataValue.json({str(k): int(v) for k, v in counts.items()}),
+            "by_tag": dg.MetadataValue.json({str(k): int(v) for k, v in labels["recorded_tag"].value_counts(dropna=False).items()}),
+            "vocabulary": ", ".join(stages.read_vocabulary(radaudit.data_dir)),
+        })
 
 
 @dg.asset(
@@ -40,16 +42,17 @@ def region_labels(radaudit: RadauditConfig) -> dg.MaterializeResult:
 )
 def label_overrides(context: dg.AssetExecutionContext, radaudit: RadauditConfig) -> dg.MaterializeResult:
     """Read every returned review CSV into one overrides table; warn about verdicts on unknown images."""
-    mapper = RegionMapper.from_file(radaudit.region_map)
-    overrides = read_reviews(radaudit.data_path, mapper.regions)
-    index_path = radaudit.data_path / INDEX_PATH
-    known = pd.read_parquet(index_path, columns=["sop_instance_uid"])["sop_instance_uid"] if index_path.exists() else []
-    unknown = unknown_uid_warnings(overrides, known)
-    for line in unknown:
-        context.log.warning(line)
-    io.write_parquet_frame(overrides, radaudit.data_path / OVERRIDES_PATH)
-    return dg.MaterializeResult(metadata={
-        "dagster/row_count": len(overrides), "review_dir": str(radaudit.data_path / REVIEW_DIR),
-        "files_with_unknown_images": len(unknown),
-        "by_verdict": dg.MetadataValue.json({str(k): int(v) for k, v in overrides["verdict"].value_counts().items()}),
-    })
+    with guarded(radaudit, "label_overrides"):
+        mapper = RegionMapper.from_file(radaudit.region_map)
+        overrides = read_reviews(radaudit.data_path, mapper.regions)
+        index_path = radaudit.data_path / INDEX_PATH
+        known = pd.read_parquet(index_path, columns=["sop_instance_uid"])["sop_instance_uid"] if index_path.exists() else []
+        unknown = unknown_uid_warnings(overrides, known)
+        for line in unknown:
+            context.log.warning(line)
+        io.write_parquet_frame(overrides, radaudit.data_path / OVERRIDES_PATH)
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(overrides), "review_dir": str(radaudit.data_path / REVIEW_DIR),
+            "files_with_unknown_images": len(unknown),
+            "by_verdict": dg.MetadataValue.json({str(k): int(v) for k, v in overrides["verdict"].value_counts().items()}),
+        })

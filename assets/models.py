@@ -4,6 +4,7 @@ import base64
 
 import dagster as dg
 
+from assets.guard import guarded
 from assets.resources import AuditConfig, RadauditConfig
 from models import stages
 
@@ -13,11 +14,6 @@ METHODS = ("simclr", "byol", "supcon")
 GPU_POOL = "radaudit_gpu"
 # A training step that dies (a lost device, a killed worker) is tried again; it resumes its last checkpoint.
 GPU_RETRY = dg.RetryPolicy(max_retries=2, delay=30)
-
-
-def _no_retry_on_bad_input(error: Exception) -> dg.Failure:
-    """A bad configuration or missing input fails the same way every time: fail once, do not retry."""
-    return dg.Failure(f"{type(error).__name__}: {error}", allow_retries=False)
 
 
 def _png_markdown(png: bytes, alt: str) -> dg.MetadataValue:
@@ -36,14 +32,12 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
     def backbone(context: dg.AssetExecutionContext, radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
         from models.probe import plot_loss_curve
 
-        try:
-            # A retry, or a re-execution of this run, resumes what the first attempt trained from scratch.
+        # A retry, or a re-execution of this run, resumes what the first attempt trained from scratch.
+        with guarded(radaudit, f"backbone/{method}"):
             result = stages.train_backbone(radaudit.data_dir, method, audit.pretrain_config(method),
                                            truth_path=audit.truth_path, from_scratch=audit.from_scratch,
                                            scratch_token=context.run.root_run_id or context.run.run_id,
                                            log=context.log.info, cross_fit=audit.cross_fit(method))
-        except (ValueError, FileNotFoundError) as error:
-            raise _no_retry_on_bad_input(error) from error
         last = result.metrics[-1] if result.metrics else {}
         return dg.MaterializeResult(metadata={
             "device": result.device, "epochs": len(result.history), "steps": result.steps,
@@ -60,10 +54,8 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
         f"(embeddings/{method}.npy, rows in embeddings/{method}.uids.parquet).",
     )
     def embeddings(context: dg.AssetExecutionContext, radaudit: RadauditConfig) -> dg.MaterializeResult:
-        try:
+        with guarded(radaudit, f"embeddings/{method}"):
             features = stages.compute_embeddings(radaudit.data_dir, method, log=context.log.info)
-        except (ValueError, FileNotFoundError) as error:
-            raise _no_retry_on_bad_input(error) from error
         return dg.MaterializeResult(metadata={"dagster/row_count": int(features.shape[0]), "dim": int(features.shape[1])})
 
     return [backbone, embeddings]

@@ -32,6 +32,8 @@ class RadauditConfig(dg.ConfigurableResource):
     retry_errors: bool = False
     region_map: str | None = None
     pseudonym_key: str | None = None
+    # How long a step waits for another run that holds the data dir (pacs.lock) before it fails.
+    lock_wait_s: float = 6 * 3600.0
 
     @property
     def data_path(self) -> Path:

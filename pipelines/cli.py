@@ -19,6 +19,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Dagster warns about its own beta parameters that its selection parser uses: not the user's concern.
+    warnings.filterwarnings("ignore", message=r".*is currently in beta")
     for ours in ("radaudit", "pacs", "models", "augment"):
         logging.getLogger(ours).setLevel(logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as exc:
-        print(f"radaudit {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a user's problem becomes one line; anything else propagates
+        line = one_line_error(exc)
+        if line is None:
+            raise
+        print(f"radaudit {args.command}: error: {line}", file=sys.stderr)
         return 2
+
+
+def one_line_error(exc: BaseException) -> str | None:
+    """The one line to show for a problem the user must fix (also when a Dagster step failed of it),
+    or None for anything else (a bug: its traceback is worth having)."""
+    from pacs.checks import InputError, disk_error
+
+    while getattr(exc, "user_exception", None) is not None:  # a Dagster step error wraps the step's own
+        exc = exc.user_exception  # type: ignore[attr-defined]
+    if type(exc).__name__ == "Failure" and type(exc).__module__.startswith("dagster"):
+        return str(getattr(exc, "description", None) or exc)
+    if isinstance(exc, InputError):
+        return str(exc)
+    disk = disk_error(exc)
+    if disk is not None:
+        return str(disk)
+    if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, PermissionError)):
+        return str(exc)
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -102,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
 
     locate = sub.add_parser("locate", help="print the real path of files named by their path_hash (index and "
                             "error tables show redacted paths): for your terminal, never written anywhere")
-    _add_paths(locate)
+    _add_paths(locate, wait=False)
     locate.add_argument("hashes", nargs="+", metavar="PATH_HASH", help="path_hash values from the index or errors")
     locate.set_defaults(func=_cmd_locate)
 
@@ -134,15 +159,23 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--image-size", type=int, default=preset.image_size,
                       help=f"side of the training views and embedding input (default {preset.image_size})")
     _add_ingest_options(demo, default_size=preset.cache_size)
+    _add_wait(demo)
     demo.set_defaults(func=_cmd_demo)
     return parser
 
 
-def _add_paths(p: argparse.ArgumentParser) -> None:
+def _add_paths(p: argparse.ArgumentParser, *, wait: bool = True) -> None:
     p.add_argument("--export", default=os.environ.get("RADAUDIT_EXPORT_DIR"),
                    help="root of the DICOM export (default $RADAUDIT_EXPORT_DIR)")
     p.add_argument("--data", default=os.environ.get("RADAUDIT_DATA_DIR"),
                    help="where radaudit writes everything (default $RADAUDIT_DATA_DIR)")
+    if wait:
+        _add_wait(p)
+
+
+def _add_wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="when another run uses the data dir, wait this long for it (default 0: fail at once)")
 
 
 def _add_ingest_options(p: argparse.ArgumentParser, default_size: int = 256) -> None:
@@ -192,23 +225,48 @@ def _resource(export: str | os.PathLike[str], data: str | os.PathLike[str], args
     )
 
 
-def run_assets(resource: Any, audit: Any = None, selection: Any = None) -> Any:
-    """Materialize the code location's assets in-process with these resources.
+def run_assets(resource: Any, audit: Any = None, selection: Any = None, *, wait_s: float = 0.0,
+               what: str = "radaudit") -> Any:
+    """Materialize the code location's assets in-process with these resources, holding the data dir.
+
+    The paths are checked first (nothing is created for a missing export or an unwritable data
+    dir; the export only when the selection ingests), then the data dir's lock is taken
+    (:mod:`pacs.lock`; another run there makes this one wait ``wait_s`` seconds, then fail).
 
     ``selection``: a Dagster selection string or ``AssetSelection``; None: every asset.
     """
     import dagster as dg
 
     from assets.resources import AuditConfig
+    from pacs.checks import check_data_dir, check_export
+    from pacs.lock import data_dir_lock
+    from pipelines.console import step_lines
     from pipelines.definitions import defs
 
-    instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else data_dir_instance(resource.data_dir)
-    assets = list(defs.assets or [])
-    resources = {"radaudit": resource, "audit": audit or AuditConfig()}
-    try:
-        return dg.materialize(assets, resources=resources, instance=instance, selection=selection, raise_on_error=True)
-    finally:
-        instance.dispose()
+    if selection is None or dg.AssetKey("dicom_index") in _resolve(selection):
+        check_export(resource.export_dir)
+    check_data_dir(resource.data_dir)
+    with data_dir_lock(resource.data_dir, what=what, wait_s=wait_s, on_wait=log.warning):
+        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else data_dir_instance(resource.data_dir)
+        chosen = dg.AssetSelection.from_string(selection) if isinstance(selection, str) else selection
+        job = dg.define_asset_job("radaudit_cli", selection=chosen if chosen is not None else dg.AssetSelection.all())
+        run_defs = dg.Definitions(assets=list(defs.assets or []), jobs=[job], loggers={"radaudit": step_lines},
+                                  resources={"radaudit": resource, "audit": audit or AuditConfig()})
+        try:
+            return run_defs.resolve_job_def("radaudit_cli").execute_in_process(
+                instance=instance, raise_on_error=True, run_config={"loggers": {"radaudit": {}}})
+        finally:
+            instance.dispose()
+
+
+def _resolve(selection: Any) -> set[Any]:
+    """The asset keys a selection (string or ``AssetSelection``) names."""
+    import dagster as dg
+
+    from pipelines.definitions import defs
+
+    chosen = dg.AssetSelection.from_string(selection) if isinstance(selection, str) else selection
+    return set(chosen.resolve(defs.resolve_asset_graph()))
 
 
 def data_dir_instance(data_dir: str | os.PathLike[str]) -> Any:
@@ -238,7 +296,8 @@ def data_dir_instance(data_dir: str | os.PathLike[str]) -> Any:
 def _cmd_ingest(args: argparse.Namespace) -> int:
     if not args.export or not args.data:
         raise ValueError("give --export and --data (or set RADAUDIT_EXPORT_DIR and RADAUDIT_DATA_DIR)")
-    run_assets(_resource(args.export, args.data, args), selection="group:ingest or group:labels")
+    run_assets(_resource(args.export, args.data, args), selection="group:ingest or group:labels", wait_s=args.wait,
+               what="radaudit ingest")
     _print_ingest_summary(Path(args.data))
     return 0
 
@@ -248,7 +307,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         raise ValueError("give --export and --data (or set RADAUDIT_EXPORT_DIR and RADAUDIT_DATA_DIR)")
     if args.selection is not None:
         _check_selection(args.selection)
-    result = run_assets(_resource(args.export, args.data, args), _audit_config(args), selection=args.selection)
+    result = run_assets(_resource(args.export, args.data, args), _audit_config(args), selection=args.selection,
+                        wait_s=args.wait, what=f"radaudit {args.command}")
     done = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})
     print(f"materialized {len(done)} assets: {', '.join(done)}")
     report = Path(args.data) / "reports" / "mislabel_report.csv"
@@ -350,7 +410,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     skipped = [dg.AssetKey([kind, m]) for m in METHODS if m not in methods
                for kind in ("backbone", "embeddings", "oof_probabilities")]
     selection = dg.AssetSelection.all() - dg.AssetSelection.assets(*skipped) if skipped else None
-    result = run_assets(_resource(export, data, args), audit, selection)
+    result = run_assets(_resource(export, data, args), audit, selection, wait_s=args.wait, what="radaudit demo")
     _print_ingest_summary(data)
     print(f"report: {data / 'reports' / 'mislabel_report.csv'}")
     print(f"        {data / 'reports' / 'mislabel_report.html'}")

@@ -1,0 +1,109 @@
+"""One writer per data dir: an advisory lock that a second run waits for, or fails on with a clear line.
+
+Two runs on one data dir (a nightly job and a steward's materialization from the Dagster UI, two
+CLI runs) would otherwise interleave their writes: every file is replaced atomically, but a
+report could mix one run's probabilities with another's embeddings. Each step that writes holds
+:func:`data_dir_lock`; the CLI holds it for its whole run. The lock is ``flock`` on
+``<data dir>/.radaudit.lock``: the kernel drops it when its holder dies (kill -9 included), so a
+crashed run never leaves a stale lock. The file names its holder (pid, what, since) for the
+message a waiting run prints. Re-entrant within one process (the CLI's in-process steps).
+
+    with data_dir_lock("data", what="radaudit audit", wait_s=0):
+        ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from pacs.checks import InputError
+
+__all__ = ["LOCK_FILE", "DataDirBusy", "data_dir_lock"]
+
+LOCK_FILE = ".radaudit.lock"
+_held: dict[str, int] = {}  # resolved lock path -> depth, in this process
+_guard = threading.Lock()
+
+
+class DataDirBusy(InputError):
+    """Another run holds the data dir's lock."""
+
+
+def _holder(path: Path) -> str:
+    """What the lock file says about its holder ("" if unreadable)."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def data_dir_lock(data_dir: str | os.PathLike[str], *, what: str, wait_s: float = 0.0, poll_s: float = 1.0,
+                  on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold the data dir's lock for the block.
+
+    Args:
+        data_dir: The data dir (created if missing: a run writes there anyway).
+        what: Who holds it, shown to a run that waits (e.g. ``"radaudit audit"``, ``"asset ingest"``).
+        wait_s: Seconds to wait for another holder; 0 = fail at once.
+        poll_s: Seconds between tries while waiting.
+        on_wait: Called once with the holder's description when the lock is busy.
+
+    Raises:
+        DataDirBusy: The lock stayed busy for ``wait_s`` seconds; the message names the holder.
+    """
+    if wait_s < 0:
+        raise ValueError(f"wait_s must be >= 0, got {wait_s}")
+    path = Path(data_dir) / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = str(path.resolve())
+    with _guard:
+        if _held.get(key):
+            _held[key] += 1
+            reentered = True
+        else:
+            reentered = False
+    if reentered:
+        try:
+            yield
+        finally:
+            with _guard:
+                _held[key] -= 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _holder(path) or "another process"
+                if time.monotonic() >= deadline:
+                    waited = f" after waiting {wait_s:g} s" if wait_s else ""
+                    raise DataDirBusy(f"data dir {data_dir} is in use by {holder}{waited}; wait for that run to "
+                                      "end, or give another data dir") from None
+                if not told and on_wait is not None:
+                    on_wait(f"data dir {data_dir} is in use by {holder}; waiting up to {wait_s:g} s")
+                    told = True
+                time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({what}, since {time.strftime('%Y-%m-%d %H:%M:%S %Z')})\n".encode(), 0)
+        with _guard:
+            _held[key] = 1
+        try:
+            yield
+        finally:
+            with _guard:
+                _held.pop(key, None)
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
