@@ -112,6 +112,8 @@ _MEMO_ENTRIES = 1 << 14
 _MEMO_VALUE_BYTES = 256
 _UNIQUE_TAGS = frozenset({BaseTag(tag_for_keyword("SOPInstanceUID"))})  # one value per file: never memoized
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
 # Values larger than this are not read into memory while parsing the header.
 _DEFER_BYTES = 64 * 1024
 
@@ -311,9 +313,11 @@ def _convert(raw: Any, encodings: list[str], ds: Dataset, *, integer: bool) -> A
         return None
     if integer:
         try:
-            return int(value[0] if isinstance(value, (list, MultiValue)) else value)
-        except (TypeError, ValueError):
+            number = int(value[0] if isinstance(value, (list, MultiValue)) else value)
+        except (TypeError, ValueError, OverflowError):
             return None
+        # A damaged IS (20 digits) must not reach the index's int64 columns: recorded as missing.
+        return number if _INT64_MIN <= number <= _INT64_MAX else None
     if isinstance(value, (list, MultiValue)):
         return "\\".join(str(v) for v in value)
     text = str(value).strip()

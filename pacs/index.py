@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -133,6 +134,7 @@ def update_index(
     workers: int = 1,
     file_timeout_s: float = 60.0,
     now: pd.Timestamp | None = None,
+    worker_memory_mb: int | None = None,
 ) -> IndexUpdate:
     """Scan the export and bring the index and error tables up to date (in memory; see ``write``).
 
@@ -145,6 +147,7 @@ def update_index(
         workers: Processes for header reading (1 = in this process).
         file_timeout_s: Wall-time limit for reading one header in a worker process.
         now: Timestamp for first_seen / missing_since (default: the current time).
+        worker_memory_mb: Address space a header worker process may add (``run_isolated``); None: no limit.
     """
     root = Path(export_root)
     if not root.is_dir():
@@ -197,7 +200,7 @@ def update_index(
         kept["present"] = present
 
     rows, header_errors = read_headers(root, todo, key=key, workers=workers, now=now, timeout_s=file_timeout_s,
-                                       path_hashes=hashes)
+                                       path_hashes=hashes, memory_limit_mb=worker_memory_mb)
     errors_now = [error_row(p, None, None, "discover", reason, now, path_hash=path_key(p, key))
                   for p, reason in walk_errors]
     _redact(rows, header_errors + errors_now, kept_index=kept_index, kept_errors=kept_errors, real_paths=real_paths,
@@ -342,7 +345,7 @@ def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, kep
 
 def read_headers(
     root: Path, files: Sequence[FoundFile], *, key: bytes, workers: int, now: pd.Timestamp, timeout_s: float = 60.0,
-    path_hashes: Mapping[str, str] | None = None,
+    path_hashes: Mapping[str, str] | None = None, memory_limit_mb: int | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Read the headers of ``files``; return (index rows, error rows).
 
@@ -353,12 +356,14 @@ def read_headers(
 
     Args:
         path_hashes: ``path_key(f.path, key)`` of the files where the caller has it already.
+        memory_limit_mb: Address space each worker process may add (see ``run_isolated``).
     """
     jobs = [(str(root / f.path), key) for f in files]
     results: list[dict[str, Any] | HeaderError | JobFailure]
     if workers > 1 and len(jobs) >= POOL_MIN_FILES:
         results = run_isolated(_read_one, jobs, workers=workers, timeout_s=timeout_s,
-                               action="reading the header", actor="header reader", chunk_size=HEADER_CHUNK)
+                               action="reading the header", actor="header reader", chunk_size=HEADER_CHUNK,
+                               memory_limit_mb=memory_limit_mb)
     else:
         results = [_read_one(job) for job in jobs]
     rows, errors = [], []
@@ -400,7 +405,7 @@ class JobFailure:
 
 def run_isolated(
     fn: Callable[[Any], Any], jobs: Sequence[Any], *, workers: int, timeout_s: float, action: str, actor: str,
-    progress: Callable[[int, int], None] | None = None, chunk_size: int = 1,
+    progress: Callable[[int, int], None] | None = None, chunk_size: int = 1, memory_limit_mb: int | None = None,
 ) -> list[Any]:
     """``[fn(job) for job in jobs]``, in worker processes under a wall-time limit per job.
 
@@ -423,14 +428,20 @@ def run_isolated(
         actor: What runs it, for a crash: "decoder" -> "decoder crashed (exit code -11: killed by SIGSEGV)".
         progress: Called as ``progress(done, total)`` after each job or chunk.
         chunk_size: Jobs per worker task (1: each job alone).
+        memory_limit_mb: Address space each worker may map beyond what it inherits (``RLIMIT_AS``,
+            see :func:`limit_address_space`): a decoder that tries to allocate more fails in that
+            worker (``MemoryError``, or the worker dies), which becomes the job's reason. None: no limit.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    if memory_limit_mb is not None and memory_limit_mb < 1:
+        raise ValueError(f"memory_limit_mb must be a positive number of MiB or None, got {memory_limit_mb}")
     if not jobs:
         return []
     chunks = [list(jobs[i : i + chunk_size]) for i in range(0, len(jobs), chunk_size)]
     results: list[Any] = []
-    pool = ProcessPool(max_workers=max(1, min(workers, len(chunks))))
+    pool = ProcessPool(max_workers=max(1, min(workers, len(chunks))),
+                       initializer=limit_address_space if memory_limit_mb else None, initargs=(memory_limit_mb,))
     try:
         futures = [
             pool.schedule(fn, args=(chunk[0],), timeout=timeout_s) if len(chunk) == 1
@@ -457,6 +468,26 @@ def run_isolated(
         stopping.start()
         _STOPPING[:] = [t for t in _STOPPING if t.is_alive()] + [stopping]
     return results
+
+
+def limit_address_space(extra_mb: int) -> None:
+    """Let this process map at most ``extra_mb`` MiB of address space beyond what it maps now (``RLIMIT_AS``).
+
+    Run in each worker at its start. Relative to the inherited size, because a forked worker maps
+    all of its parent (a process with CUDA libraries loaded maps tens of GB it never touches). A
+    damaged file whose decoder asks for gigabytes then gets ``MemoryError`` (or its worker dies)
+    instead of pushing the machine into the out-of-memory killer. A no-op where ``/proc`` is absent.
+    """
+    try:
+        with open("/proc/self/statm") as f:
+            mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = mapped + (extra_mb << 20)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
 def wait_for_workers() -> None:

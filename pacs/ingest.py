@@ -45,6 +45,9 @@ class IngestConfig:
         full_rebuild: Forget the previous index and cache and process every file again.
         retry_errors: Try again files that failed in an earlier run although they did not change.
         pseudonym_key: Key for the patient pseudonym; None = generated once under the data dir.
+        worker_memory_mb: Address space a worker process may add beyond what it inherits (MiB):
+            a damaged file whose decoder asks for more becomes an error row instead of exhausting
+            the machine's memory. None: no limit.
     """
 
     export_dir: str | os.PathLike[str]
@@ -55,12 +58,16 @@ class IngestConfig:
     full_rebuild: bool = False
     retry_errors: bool = False
     pseudonym_key: str | None = None
+    worker_memory_mb: int | None = 4096
 
     def __post_init__(self) -> None:
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0 = all cores), got {self.workers}")
         if self.file_timeout_s <= 0:
             raise ValueError(f"file_timeout_s must be positive, got {self.file_timeout_s}")
+        if self.worker_memory_mb is not None and self.worker_memory_mb < 256:
+            raise ValueError(f"worker_memory_mb must be at least 256 (MiB) or None for no limit, "
+                             f"got {self.worker_memory_mb}")
 
     @property
     def n_workers(self) -> int:
@@ -92,6 +99,7 @@ def run_ingest(config: IngestConfig, *, progress: Callable[[int, int], None] | N
     update = ix.update_index(
         config.export_dir, data_dir, key=key, full_rebuild=config.full_rebuild,
         retry_errors=config.retry_errors, workers=config.n_workers, file_timeout_s=config.file_timeout_s, now=now,
+        worker_memory_mb=config.worker_memory_mb,
     )
     prev_manifest = (
         ix.empty_frame(MANIFEST_SCHEMA) if config.full_rebuild else ix.read_table(data_dir / MANIFEST_PATH, MANIFEST_SCHEMA)
@@ -175,7 +183,8 @@ def _decode_all(
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
     results = ix.run_isolated(cache_one, jobs, workers=config.n_workers, timeout_s=config.file_timeout_s,
-                              action="decoding", actor="decoder", progress=progress)
+                              action="decoding", actor="decoder", progress=progress,
+                              memory_limit_mb=config.worker_memory_mb)
     for job, res in zip(jobs, results):
         if isinstance(res, ix.JobFailure):
             failures.append({**_who(job), "reason": res.reason.replace(job["abs_path"], job["path"])})

@@ -159,6 +159,7 @@ def decode_image(
     check_pixel_plausibility(ds, file_size)
     ts = _transfer_syntax(ds)
     _check_decodable(ts)
+    _check_codestream_size(ds, ts)
 
     rows, cols = int(ds.Rows), int(ds.Columns)
     frames = _frames(ds)
@@ -345,6 +346,72 @@ def _check_decodable(ts: str) -> None:
         missing = "; ".join(decoder.missing_dependencies)
         hint = "install pylibjpeg-openjpeg" if ts in J2K_SYNTAXES else "install python-gdcm"
         raise PixelDataError(f"transfer syntax {ts} ({uid.name}) cannot be decoded: {hint} ({missing})")
+
+
+# JPEG start-of-frame markers (SOF0-3, 5-7, 9-11, 13-15; SOF55 of JPEG-LS): they carry the frame's size.
+_JPEG_SOF = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7})
+_ITEM = b"\xfe\xff\x00\xe0"
+
+
+def _check_codestream_size(ds: Dataset, ts: str) -> None:
+    """Refuse an encapsulated first frame whose codestream declares another size than Rows x Columns.
+
+    Decoders allocate what the codestream header says (OpenJPEG; CharLS in GDCM): a damaged
+    64 x 64 JPEG 2000 frame whose header says 40000 x 40000 made a worker touch 6 GB before
+    failing, and GDCM aborts its process (SIGABRT) when Rows x Columns exceed a JPEG-LS frame.
+    The plausibility check bounds Rows x Columns; this ties the codestream to them. Such a frame
+    never decodes into the declared image anyway.
+    """
+    if not UID(ts).is_encapsulated or "PixelData" not in ds:
+        return
+    try:
+        found = _codestream_size(_first_fragment(ds.PixelData))
+    except Exception:  # noqa: BLE001 - a broken encapsulation is the decoder's to report
+        return
+    if found is None:
+        return
+    name, rows, cols = found
+    if (rows, cols) != (int(ds.Rows), int(ds.Columns)):
+        raise PixelDataError(
+            f"the {name} codestream declares {rows} x {cols} pixels (rows x columns), the header "
+            f"{int(ds.Rows)} x {int(ds.Columns)}: damaged, refused before a decoder allocates or overruns it"
+        )
+
+
+def _first_fragment(pixel_data: bytes, limit: int = 1 << 16) -> bytes:
+    """The first ``limit`` bytes of the first fragment after the Basic Offset Table (b"" if none)."""
+    if pixel_data[:4] != _ITEM:
+        return b""
+    pos = 8 + int.from_bytes(pixel_data[4:8], "little")
+    if pixel_data[pos : pos + 4] != _ITEM:
+        return b""
+    length = int.from_bytes(pixel_data[pos + 4 : pos + 8], "little")
+    return bytes(pixel_data[pos + 8 : pos + 8 + min(length, limit)])
+
+
+def _codestream_size(data: bytes) -> tuple[str, int, int] | None:
+    """(codestream kind, rows, columns) from a JPEG, JPEG-LS or JPEG 2000 header, or None if none is found."""
+    start = data[:4096].find(b"\xff\x4f\xff\x51")  # SOC, SIZ (also inside a JP2 wrapper)
+    if start >= 0 and len(data) >= start + 24:
+        x, y, x0, y0 = (int.from_bytes(data[start + 8 + 4 * k : start + 12 + 4 * k], "big") for k in range(4))
+        return ("JPEG 2000", y - y0, x - x0) if x > x0 and y > y0 else None
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 9 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker in _JPEG_SOF:
+            rows, cols = int.from_bytes(data[pos + 5 : pos + 7], "big"), int.from_bytes(data[pos + 7 : pos + 9], "big")
+            return ("JPEG-LS" if marker == 0xF7 else "JPEG", rows, cols) if rows and cols else None
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
 
 
 def _decode_first_frame(path: Path, ds: Dataset, ts: str) -> np.ndarray:
