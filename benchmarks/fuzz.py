@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._figures import Figures  # noqa: E402
 from pacs import fuzz  # noqa: E402
+from pacs import io  # noqa: E402
 from pacs import index as ix  # noqa: E402
 from pacs.cache import CacheParams  # noqa: E402
 from pacs.ingest import IngestConfig, run_ingest  # noqa: E402
@@ -123,6 +124,7 @@ def main() -> int:
     logging.getLogger("pacs").setLevel(logging.ERROR)  # one warning per failed file: the tables have them
 
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="radaudit-fuzz-"))
+    root.mkdir(parents=True, exist_ok=True)
     figures = Figures("fuzz", args.json, {k: v for k, v in vars(args).items()} | {"cpus": mp.cpu_count()})
     t0 = time.perf_counter()
     sources = fuzz.default_sources(synth_dir=root)
@@ -181,6 +183,8 @@ def main() -> int:
                      .to_string(max_colwidth=90))
 
     failed = crashes or neither or both or (base["traceback"] is not None)
+    if args.out or failed:
+        io.write_parquet_frame(acc, root / "outcome.parquet")  # per file: source, mutation, table, reason
     if failed:
         figures.note(f"FAILED: corpus and data kept under {root}")
     elif not args.out:

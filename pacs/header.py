@@ -1,8 +1,9 @@
 """Read the header of one DICOM file into an index row, without touching the pixel data.
 
 Only the tags the index needs are parsed (``specific_tags``), the pixel data is never read,
-and large values are deferred, so a damaged length field cannot make the reader allocate
-or read gigabytes. The file is opened once; conversions of header values that files share
+large values are deferred, and a large read past the end of the file is refused (file meta
+values are never deferred), so a damaged length field cannot make the reader allocate or read
+gigabytes. The file is opened once; conversions of header values that files share
 (a study's UIDs, the modality, sizes, descriptions) are memoized on their raw bytes.
 """
 
@@ -116,6 +117,46 @@ _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 # Values larger than this are not read into memory while parsing the header.
 _DEFER_BYTES = 64 * 1024
+# A read larger than this past the end of the file is a damaged length (see _BoundedFile).
+_LARGE_READ = 1 << 20
+
+
+class _BoundedFile:
+    """A binary file whose large reads cannot ask for more bytes than the file holds.
+
+    pydicom reads a value by its declared length, and a file's ``read(n)`` allocates ``n`` bytes
+    before reading: a damaged 4 GB length on a file meta element (never deferred) or on a
+    deferred value read later allocated 4 GB, a MemoryError under a worker's memory limit. A
+    read of more than ``_LARGE_READ`` bytes past the end of the file raises EOFError instead (a
+    damaged length or a truncated file). Not an ``io.BufferedReader``, so pydicom re-opens the
+    file with this class for deferred values (``type(fp)(path, "rb")``); only ``read`` is Python.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], mode: str = "rb") -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close() or the with block
+        self.name = self._file.name
+        self.size = os.fstat(self._file.fileno()).st_size
+        self.seek, self.tell, self.fileno, self.close = self._file.seek, self._file.tell, self._file.fileno, \
+            self._file.close
+        self.refused: str | None = None  # why a read was refused (pydicom turns the EOFError into a warning)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the file is closed (pydicom then re-opens it by name for a deferred value)."""
+        return self._file.closed
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is not None and n > _LARGE_READ and n > self.size - self.tell():
+            self.refused = (f"an element declares {n} bytes where {max(0, self.size - self.tell())} remain in the "
+                            "file (a damaged length or a truncated file)")
+            raise EOFError(self.refused)
+        return self._file.read(n)
+
+    def __enter__(self) -> _BoundedFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
 
 
 class HeaderError(ValueError):
@@ -148,12 +189,12 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
     """
     path = Path(path)
     try:
-        fp = open(path, "rb")
+        fp = _BoundedFile(path)
     except OSError as exc:
         raise HeaderError(f"cannot read file: {exc.strerror or exc}", stage="discover") from exc
     with fp:
         try:
-            file_size = os.fstat(fp.fileno()).st_size
+            file_size = fp.size
             head = fp.read(_SNIFF_BYTES)
         except OSError as exc:
             raise HeaderError(f"cannot read file: {exc.strerror or exc}", stage="discover") from exc
@@ -172,6 +213,8 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
                 defer_size=_DEFER_BYTES,
                 specific_tags=_SPECIFIC_TAG_NUMBERS,
             )
+            if fp.refused:
+                raise EOFError(fp.refused)
             pixel = _probe_pixel_element(fp, ds)
             if pixel is None and _transfer_syntax(ds) == pydicom.uid.DeflatedExplicitVRLittleEndian:
                 # The dataset was inflated into memory, so the file position says nothing: look again.
@@ -288,7 +331,10 @@ def _value(ds: Dataset, tag: BaseTag, encodings: list[str], enc_key: tuple[str, 
     The conversion depends only on the tag, VR, bytes, byte order and character set.
     """
     # get_item + convert_raw_data_element skip Dataset's attribute machinery (5x cheaper per tag).
-    raw = ds.get_item(tag)
+    try:
+        raw = ds.get_item(tag)
+    except EOFError as exc:  # a deferred value longer than the file (_BoundedFile)
+        raise HeaderError(f"unreadable DICOM header: EOFError: {exc}") from exc
     if raw is None:
         return None
     if tag not in _UNIQUE_TAGS and isinstance(raw, RawDataElement) and type(raw.value) is bytes \

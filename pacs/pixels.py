@@ -430,7 +430,10 @@ def _decode_first_frame(path: Path, ds: Dataset, ts: str) -> np.ndarray:
             arr = pixel_array(ds, index=0)
     except MemoryError as exc:
         raise PixelDataError("out of memory while decoding the pixel data") from exc
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's reason
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - any decoder failure is this file's reason, a Rust decoder's
+        # panic too (pyo3's PanicException is a BaseException, and cannot be pickled back from a worker)
         raise PixelDataError(f"cannot decode pixel data ({UID(ts).name}): {type(exc).__name__}: {exc}") from exc
     return arr
 

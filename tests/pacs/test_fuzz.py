@@ -298,6 +298,45 @@ def test_worker_memory_limit_bounds_a_decoder_that_allocates_what_the_codestream
     assert outcome.startswith("cannot decode pixel data") and grown < 384
 
 
+def _header_in_worker(path, memory_limit_mb: int = 256) -> str:
+    """The header reader's outcome for one file, read as the ingest reads it: in a worker under a memory limit."""
+    [result] = ix.run_isolated(ix._read_one, [(str(path), b"k")], workers=1, timeout_s=30,
+                               action="reading the header", actor="header reader", memory_limit_mb=memory_limit_mb)
+    return str(result) if isinstance(result, Exception) else "read"
+
+
+def test_huge_length_on_a_file_meta_element_is_refused_without_allocating_it(tmp_path):
+    # huge_length (seed 133): pydicom reads file meta values whole, and read(n) allocates n bytes first:
+    # 4 GB, "unexpected MemoryError while reading the header" under the worker limit.
+    out, name = fuzz.mutate(_file("CT_small.dcm"), np.random.default_rng(133), kinds=["huge_length"])
+    assert name == "huge_length:(0002,0001) OB -> 0xFFFFFFF0"
+    path = tmp_path / "meta.dcm"
+    path.write_bytes(out)
+    assert _header_in_worker(path) == (f"unreadable DICOM header: EOFError: an element declares 4294967280 bytes "
+                                       f"where {len(out) - 156} remain in the file (a damaged length or a truncated file)")
+
+
+def test_deferred_value_longer_than_the_file_is_refused_without_allocating_it(tmp_path):
+    # wrong_length (seed 400): a UN Patient ID declaring 4 GB is deferred, then read for the patient key.
+    out, name = fuzz.mutate(_file("explicit_VR-UN.dcm"), np.random.default_rng(400), kinds=["wrong_length"])
+    assert name == "wrong_length:(0010,0020) length 14 -> 4294967294"
+    path = tmp_path / "un.dcm"
+    path.write_bytes(out)
+    assert _header_in_worker(path).startswith("unreadable DICOM header: EOFError: an element declares 4294967294 bytes")
+
+
+def test_a_rust_decoder_panic_is_a_reason_not_an_unpicklable_exception(tmp_path):
+    # absurd_geometry (seed 121): pylibjpeg-rle panicked; pyo3's PanicException is a BaseException, escaped the
+    # decoder's error handling and reached the ingest as "PicklingError: Can't pickle ... PanicException".
+    out, name = fuzz.mutate(_file("rtdose_rle_1frame.dcm"), np.random.default_rng(121), kinds=["absurd_geometry"])
+    assert name == "absurd_geometry:Columns=1"
+    path = tmp_path / "rle.dcm"
+    path.write_bytes(out)
+    [result] = ix.run_isolated(_decode_peak, [str(path)], workers=1, timeout_s=30, action="decoding", actor="decoder")
+    assert not isinstance(result, ix.JobFailure), result.reason
+    assert result[0].startswith("cannot decode pixel data (RLE Lossless): PanicException: index out of bounds")
+
+
 def _allocate(mb: int) -> int:
     return int(np.ones(mb << 20, dtype=np.uint8).sum() >> 20)
 
