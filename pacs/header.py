@@ -13,6 +13,7 @@ import functools
 import os
 import re
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,9 @@ _PLAUSIBILITY_TAGS = {
     )
 }
 _SNIFF_BYTES = 132
+# RecursionError: sequences nested thousands deep; zlib.error: a dataset declared deflated that is not.
 _PYDICOM_ERRORS = (InvalidDicomError, EOFError, struct.error, OSError, ValueError, KeyError,
-                   NotImplementedError, OverflowError, TypeError, IndexError)
+                   NotImplementedError, OverflowError, TypeError, IndexError, RecursionError, zlib.error)
 
 # Memoized conversions by raw bytes (see _value); values longer than _MEMO_VALUE_BYTES are converted each time.
 _VALUES: dict[tuple[Any, ...], Any] = {}

@@ -227,7 +227,11 @@ def check_pixel_plausibility(ds: Dataset, file_size: int, *, max_bytes: int = MA
             f"{frames} frames x {bits_allocated} bits) exceeds the {_human(max_bytes)} limit"
         )
     ts = _transfer_syntax(ds)
-    if UID(ts).is_encapsulated or ts == _DEFLATED:
+    try:
+        encapsulated = UID(ts).is_encapsulated
+    except ValueError as exc:  # pydicom read it as explicit VR little endian, whatever it is
+        raise PixelDataError(f"unknown transfer syntax {ts[:64]!r}: how the pixel data are encoded is unknown") from exc
+    if encapsulated or ts == _DEFLATED:
         return
     if file_size < expected:
         raise PixelDataError(

@@ -337,6 +337,22 @@ def test_a_rust_decoder_panic_is_a_reason_not_an_unpicklable_exception(tmp_path)
     assert result[0].startswith("cannot decode pixel data (RLE Lossless): PanicException: index out of bounds")
 
 
+def test_unknown_transfer_syntax_and_deep_nesting_have_reasons_that_say_so(tmp_path):
+    # bad_transfer_syntax (seed 11) gave "unexpected ValueError while reading the header: UID is not a transfer
+    # syntax."; deep_sequence (seed 1) "unexpected RecursionError while reading the header: ...".
+    data = _file("CT_small.dcm")
+    unknown, name = fuzz.mutate(data, np.random.default_rng(11), kinds=["bad_transfer_syntax"])
+    assert name == "bad_transfer_syntax:unknown '1.2.840.10008.1.2.4.2157'"
+    deep, name = fuzz.mutate(data, np.random.default_rng(1), kinds=["deep_sequence"])
+    assert name == "deep_sequence:depth 6732, undefined lengths"
+    (tmp_path / "unknown.dcm").write_bytes(unknown)
+    (tmp_path / "deep.dcm").write_bytes(deep)
+    assert _header_in_worker(tmp_path / "unknown.dcm") == (
+        "unknown transfer syntax '1.2.840.10008.1.2.4.2157': how the pixel data are encoded is unknown")
+    assert _header_in_worker(tmp_path / "deep.dcm").startswith(
+        "unreadable DICOM header: RecursionError: maximum recursion depth exceeded")
+
+
 def _allocate(mb: int) -> int:
     return int(np.ones(mb << 20, dtype=np.uint8).sum() >> 20)
 
