@@ -89,7 +89,8 @@ def label_issues(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
     """Find label issues on the ensemble's out-of-sample probabilities."""
     with guarded(radaudit, "label_issues"):
         issues = stages.audit(radaudit.data_dir, _methods(audit), ood_threshold=audit.ood_threshold, seed=audit.seed,
-                              max_mislabel_fraction=audit.max_mislabel_fraction)
+                              max_mislabel_fraction=audit.max_mislabel_fraction,
+                              min_confidence=audit.min_mislabel_confidence)
         counts = issues["issue"].value_counts().to_dict()
         for warning in issues.attrs["warnings"]:
             context.log.warning(warning)

@@ -149,7 +149,7 @@ def test_weak_features_bound_the_flags_and_warn() -> None:
     # Near-random probabilities: confident learning alone flags most images; the cap holds it.
     p, labels, _ = _noisy(600, 6, 0.1, 0.3, seed=4)
     x = np.random.default_rng(5).standard_normal((600, 8)).astype(np.float32)
-    df = find_issues(p, labels, x, max_mislabel_fraction=0.2)
+    df = find_issues(p, labels, x, max_mislabel_fraction=0.2, min_confidence=0.05)
     assert df.attrs["cleanlab_issues"] > 0.2 * 600
     cap = int(np.floor(0.2 * ((df["label"] >= 0) & ~df["is_out_of_domain"]).sum()))
     assert (df["issue"] == "mislabel").sum() == cap
@@ -201,3 +201,20 @@ def test_header_and_pixel_evidence_make_out_of_domain_with_reason() -> None:
     assert df.loc[7, "issue"] == "out_of_domain" and "uniform or blank" in df.loc[7, "ood_reason"]
     assert set(df.loc[df["issue"] == "out_of_domain"].index) == {3, 7}
     assert set(df.sort_values("rank").head(2).index) == {3, 7}
+
+
+def test_a_mislabel_needs_a_confident_suggestion() -> None:
+    """Three images recorded as class 0 that the heads put elsewhere, at 0.95, 0.75 and 0.55."""
+    k, n = 3, 60
+    p = np.full((n, k), 0.25)
+    y = np.arange(n) % k
+    p[np.arange(n), y] = 0.5  # per-class thresholds of confident learning: 0.5
+    suggested_p = [0.95, 0.75, 0.55]
+    for row, q in zip((0, 3, 6), suggested_p):  # recorded 0; the heads say 1
+        p[row] = [(1 - q) / 2, q, (1 - q) / 2]
+    x = np.random.default_rng(0).standard_normal((n, 4)).astype(np.float32)
+    flagged = {c: set(np.flatnonzero(find_issues(p, y, x, min_confidence=c)["issue"] == "mislabel"))
+               for c in (0.5, 0.7, 0.8, 0.96)}
+    assert flagged == {0.5: {0, 3, 6}, 0.7: {0, 3}, 0.8: {0}, 0.96: set()}
+    with pytest.raises(ValueError, match="min_confidence"):
+        find_issues(p, y, x, min_confidence=1.5)
