@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,3 +54,29 @@ def write_parquet(table: pa.Table, path: str | os.PathLike[str]) -> None:
 def write_parquet_frame(df: pd.DataFrame, path: str | os.PathLike[str]) -> None:
     """Write a DataFrame as Parquet atomically (no pandas index column)."""
     write_parquet(pa.Table.from_pandas(df, preserve_index=False), path)
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is one of radaudit's temporary names (``.<target>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp") and len(name) > 5
+
+
+def remove_stale_temps(root: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporary files and folders a killed writer left under ``root``; return them.
+
+    Only safe while holding the data dir's lock (:mod:`pacs.lock`): then no writer is alive to
+    own them. A process killed between writing a temp file and renaming it leaves one behind.
+    """
+    removed = []
+    for folder, dirs, files in os.walk(root):
+        if Path(folder) == Path(root) and "dagster" in dirs:
+            dirs.remove("dagster")  # the Dagster instance's own files
+        for name in [d for d in dirs if is_temp_name(d)]:
+            shutil.rmtree(Path(folder) / name, ignore_errors=True)
+            removed.append(Path(folder) / name)
+            dirs.remove(name)
+        for name in files:
+            if is_temp_name(name):
+                (Path(folder) / name).unlink(missing_ok=True)
+                removed.append(Path(folder) / name)
+    return removed

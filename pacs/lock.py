@@ -3,10 +3,12 @@
 Two runs on one data dir (a nightly job and a steward's materialization from the Dagster UI, two
 CLI runs) would otherwise interleave their writes: every file is replaced atomically, but a
 report could mix one run's probabilities with another's embeddings. Each step that writes holds
-:func:`data_dir_lock`; the CLI holds it for its whole run. The lock is ``flock`` on
-``<data dir>/.radaudit.lock``: the kernel drops it when its holder dies (kill -9 included), so a
-crashed run never leaves a stale lock. The file names its holder (pid, what, since) for the
-message a waiting run prints. Re-entrant within one process (the CLI's in-process steps).
+:func:`data_dir_lock`; the CLI holds it for its whole run. The lock is a POSIX record lock
+(``lockf``) on ``<data dir>/.radaudit.lock``: the kernel drops it when its holder dies (kill -9
+included), so a crashed run never leaves a stale lock; unlike ``flock``, the holder's forked
+workers (decoders, data loaders) do not inherit it, so they cannot keep a killed run's lock. The file names its holder (pid, what, since) for the
+message a waiting run prints. Re-entrant within one process (the CLI's in-process steps). Taking
+it removes the temporary files a killed writer left (:func:`pacs.io.remove_stale_temps`).
 
     with data_dir_lock("data", what="radaudit audit", wait_s=0):
         ...
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -23,10 +26,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pacs.checks import InputError
+from pacs.io import remove_stale_temps
 
 __all__ = ["LOCK_FILE", "DataDirBusy", "data_dir_lock"]
 
 LOCK_FILE = ".radaudit.lock"
+log = logging.getLogger(__name__)
 _held: dict[str, int] = {}  # resolved lock path -> depth, in this process
 _guard = threading.Lock()
 
@@ -82,9 +87,9 @@ def data_dir_lock(data_dir: str | os.PathLike[str], *, what: str, wait_s: float 
         told = False
         while True:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
-            except BlockingIOError:
+            except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, as the platform reports it
                 holder = _holder(path) or "another process"
                 if time.monotonic() >= deadline:
                     waited = f" after waiting {wait_s:g} s" if wait_s else ""
@@ -96,6 +101,9 @@ def data_dir_lock(data_dir: str | os.PathLike[str], *, what: str, wait_s: float 
                 time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} ({what}, since {time.strftime('%Y-%m-%d %H:%M:%S %Z')})\n".encode(), 0)
+        stale = remove_stale_temps(path.parent)
+        if stale:
+            log.info("removed %d temporary files a stopped run left in %s", len(stale), path.parent)
         with _guard:
             _held[key] = 1
         try:
@@ -104,6 +112,6 @@ def data_dir_lock(data_dir: str | os.PathLike[str], *, what: str, wait_s: float 
             with _guard:
                 _held.pop(key, None)
             os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            fcntl.lockf(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -204,6 +204,8 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-scratch", action="store_true",
                    help="train selected backbones anew instead of resuming or keeping their last checkpoint")
     p.add_argument("--no-accession", action="store_true", help="leave the Accession Number out of the report")
+    p.add_argument("--methods", nargs="+", default=list(defaults.methods), choices=["simclr", "byol", "supcon"],
+                   help=f"methods to pretrain and ensemble (default: {' '.join(defaults.methods)})")
 
 
 def _audit_config(args: argparse.Namespace) -> Any:
@@ -212,7 +214,7 @@ def _audit_config(args: argparse.Namespace) -> Any:
     return AuditConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                        backbone=args.backbone, seed=args.seed, from_scratch=args.from_scratch,
                        devices=args.devices, gauge_dir=args.gauge_dir,
-                       include_accession=not args.no_accession)
+                       include_accession=not args.no_accession, methods=list(dict.fromkeys(args.methods)))
 
 
 def _resource(export: str | os.PathLike[str], data: str | os.PathLike[str], args: argparse.Namespace) -> Any:
@@ -252,11 +254,35 @@ def run_assets(resource: Any, audit: Any = None, selection: Any = None, *, wait_
         job = dg.define_asset_job("radaudit_cli", selection=chosen if chosen is not None else dg.AssetSelection.all())
         run_defs = dg.Definitions(assets=list(defs.assets or []), jobs=[job], loggers={"radaudit": step_lines},
                                   resources={"radaudit": resource, "audit": audit or AuditConfig()})
+        tags = {"radaudit/launcher": "cli", "radaudit/data_dir": str(Path(resource.data_dir).resolve())}
         try:
+            _reap_killed_runs(instance, tags)
             return run_defs.resolve_job_def("radaudit_cli").execute_in_process(
-                instance=instance, raise_on_error=True, run_config={"loggers": {"radaudit": {}}})
+                instance=instance, raise_on_error=True, run_config={"loggers": {"radaudit": {}}}, tags=tags)
         finally:
             instance.dispose()
+
+
+def _reap_killed_runs(instance: Any, tags: dict[str, str]) -> list[str]:
+    """Mark failed the CLI runs of this data dir that are still "started" in the instance, and free
+    their concurrency slots; return their ids.
+
+    Only a run whose process died (kill -9, a power cut) stays "started": the caller holds the
+    data dir's lock, so no other CLI run of this data dir is alive. Left alone, the dead run
+    would keep its slot of the GPU pool, and every later run would wait for it forever.
+    """
+    import dagster as dg
+
+    alive = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.CANCELING]
+    reaped = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=alive, tags=tags)):
+        instance.report_run_failed(run, message="its radaudit process died (killed or crashed); a later run "
+                                   "freed its concurrency slots")
+        if instance.event_log_storage.supports_global_concurrency_limits:
+            instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        log.warning("run %s of this data dir was left unfinished by a process that died; marked failed", run.run_id)
+        reaped.append(run.run_id)
+    return reaped
 
 
 def _resolve(selection: Any) -> set[Any]:
@@ -307,7 +333,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         raise ValueError("give --export and --data (or set RADAUDIT_EXPORT_DIR and RADAUDIT_DATA_DIR)")
     if args.selection is not None:
         _check_selection(args.selection)
-    result = run_assets(_resource(args.export, args.data, args), _audit_config(args), selection=args.selection,
+    selection = args.selection if args.selection is not None else _only_methods(args.methods)
+    result = run_assets(_resource(args.export, args.data, args), _audit_config(args), selection=selection,
                         wait_s=args.wait, what=f"radaudit {args.command}")
     done = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})
     print(f"materialized {len(done)} assets: {', '.join(done)}")
@@ -315,6 +342,17 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if report.exists():
         print(f"report: {report}")
     return 0
+
+
+def _only_methods(methods: Sequence[str]) -> Any:
+    """Every asset but the other methods' backbones, embeddings and heads (None: all methods)."""
+    import dagster as dg
+
+    from assets.models import METHODS
+
+    skipped = [dg.AssetKey([kind, m]) for m in METHODS if m not in methods
+               for kind in ("backbone", "embeddings", "oof_probabilities")]
+    return dg.AssetSelection.all() - dg.AssetSelection.assets(*skipped) if skipped else None
 
 
 def _check_selection(selection: str) -> None:
@@ -386,9 +424,6 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    import dagster as dg
-
-    from assets.models import METHODS
     from assets.resources import AuditConfig
     from models.presets import GPU_REFERENCE, PRESETS
     from models.stages import evaluate_against_truth, load_audit_summary
@@ -406,11 +441,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                         image_size=min(args.image_size, args.size), supcon_cross_fit=preset.supcon_cross_fit,
                         on_cpu="as_is", tau_base=preset.tau_base, num_workers=min(preset.num_workers, os.cpu_count() or 1),
                         seed=args.seed, truth_path=str(truth))
-    # Only the chosen methods' backbones, embeddings and heads; everything else as in a real run.
-    skipped = [dg.AssetKey([kind, m]) for m in METHODS if m not in methods
-               for kind in ("backbone", "embeddings", "oof_probabilities")]
-    selection = dg.AssetSelection.all() - dg.AssetSelection.assets(*skipped) if skipped else None
-    result = run_assets(_resource(export, data, args), audit, selection, wait_s=args.wait, what="radaudit demo")
+    result = run_assets(_resource(export, data, args), audit, _only_methods(methods), wait_s=args.wait,
+                        what="radaudit demo")
     _print_ingest_summary(data)
     print(f"report: {data / 'reports' / 'mislabel_report.csv'}")
     print(f"        {data / 'reports' / 'mislabel_report.html'}")

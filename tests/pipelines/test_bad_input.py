@@ -185,3 +185,16 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path):
         with data_dir_lock(tmp_path, what="inner"):  # the CLI holds it while its steps take it again
             assert "outer" in (tmp_path / LOCK_FILE).read_text()
     assert (tmp_path / LOCK_FILE).read_text() == ""
+
+
+def test_taking_the_lock_sweeps_what_a_killed_writer_left(tmp_path):
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / ".dicom_index.parquet.k2j3.tmp").write_bytes(b"half")
+    (tmp_path / "models" / ".epoch-0002.tmp").mkdir(parents=True)
+    (tmp_path / "dagster").mkdir()
+    (tmp_path / "dagster" / ".runs.db.tmp").write_bytes(b"Dagster's own")
+    (tmp_path / "index" / "dicom_index.parquet").write_bytes(b"whole")
+    with data_dir_lock(tmp_path, what="test"):
+        pass
+    assert files_under(tmp_path) == sorted([LOCK_FILE, "dagster", "dagster/.runs.db.tmp", "index",
+                                            "index/dicom_index.parquet", "models"])

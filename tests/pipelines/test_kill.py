@@ -1,0 +1,110 @@
+"""kill -9 at every stage of a CLI audit, then rerun: nothing lost, nothing doubled, the same report.
+
+A real process is killed: `radaudit audit` runs in a subprocess, and at each kill point (ingest
+while decoding, pretraining in its second epoch, embeddings, heads, label issues, report
+writing) the test reads the run's progress line, then sends SIGKILL. The next run starts where
+the killed one stopped; after the last kill a run completes, and its outputs are compared with
+those of a run that was never interrupted. (A run killed in a GPU-pool step left its pool slot
+taken, and every later run waited for it forever, until the CLI learnt to reap dead runs.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pacs.io import is_temp_name
+from pacs.synth import generate_export
+
+ROOT = Path(__file__).resolve().parents[2]
+# (step, text of its progress line): the run is killed as soon as the line appears.
+KILL_POINTS = [
+    ("ingest", "decoded"),
+    ("backbone__simclr", "simclr epoch 1/2"),
+    ("embeddings__simclr", "started"),
+    ("oof_probabilities__simclr", "started"),
+    ("label_issues", "started"),
+    ("mislabel_report", "started"),
+]
+
+
+def audit_command(export: Path, data: Path) -> list[str]:
+    return [sys.executable, "-m", "pipelines.cli", "audit", "--export", str(export), "--data", str(data),
+            "--size", "32", "--workers", "1", "--epochs", "2", "--batch-size", "16", "--image-size", "32",
+            "--methods", "simclr"]
+
+
+def environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    return env | {"RADAUDIT_PSEUDONYM_KEY": "kill-test", "PYTHONUNBUFFERED": "1"}
+
+
+def run_until(command: list[str], step: str, text: str, log: Path) -> list[str]:
+    """Run ``command`` and SIGKILL it at the first progress line of ``step`` containing ``text``.
+
+    stderr goes to ``log`` (a pipe nobody reads would fill with progress bars and stall the run)."""
+    with open(log, "w") as errors:
+        proc = subprocess.Popen(command, cwd=ROOT, env=environment(), stdout=subprocess.PIPE, stderr=errors,
+                                text=True)
+    assert proc.stdout is not None
+    watchdog = threading.Timer(300, proc.kill)  # a run that hangs fails the test instead of stalling CI
+    watchdog.start()
+    seen = []
+    for line in proc.stdout:
+        seen.append(line.rstrip())
+        if f" {step}: " in line and text in line:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.stdout.close()
+    rc = proc.wait()
+    watchdog.cancel()
+    err = log.read_text()
+    assert rc == -signal.SIGKILL, f"the run ended (rc {rc}) before {step!r} said {text!r}:\n" + \
+        "\n".join(seen[-15:]) + "\n" + err[-2000:]
+    return seen
+
+
+def finish(command: list[str]) -> None:
+    done = subprocess.run(command, cwd=ROOT, env=environment(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def report(data: Path) -> pd.DataFrame:
+    return pd.read_csv(data / "reports" / "mislabel_report.csv", encoding="utf-8-sig")
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("kill")
+    generate_export(root / "export", root / "truth.parquet", n=40, seed=3, size=64, noise=0.1, ood=0.05)
+    return root / "export"
+
+
+def test_kill_at_every_stage_then_rerun_gives_the_uninterrupted_report(export, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    finish(audit_command(export, straight))
+    for step, text in KILL_POINTS:
+        run_until(audit_command(export, killed), step, text, tmp_path / "stderr.log")
+    finish(audit_command(export, killed))
+
+    pd.testing.assert_frame_equal(report(killed), report(straight))
+    assert (killed / "reports" / "mislabel_report.html").read_bytes() == \
+        (straight / "reports" / "mislabel_report.html").read_bytes()
+    for name in ("embeddings/simclr.npy", "probabilities/simclr.npy", "probabilities/ensemble.npy"):
+        np.testing.assert_array_equal(np.load(killed / name), np.load(straight / name), err_msg=name)
+    index = pd.read_parquet(killed / "index" / "dicom_index.parquet")
+    assert len(index) == len(pd.read_parquet(straight / "index" / "dicom_index.parquet"))
+    assert index["path_hash"].is_unique and index["sop_instance_uid"].is_unique  # nothing doubled
+    assert pd.read_parquet(killed / "index" / "ingest_errors.parquet").empty
+    manifest = pd.read_parquet(killed / "cache" / "manifest.parquet")
+    assert manifest["sop_instance_uid"].is_unique and set(manifest["sop_instance_uid"]) == set(index["sop_instance_uid"])
+    leftovers = [p for p in killed.rglob("*") if is_temp_name(p.name) and "dagster" not in p.parts]
+    assert leftovers == []  # a killed writer's temp files are swept by the next run
