@@ -198,3 +198,24 @@ def test_taking_the_lock_sweeps_what_a_killed_writer_left(tmp_path):
         pass
     assert files_under(tmp_path) == sorted([LOCK_FILE, "dagster", "dagster/.runs.db.tmp", "index",
                                             "index/dicom_index.parquet", "models"])
+
+
+def test_a_step_from_the_ui_waits_for_the_cli_run_then_fails_with_who_holds_it(tmp_path):
+    """A steward materializes from the UI while a CLI run holds the data dir: the step waits
+    ``lock_wait_s``, then fails (not retried) naming the holder."""
+    from assets.labels import region_labels
+    from assets.resources import RadauditConfig
+
+    (tmp_path / "export").mkdir()
+    holder = hold_lock(tmp_path / "data", 30)
+    try:
+        resource = RadauditConfig(export_dir=str(tmp_path / "export"), data_dir=str(tmp_path / "data"),
+                                  lock_wait_s=0.5)
+        result = dg.materialize([region_labels], resources={"radaudit": resource}, raise_on_error=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    description = failure.step_failure_data.user_failure_data.description
+    assert description.startswith(f"data dir {tmp_path / 'data'} is in use by pid {holder.pid} (radaudit audit, since ")
+    assert "after waiting 0.5 s" in description
