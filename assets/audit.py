@@ -129,7 +129,8 @@ def mislabel_report(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
             context.log.warning(warning)
         yield dg.MaterializeResult(metadata={
             "warnings": "\n".join(warnings) or "none",
-            "dagster/row_count": len(csv), "csv": str(files.csv_path), "html": str(files.html_path),
+            "dagster/row_count": len(csv), "csv": dg.MetadataValue.path(str(files.csv_path.resolve())),
+                "html": dg.MetadataValue.url(files.html_path.resolve().as_uri()),
             "flagged_fraction": round(fraction, 4), "top_flags": dg.MetadataValue.md(preview.to_markdown(index=False)
                                                                                      if len(preview) else "_none_"),
         })

@@ -338,9 +338,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                         wait_s=args.wait, what=f"radaudit {args.command}")
     done = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})
     print(f"materialized {len(done)} assets: {', '.join(done)}")
-    report = Path(args.data) / "reports" / "mislabel_report.csv"
+    report = Path(args.data).resolve() / "reports" / "mislabel_report.csv"
     if report.exists():
-        print(f"report: {report}")
+        print(f"report: {report}\n        {report.with_suffix('.html')}")
     return 0
 
 
@@ -381,9 +381,12 @@ def _cmd_instance(args: argparse.Namespace) -> int:
     else:
         raise ValueError("set DAGSTER_HOME, or give --data (or set RADAUDIT_DATA_DIR)")
     target = home / "dagster.yaml"
-    if target.exists() and not args.force:
-        raise FileExistsError(f"{target} exists; --force replaces it")
     settings = settings_file()
+    if target.exists() and target.read_bytes() == settings.read_bytes():
+        print(f"{target} already holds radaudit's settings\nnow: DAGSTER_HOME={home} dagster dev -m pipelines.definitions")
+        return 0
+    if target.exists() and not args.force:
+        raise FileExistsError(f"{target} exists and differs from radaudit's settings ({settings}); --force replaces it")
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(settings, target)
     print(f"wrote {target}\nnow: DAGSTER_HOME={home} dagster dev -m pipelines.definitions")
@@ -444,8 +447,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_assets(_resource(export, data, args), audit, _only_methods(methods), wait_s=args.wait,
                         what="radaudit demo")
     _print_ingest_summary(data)
-    print(f"report: {data / 'reports' / 'mislabel_report.csv'}")
-    print(f"        {data / 'reports' / 'mislabel_report.html'}")
+    print(f"report: {data.resolve() / 'reports' / 'mislabel_report.csv'}")
+    print(f"        {data.resolve() / 'reports' / 'mislabel_report.html'}")
     for warning in load_audit_summary(data).get("warnings", []):
         print(f"WARNING: {warning}")
     scores = evaluate_against_truth(data, truth)

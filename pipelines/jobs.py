@@ -67,12 +67,49 @@ def new_export_sensor(context: dg.SensorEvaluationContext, radaudit: RadauditCon
     def digest(name: str) -> str:
         return path_key(name, key)[:16]
 
-    seen = set(json.loads(context.cursor)) if context.cursor else set()
     root = Path(radaudit.export_dir)
     folders = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if context.cursor:
+        seen = set(json.loads(context.cursor))
+    else:  # first look (a new sensor, a new instance): what is ingested already is not new
+        known = _ingested_paths(radaudit.data_path)
+        seen = {digest(name) for name in folders if _holds_ingested_file(root, name, known, key)}
     new = [digest(name) for name in folders if digest(name) not in seen]
     if not new:
+        if not context.cursor:
+            context.update_cursor(json.dumps(sorted(seen)))
         return dg.SkipReason("no new folder in the export")
     context.update_cursor(json.dumps(sorted(seen | set(new))))
     return dg.RunRequest(run_key=f"export:{min(new)}:{len(seen) + len(new)}",
                          tags={"radaudit/new_folders": str(len(new))})
+
+
+def _ingested_paths(data_dir: Path) -> frozenset[str]:
+    """The path hashes of every file in the index or the errors (empty before the first ingest)."""
+    import pandas as pd
+
+    from pacs.index import ERRORS_PATH, INDEX_PATH
+
+    hashes: set[str] = set()
+    for table in (INDEX_PATH, ERRORS_PATH):
+        if (data_dir / table).exists():
+            hashes |= set(pd.read_parquet(data_dir / table, columns=["path_hash"])["path_hash"])
+    return frozenset(hashes)
+
+
+def _holds_ingested_file(root: Path, folder: str, known: frozenset[str], key: bytes, *, look_at: int = 20) -> bool:
+    """Whether one of the first ``look_at`` files under ``root/folder`` was ingested before."""
+    from pacs.pseudo import path_key
+
+    if not known:
+        return False
+    looked = 0
+    for parent, _, files in os.walk(root / folder):
+        for name in sorted(files):
+            rel = os.path.relpath(os.path.join(parent, name), root).replace(os.sep, "/")
+            if path_key(rel, key) in known:
+                return True
+            looked += 1
+            if looked >= look_at:
+                return False
+    return False

@@ -74,6 +74,9 @@ def test_report_is_ranked_and_checked(audited):
     assert "<table" in html or "<div" in html
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["schema"] and checks["ranks_sorted"] and checks["flag_fraction"]
+    (mat,) = result.asset_materializations_for_node("mislabel_report")
+    assert mat.metadata["csv"].value == str((data / "reports" / "mislabel_report.csv").resolve())  # absolute
+    assert mat.metadata["html"].value == (data / "reports" / "mislabel_report.html").resolve().as_uri()
 
 
 def test_evaluation_against_truth_counts_what_the_audit_sees(audited):

@@ -78,8 +78,14 @@ def test_instance_copies_the_settings_once(tmp_path, monkeypatch, capsys):
     assert main(["instance"]) == 0
     written = (tmp_path / "home" / "dagster.yaml").read_text()
     assert "radaudit/gpu" in written and "default_limit: 1" in written
-    assert main(["instance"]) == 2 and "--force" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["instance"]) == 0 and "already holds radaudit's settings" in capsys.readouterr().out  # identical
+    (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # a steward's own edit
+    assert main(["instance"]) == 2
+    err = capsys.readouterr().err
+    assert "differs from radaudit's settings" in err and "--force" in err
     assert main(["instance", "--force"]) == 0
+    assert (tmp_path / "home" / "dagster.yaml").read_text() == written
 
 
 def test_materialize_names_the_assets_when_the_selection_is_wrong(tmp_path, capsys):

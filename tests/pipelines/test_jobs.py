@@ -1,5 +1,7 @@
 """Jobs select the right assets; the schedule and the new-export sensor behave as stewards expect."""
 
+import json
+
 import dagster as dg
 
 from assets.resources import RadauditConfig
@@ -117,3 +119,24 @@ def test_sensor_copes_with_a_folder_name_that_is_not_utf8(tmp_path):
         request = new_export_sensor(ctx)
         assert isinstance(request, dg.RunRequest) and request.tags["radaudit/new_folders"] == "1"
         assert "ller" not in ctx.cursor and "ller" not in request.run_key
+
+
+def test_sensor_on_an_ingested_export_starts_nothing_until_a_new_folder_comes(tmp_path):
+    """`dagster dev` on an export ingested before (e.g. by the CLI) must not ingest it all again."""
+    from pacs.cache import CacheParams
+    from pacs.ingest import IngestConfig, run_ingest
+    from pacs.synth import generate_export
+
+    export, data = tmp_path / "export", tmp_path / "data"
+    generate_export(export, tmp_path / "truth.parquet", n=12, seed=1, size=32)
+    run_ingest(IngestConfig(export_dir=export, data_dir=data, cache=CacheParams(size=32), workers=1))
+    resource = RadauditConfig(export_dir=str(export), data_dir=str(data))
+    with dg.build_sensor_context(resources={"radaudit": resource}) as ctx:
+        assert isinstance(new_export_sensor(ctx), dg.SkipReason)
+        cursor = ctx.cursor
+    assert cursor and len(json.loads(cursor)) == sum(p.is_dir() for p in export.iterdir())
+    generate_export(tmp_path / "later", tmp_path / "later.parquet", n=3, seed=2, size=32)
+    (tmp_path / "later").rename(export / "later")
+    with dg.build_sensor_context(cursor=cursor, resources={"radaudit": resource}) as ctx:
+        request = new_export_sensor(ctx)
+        assert isinstance(request, dg.RunRequest) and request.tags["radaudit/new_folders"] == "1"
