@@ -355,19 +355,28 @@ def _check_decodable(ts: str) -> None:
 # JPEG start-of-frame markers (SOF0-3, 5-7, 9-11, 13-15; SOF55 of JPEG-LS): they carry the frame's size.
 _JPEG_SOF = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), *range(0xCD, 0xD0), 0xF7})
 _ITEM = b"\xfe\xff\x00\xe0"
+# JPEG (ISO 10918) syntaxes: baseline, extended, lossless (processes 14 and 14 SV1).
+_JPEG_10918 = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                         "1.2.840.10008.1.2.4.70"})
 
 
 def _check_codestream_size(ds: Dataset, ts: str) -> None:
-    """Refuse an encapsulated first frame whose codestream declares another size than Rows x Columns.
+    """Refuse an encapsulated first frame that a decoder would allocate by, or abort on, wrongly.
+
+    Its codestream must declare Rows x Columns, and a JPEG frame at most 16 Bits Allocated.
 
     Decoders allocate what the codestream header says (OpenJPEG; CharLS in GDCM): a damaged
     64 x 64 JPEG 2000 frame whose header says 40000 x 40000 made a worker touch 6 GB before
-    failing, and GDCM aborts its process (SIGABRT) when Rows x Columns exceed a JPEG-LS frame.
+    failing, and GDCM aborts its process (SIGABRT) when Rows x Columns exceed a JPEG-LS frame,
+    or when a JPEG frame comes with Bits Allocated above 16.
     The plausibility check bounds Rows x Columns; this ties the codestream to them. Such a frame
     never decodes into the declared image anyway.
     """
     if not UID(ts).is_encapsulated or "PixelData" not in ds:
         return
+    if ts in _JPEG_10918 and int(ds.BitsAllocated) > 16:  # GDCM's JPEG codec aborts its process on it
+        raise PixelDataError(f"Bits Allocated is {int(ds.BitsAllocated)} with {UID(ts).name}: "
+                             "JPEG holds at most 16 bits per sample")
     try:
         found = _codestream_size(_first_fragment(ds.PixelData))
     except Exception:  # noqa: BLE001 - a broken encapsulation is the decoder's to report

@@ -249,6 +249,25 @@ def test_out_of_range_instance_number_is_missing_not_a_crash(tmp_path):
     assert pd.isna(index["instance_number"].iloc[0]) and index["rows"].iloc[0] == 128
 
 
+@pytest.mark.parametrize(("name", "kind", "seed", "mutation"), [
+    ("SC_rgb_jpeg_gdcm.dcm", "absurd_geometry", 113, "absurd_geometry:BitsAllocated=64"),
+    ("rtdose_rle.dcm", "bad_transfer_syntax", 15, "bad_transfer_syntax:contradicting '1.2.840.10008.1.2.4.50'"),
+])
+def test_jpeg_with_more_than_16_bits_allocated_is_an_error_row_not_a_decoder_abort(tmp_path, name, kind, seed,
+                                                                                   mutation):
+    # Found by the 10,000-file run: GDCM's JPEG codec threw an uncaught C++ exception (SIGABRT) on a JPEG
+    # frame with Bits Allocated 64, or on 32-bit RT dose data declared JPEG Baseline.
+    out, got = fuzz.mutate(_file(name), np.random.default_rng(seed), kinds=[kind])
+    assert got == mutation
+    path = tmp_path / "jpeg.dcm"
+    path.write_bytes(out)
+    [result] = ix.run_isolated(_decode_peak, [str(path)], workers=1, timeout_s=30, action="decoding", actor="decoder")
+    assert not isinstance(result, ix.JobFailure), result.reason
+    ds = _read(out, stop_before_pixels=True)
+    assert result[0] == (f"Bits Allocated is {ds.BitsAllocated} with {ds.file_meta.TransferSyntaxUID.name}: "
+                         "JPEG holds at most 16 bits per sample")
+
+
 def _decode_peak(path: str) -> tuple[str, float]:
     """Decode in this (worker) process: (outcome, RSS growth in MiB over the decode)."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
