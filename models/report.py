@@ -9,9 +9,12 @@ Written under ``<data dir>/reports/``, every file atomically (temp file + rename
   spreadsheet would run as a formula (starting with ``= + - @``, tab or CR) gets a leading ``'``.
 - ``thumbnails/<uid>.png``: a small PNG of each reported image's cached pixels; the CSV's
   ``thumbnail`` column holds the path relative to ``reports/``.
-- ``mislabel_report.html``: the top ``top_html`` rows with thumbnails inlined as ``data:``
-  URIs, inline CSS and JS, no request to anything outside the file; click a column header to
-  sort, type in the box or pick an issue kind to filter.
+- ``mislabel_report.html``: the top ``top_html`` rows with their cached images inlined as
+  ``data:`` URIs, inline CSS and JS, no request to anything outside the file; click a column
+  header to sort, type in the box or pick an issue kind to filter, click a thumbnail to see the
+  image large (fit to the window, then 2x and 4x on click). Each row has a verdict control; verdicts are kept in the
+  browser's local storage and "Save verdicts" downloads them as a review CSV (the report's
+  columns plus ``verdict``, UTF-8 with BOM) that :mod:`pacs.review` reads from ``review/``.
 
 Only the columns listed here ever leave the inputs (an allow-list): patient names, birth dates
 or any other column of ``meta`` are never written.
@@ -25,9 +28,11 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import hashlib
 import html
 import io
+import json
 import os
 import re
 from collections.abc import Sequence
@@ -156,8 +161,18 @@ def _rows(issues: pd.DataFrame, meta: pd.DataFrame, names: list[str], include_al
         "ood_reason": [_text(v) for v in sel["ood_reason"]] if "ood_reason" in sel else "",
         "thumbnail": "",
         "source_path": [_text(v) for v in joined["path"]],
+        # Shown in the HTML only: what a radiologist checks first on a flagged image.
+        "view": [_text(v) for v in joined["view_position"]] if "view_position" in joined else "",
+        "laterality": [_first(a, b) for a, b in zip(
+            joined["image_laterality"] if "image_laterality" in joined else [None] * len(joined),
+            joined["laterality"] if "laterality" in joined else [None] * len(joined))],
     })
     return out.reset_index(drop=True)
+
+
+def _first(*values: object) -> str:
+    """The first non-empty of ``values`` as text."""
+    return next((t for t in (_text(v).strip() for v in values) if t), "")
 
 
 def _fmt(value: object) -> str:
@@ -170,16 +185,23 @@ def _fmt(value: object) -> str:
     return _text(value)
 
 
-def _csv_text(rows: pd.DataFrame, columns: list[str], delimiter: str, defuse: bool) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
-    writer.writerow(columns)
+def _csv_cells(rows: pd.DataFrame, columns: list[str], defuse: bool) -> list[list[str]]:
+    """Each row's CSV cells as text (the HTML's "save verdicts" writes the same cells)."""
     free_text = {"recorded_raw", "source_path", "accession_number"}
+    out = []
     for rec in rows[columns].itertuples(index=False, name=None):
         cells = [_fmt(v) for v in rec]
         if defuse:
             cells = [_defuse(c) if col in free_text else c for col, c in zip(columns, cells)]
-        writer.writerow(cells)
+        out.append(cells)
+    return out
+
+
+def _csv_text(rows: pd.DataFrame, columns: list[str], delimiter: str, defuse: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL, lineterminator="\r\n")
+    writer.writerow(columns)
+    writer.writerows(_csv_cells(rows, columns, defuse))
     return "\ufeff" + buf.getvalue()
 
 
@@ -225,42 +247,58 @@ def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.Pa
             rel = f"{THUMB_DIR}/{_thumb_name(uid)}"
             write_bytes(out_dir / rel, png)
             rows.at[i, "thumbnail"] = rel
-            if i < top_html:
-                pngs[i] = png
+            if i < top_html:  # the HTML shows the cached image at its full resolution when clicked
+                pngs[i] = thumbnail_png(img, max(img.shape))
     columns = [c for c in CSV_COLUMNS if include_accession or c != "accession_number"]
     csv_path = out_dir / CSV_NAME
     write_text(csv_path, _csv_text(rows, columns, delimiter, defuse_formulas))
     html_rows = rows.head(top_html)
     html_path = out_dir / HTML_NAME
-    write_text(html_path, _html(html_rows, pngs, columns, issues, include_accession, [str(w) for w in warnings]))
+    review = Review(folder=str(Path(data_dir).resolve() / "review"), columns=columns,
+                    cells=_csv_cells(html_rows, columns, defuse_formulas), regions=names,
+                    store=hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:12])
+    write_text(html_path, _html(html_rows, pngs, columns, issues, [str(w) for w in warnings], review))
     return ReportFiles(csv_path, html_path, out_dir / THUMB_DIR, len(rows), len(html_rows))
 
 
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:16px;color:#1d1d1f;background:#fafafa}
 h1{font-size:20px;margin:0 0 4px}
-.summary{color:#555;margin:0 0 12px}
-.controls{display:flex;gap:8px;align-items:center;margin:0 0 10px;position:sticky;top:0;background:#fafafa;padding:6px 0;z-index:2}
-.controls input{flex:0 1 360px;padding:5px 8px;border:1px solid #bbb;border-radius:4px}
-.controls select{padding:5px;border:1px solid #bbb;border-radius:4px}
-#count{color:#555}
-table{border-collapse:collapse;width:100%;background:#fff}
-th,td{border-bottom:1px solid #e3e3e3;padding:4px 8px;text-align:left;vertical-align:middle}
-th{background:#f0f0f2;cursor:pointer;user-select:none;white-space:nowrap;position:sticky;top:44px;z-index:1}
+.summary{color:#555;margin:0 0 8px}
+.howto{background:#eef5ff;border-left:4px solid #3b7ddd;padding:6px 10px;margin:0 0 10px;font-size:13px}
+.howto code{font-size:12px;word-break:break-all}
+.controls{display:flex;flex-wrap:wrap;gap:8px;align-items:center;margin:0 0 10px;position:sticky;top:0;background:#fafafa;padding:6px 0;z-index:2}
+.controls input{flex:0 1 320px;padding:5px 8px;border:1px solid #bbb;border-radius:4px}
+.controls select,.controls button{padding:5px 8px;border:1px solid #bbb;border-radius:4px;background:#fff}
+.controls button.primary{background:#3b7ddd;color:#fff;border-color:#3b7ddd;cursor:pointer}
+#count,#reviewed{color:#555}
+table{border-collapse:collapse;width:100%;background:#fff;table-layout:fixed}
+th,td{border-bottom:1px solid #e3e3e3;padding:4px 6px;text-align:left;vertical-align:middle;overflow-wrap:anywhere}
+th{background:#f0f0f2;cursor:pointer;user-select:none;position:sticky;top:44px;z-index:1;font-size:13px}
 th.sorted-asc::after{content:" \\25B2"}
 th.sorted-desc::after{content:" \\25BC"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.uid,td.path{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;word-break:break-all;min-width:90px;max-width:150px}
-td.raw{max-width:200px;white-space:pre-wrap}
+td.ids{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11px;color:#444}
+td.ids button{font:inherit;border:0;background:none;padding:0;color:#2457a6;cursor:copy;text-decoration:underline dotted}
+td.ids .path{display:block;color:#666}
+td.raw{white-space:pre-wrap;font-size:13px}
 tr[data-issue="out_of_domain"] td.sug{color:#888;font-weight:normal}
-img.thumb{width:96px;height:96px;object-fit:contain;background:#000;display:block}
-.kind{display:inline-block;padding:1px 7px;border-radius:10px;font-size:12px;white-space:nowrap}
+img.thumb{width:96px;height:96px;object-fit:contain;background:#000;display:block;cursor:zoom-in}
+.kind{display:inline-block;padding:1px 7px;border-radius:10px;font-size:12px}
 .kind-mislabel{background:#fde2e1;color:#a1130c}
 .kind-out_of_domain{background:#e8e1fb;color:#4b1fa8}
 .kind-missing_label{background:#fff1cc;color:#7a5200}
 .rec{color:#a1130c}.sug{color:#0b6b2c;font-weight:600}
 .warning{background:#fff4e5;border-left:4px solid #e08a00;padding:6px 10px;margin:0 0 12px}
-td.reason{max-width:220px;font-size:12px;color:#4b1fa8}
+td.reason{font-size:12px;color:#4b1fa8}
+select.verdict{width:100%;padding:3px}
+tr.done{background:#f3fbf4}
+#lightbox{display:none;position:fixed;inset:0;background:rgba(0,0,0,.92);z-index:10;overflow:auto;text-align:center}
+#lightbox.open{display:block}
+#lightbox img{image-rendering:pixelated;margin:48px auto 16px;display:block;cursor:zoom-in;background:#000}
+#lightbox .bar{position:fixed;top:0;left:0;right:0;color:#eee;padding:10px 16px;font-size:13px;text-align:left;background:rgba(0,0,0,.6)}
+#lightbox .bar button{margin-left:6px}
+#toast{position:fixed;bottom:16px;right:16px;background:#1d1d1f;color:#fff;padding:6px 12px;border-radius:4px;display:none;z-index:11}
 """
 
 _JS = """
@@ -268,13 +306,23 @@ _JS = """
   var table=document.getElementById('report'), tbody=table.tBodies[0];
   var rows=Array.prototype.slice.call(tbody.rows);
   var text=document.getElementById('filter'), kind=document.getElementById('kind'), count=document.getElementById('count');
+  var review=JSON.parse(document.getElementById('review-data').textContent);
+  var prefix='radaudit-verdicts:'+review.store+':';
+  function toast(msg){var t=document.getElementById('toast'); t.textContent=msg; t.style.display='block';
+    clearTimeout(toast.timer); toast.timer=setTimeout(function(){t.style.display='none';},1600);}
   function apply(){
     var q=text.value.trim().toLowerCase(), k=kind.value, shown=0;
     rows.forEach(function(r){
-      var ok=(!k||r.getAttribute('data-issue')===k)&&(!q||r.textContent.toLowerCase().indexOf(q)>=0);
+      var v=r.querySelector('select.verdict').value;
+      var ok=(!k||(k==='unreviewed'?!v:k==='reviewed'?!!v:r.getAttribute('data-issue')===k))
+             &&(!q||r.textContent.toLowerCase().indexOf(q)>=0);
       r.style.display=ok?'':'none'; if(ok)shown++;
     });
     count.textContent=shown+' of '+rows.length+' shown';
+  }
+  function reviewedCount(){
+    var n=rows.filter(function(r){return r.querySelector('select.verdict').value;}).length;
+    document.getElementById('reviewed').textContent=n+' reviewed';
   }
   text.addEventListener('input',apply); kind.addEventListener('change',apply);
   var ths=table.tHead.rows[0].cells;
@@ -293,59 +341,154 @@ _JS = """
       rows.forEach(function(r){tbody.appendChild(r);});
     });
   });
-  apply();
+  // Verdicts: kept in the browser's local storage, so a reload (or a crash) loses none.
+  rows.forEach(function(r){
+    var sel=r.querySelector('select.verdict'), uid=r.getAttribute('data-uid');
+    var kept=localStorage.getItem(prefix+uid);
+    if(kept!==null){sel.value=kept; r.classList.toggle('done',!!sel.value);}
+    sel.addEventListener('change',function(){
+      if(sel.value)localStorage.setItem(prefix+uid,sel.value); else localStorage.removeItem(prefix+uid);
+      r.classList.toggle('done',!!sel.value); reviewedCount();
+    });
+  });
+  function csvCell(v){return /[",\\r\\n]/.test(v)?'"'+v.replace(/"/g,'""')+'"':v;}
+  document.getElementById('save').addEventListener('click',function(){
+    var byUid={}; rows.forEach(function(r){byUid[r.getAttribute('data-uid')]=r.querySelector('select.verdict').value;});
+    var uidAt=review.columns.indexOf('sop_instance_uid');
+    var lines=[review.columns.concat(['verdict']).map(csvCell).join(',')];
+    review.cells.forEach(function(cells){lines.push(cells.concat([byUid[cells[uidAt]]||'']).map(csvCell).join(','));});
+    var blob=new Blob(['\\ufeff'+lines.join('\\r\\n')+'\\r\\n'],{type:'text/csv;charset=utf-8'});
+    var stamp=new Date().toISOString().slice(0,16).replace(/[-:T]/g,'');
+    var a=document.createElement('a'); a.href=URL.createObjectURL(blob); a.download='review-'+stamp+'.csv';
+    document.body.appendChild(a); a.click(); a.remove();
+    toast('saved '+a.download+': put it into '+review.folder);
+  });
+  // Identifiers: shortened on the page, copied whole on click.
+  table.addEventListener('click',function(e){
+    var b=e.target.closest('button.copy'); if(!b)return;
+    var full=b.getAttribute('data-full');
+    (navigator.clipboard?navigator.clipboard.writeText(full):Promise.reject()).then(
+      function(){toast('copied '+full);},
+      function(){window.prompt('Copy:',full);});
+  });
+  // The image large: click a thumbnail (it fits the window); click the image to zoom 2x, 4x, back; Esc closes.
+  var box=document.getElementById('lightbox'), big=document.getElementById('big'), caption=document.getElementById('caption');
+  var zoom=1, fit=1;
+  function setZoom(z){zoom=z; big.style.width=(big.naturalWidth*z)+'px'; big.style.cursor=z>=4*fit?'zoom-out':'zoom-in';}
+  table.addEventListener('click',function(e){
+    var img=e.target.closest('img.thumb'); if(!img)return;
+    var r=img.closest('tr');
+    big.onload=function(){fit=Math.max(1,Math.floor(Math.min(window.innerWidth,window.innerHeight-80)/big.naturalWidth)); setZoom(fit);};
+    big.src=img.src;
+    caption.textContent='rank '+r.getAttribute('data-rank')+' \\u00b7 '+r.getAttribute('data-caption');
+    box.classList.add('open');
+  });
+  big.addEventListener('click',function(){setZoom(zoom>=4*fit?fit:zoom*2);});
+  document.getElementById('close').addEventListener('click',function(){box.classList.remove('open');});
+  document.addEventListener('keydown',function(e){if(e.key==='Escape')box.classList.remove('open');});
+  reviewedCount(); apply();
 })();
 """
 
-# column -> (header, kind: num | text | none, css class)
-_HTML_COLUMNS: dict[str, tuple[str, str, str]] = {
-    "rank": ("Rank", "num", "num"),
-    "thumbnail": ("Image", "none", ""),
-    "issue": ("Issue", "text", ""),
-    "ood_reason": ("Why out of domain", "text", "reason"),
-    "recorded_region": ("Recorded", "text", "rec"),
-    "suggested_region": ("Suggested", "text", "sug"),
-    "suggested_probability": ("P(suggested)", "num", "num"),
-    "label_quality": ("Label quality", "num", "num"),
-    "ood_score": ("OOD score", "num", "num"),
-    "recorded_raw": ("Recorded from (PACS text)", "text", "raw"),
-    "accession_number": ("Accession", "text", "uid"),
-    "study_instance_uid": ("Study UID", "text", "uid"),
-    "sop_instance_uid": ("SOP Instance UID", "text", "uid"),
-    "source_path": ("Source file", "text", "path"),
+
+@dataclass(frozen=True)
+class Review:
+    """What the HTML needs to save verdicts as a review CSV.
+
+    Attributes:
+        folder: The data dir's ``review/`` folder, where the saved file goes.
+        columns: The report CSV's columns (the saved file has them, then ``verdict``).
+        cells: Per HTML row, its CSV cells.
+        regions: The region vocabulary (verdict choices besides confirm, reject, out_of_domain).
+        store: Key of the browser's local storage for this data dir's verdicts.
+    """
+
+    folder: str
+    columns: list[str]
+    cells: list[list[str]]
+    regions: list[str]
+    store: str
+
+
+# column -> (header, kind: num | text | none, css class, width)
+_HTML_COLUMNS: dict[str, tuple[str, str, str, str]] = {
+    "rank": ("#", "num", "num", "44px"),
+    "thumbnail": ("Image", "none", "", "108px"),
+    "issue": ("Issue", "text", "", "104px"),
+    "recorded_region": ("Recorded", "text", "rec", "96px"),
+    "suggested_region": ("Suggested", "text", "sug", "96px"),
+    "suggested_probability": ("P(sugg.)", "num", "num", "64px"),
+    "label_quality": ("Label quality", "num", "num", "72px"),
+    "view": ("View / side", "text", "", "70px"),
+    "ood_reason": ("Why out of domain", "text", "reason", "150px"),
+    "recorded_raw": ("Recorded from (PACS text)", "text", "raw", "150px"),
+    "verdict": ("Verdict", "none", "", "128px"),
+    "ids": ("Identifiers (click to copy)", "text", "ids", "auto"),
 }
+_UID_TAIL = 10
+
+
+def _short(uid: str) -> str:
+    """A UID's last digits, enough to tell rows apart at a glance."""
+    return uid if len(uid) <= _UID_TAIL + 1 else "\u2026" + uid[-_UID_TAIL:]
 
 
 def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], issues: pd.DataFrame,
-          include_accession: bool, warnings: list[str]) -> str:
+          warnings: list[str], review: Review) -> str:
     esc = html.escape
-    cols = [c for c in _HTML_COLUMNS if c in csv_columns]
     counts = issues["issue"].value_counts()
     summary = ", ".join(f"{int(counts.get(k, 0))} {k.replace('_', ' ')}" for k in ("mislabel", "out_of_domain", "missing_label"))
+    cols = list(_HTML_COLUMNS)
     head = "".join(f'<th data-type="{_HTML_COLUMNS[c][1]}">{esc(_HTML_COLUMNS[c][0])}</th>' for c in cols)
+    widths = "".join(f'<col style="width:{_HTML_COLUMNS[c][3]}">' for c in cols)
+    choices = ([("", "\u2014"), ("confirm", "confirm (label wrong)"), ("reject", "reject (label right)"),
+                ("out_of_domain", "out of domain")] + [(r, r) for r in review.regions])
+    options = "".join(f'<option value="{esc(v)}">{esc(t)}</option>' for v, t in choices)
     body = []
     for i, rec in enumerate(rows.to_dict("records")):
         cells = []
         for c in cols:
-            _, kind, cls = _HTML_COLUMNS[c]
-            v = rec[c]
+            kind, cls = _HTML_COLUMNS[c][1], _HTML_COLUMNS[c][2]
             if c == "thumbnail":
                 png = pngs.get(i)
-                inner = (f'<img class="thumb" alt="" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-                         if png else "")
+                inner = (f'<img class="thumb" alt="image {i + 1}" src="data:image/png;base64,'
+                         f'{base64.b64encode(png).decode()}">' if png else "")
                 cells.append(f"<td>{inner}</td>")
                 continue
+            if c == "verdict":
+                cells.append(f'<td><select class="verdict" aria-label="verdict">{options}</select></td>')
+                continue
+            if c == "view":
+                shown = " \u00b7 ".join(v for v in (_text(rec["view"]), _text(rec["laterality"])) if v)
+                cells.append(f'<td data-v="{esc(shown)}">{esc(shown)}</td>')
+                continue
+            if c == "ids":
+                parts = []
+                if "accession_number" in csv_columns and rec["accession_number"]:
+                    parts.append(f'acc <button class="copy" data-full="{esc(rec["accession_number"])}">'
+                                 f'{esc(rec["accession_number"])}</button>')
+                for label, key in (("study", "study_instance_uid"), ("image", "sop_instance_uid")):
+                    if rec[key]:
+                        parts.append(f'{label} <button class="copy" data-full="{esc(rec[key])}" title="{esc(rec[key])}">'
+                                     f'{esc(_short(rec[key]))}</button>')
+                path = f'<span class="path">{esc(rec["source_path"])}</span>' if rec["source_path"] else ""
+                cells.append(f'<td class="ids" data-v="{esc(rec["sop_instance_uid"])}">{" ".join(parts)}{path}</td>')
+                continue
+            v = rec[c]
             shown = _fmt(v)
-            if kind == "num":
-                sort_v = "" if shown == "" else repr(float(v))
-            else:
-                sort_v = shown
+            sort_v = ("" if shown == "" else repr(float(v))) if kind == "num" else shown
             inner = esc(shown)
             if c == "issue" and shown:
                 inner = f'<span class="kind kind-{esc(shown)}">{esc(shown.replace("_", " "))}</span>'
             cells.append(f'<td class="{cls}" data-v="{esc(sort_v)}">{inner}</td>')
-        body.append(f'<tr data-issue="{esc(_text(rec["issue"]))}">{"".join(cells)}</tr>')
-    options = "".join(f'<option value="{k}">{k.replace("_", " ")}</option>' for k in ("mislabel", "out_of_domain", "missing_label"))
+        caption = " \u00b7 ".join(t for t in (_text(rec["issue"]).replace("_", " "),
+                                              f"recorded {rec['recorded_region']}" if rec["recorded_region"] else "",
+                                              f"suggested {rec['suggested_region']}" if rec["suggested_region"] else "",
+                                              _text(rec["view"]), _text(rec["laterality"])) if t)
+        body.append(f'<tr data-issue="{esc(_text(rec["issue"]))}" data-uid="{esc(rec["sop_instance_uid"])}" '
+                    f'data-rank="{int(rec["rank"])}" data-caption="{esc(caption)}">{"".join(cells)}</tr>')
+    kinds = "".join(f'<option value="{k}">{k.replace("_", " ")}</option>' for k in ("mislabel", "out_of_domain", "missing_label"))
+    data = json.dumps(dataclasses.asdict(review), ensure_ascii=True).replace("</", "<\\/")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
@@ -354,9 +497,21 @@ def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], is
         "<h1>Suspected label errors</h1>"
         + "".join(f'<p class="warning" role="alert">Warning: {esc(w)}</p>' for w in warnings) +
         f"<p class=\"summary\">{esc(summary)} among {len(issues)} images; "
-        f"showing the {len(rows)} most suspect. Click a column header to sort.</p>"
+        f"showing the {len(rows)} most suspect. Click a column header to sort, a thumbnail to see the image large.</p>"
+        "<p class=\"howto\">Review: pick a verdict per row (<b>confirm</b>: the recorded label is wrong and the "
+        "suggestion right; <b>reject</b>: the label is right; <b>out of domain</b>; or the right region). Verdicts "
+        "stay in this browser until you save them. <b>Save verdicts</b> writes a CSV: put it into "
+        f"<code id=\"review-folder\">{esc(review.folder)}</code>; the next run applies it.</p>"
         "<div class=\"controls\"><input id=\"filter\" type=\"search\" placeholder=\"Filter: region, UID, text ...\">"
-        f"<select id=\"kind\"><option value=\"\">all issues</option>{options}</select><span id=\"count\"></span></div>"
-        f"<table id=\"report\"><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f"<select id=\"kind\"><option value=\"\">all issues</option>{kinds}"
+        "<option value=\"unreviewed\">not reviewed</option><option value=\"reviewed\">reviewed</option></select>"
+        "<span id=\"count\"></span><span id=\"reviewed\"></span>"
+        "<button id=\"save\" class=\"primary\" type=\"button\">Save verdicts (CSV)</button></div>"
+        f"<table id=\"report\"><colgroup>{widths}</colgroup><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+        "<div id=\"lightbox\" role=\"dialog\"><div class=\"bar\"><span id=\"caption\"></span>"
+        "<button id=\"close\" type=\"button\">close (Esc)</button></div><img id=\"big\" alt=\"\"></div>"
+        "<div id=\"toast\" role=\"status\"></div>"
+        f"<script type=\"application/json\" id=\"review-data\">{data}</script>"
         f"<script>{_JS}</script></body></html>\n"
     )

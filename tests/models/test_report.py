@@ -103,7 +103,8 @@ def test_html_is_self_contained_sortable_filterable(tmp_path: Path) -> None:
     assert page.count('src="data:image/png;base64,') == 3
     assert 'id="filter"' in page and 'id="kind"' in page and "addEventListener('click'" in page
     assert "&quot;li&quot;" in page or "&#x27;" in page or "HÜFTE" in page  # escaped, not raw markup
-    assert "<script>" in page and page.count("<script") == 1
+    assert page.count("<script>") == 1 and page.count('<script type="application/json" id="review-data">') == 1
+    assert page.count("<script") == 2  # the code, and the rows' CSV cells for "Save verdicts" (data, not code)
 
 
 def test_bad_inputs_name_the_fix(tmp_path: Path) -> None:
