@@ -1,5 +1,8 @@
 """Audit assets: linear heads per method, the ensemble, cleanlab's label issues and the report."""
 
+import base64
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -16,7 +19,7 @@ def oof_asset(method: str) -> dg.AssetsDefinition:
     @dg.asset(
         key=["oof_probabilities", method],
         deps=[dg.AssetKey(["embeddings", method]), "region_labels", "label_overrides"],
-        group_name="audit", description=f"Out-of-fold class probabilities of linear heads on the {method} "
+        group_name="audit", kinds={"numpy", "heads"}, description=f"Out-of-fold class probabilities of linear heads on the {method} "
         "embeddings (folds stratified by region, grouped by patient); null labels predicted by a head fit "
         "on all labels (probabilities/" + method + ".npy).",
     )
@@ -124,6 +127,8 @@ def mislabel_report(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
         fraction = flag_fraction(issues)
         preview = csv.head(15)[[c for c in ("rank", "recorded_region", "suggested_region", "suggested_probability",
                                             "label_quality", "issue") if c in csv.columns]]
+        if "thumbnail" in csv.columns:
+            preview.insert(1, "image", [_small_thumbnail(files.csv_path.parent, t) for t in csv["thumbnail"].head(15)])
         warnings = stages.load_audit_summary(radaudit.data_dir).get("warnings", [])
         for warning in warnings:
             context.log.warning(warning)
@@ -148,6 +153,21 @@ def mislabel_report(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"fraction": fraction, "bounds": f"[{audit.min_flag_fraction}, {audit.max_flag_fraction}]"},
         )
+
+
+def _small_thumbnail(report_dir: Path, rel: object, size: int = 48) -> str:
+    """A report thumbnail shrunk to ``size`` px, as an inline Markdown image ("" where there is none)."""
+    import io
+
+    from PIL import Image
+
+    if not isinstance(rel, str) or not (report_dir / rel).is_file():
+        return ""
+    with Image.open(report_dir / rel) as img:
+        img.thumbnail((size, size))
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", optimize=True)
+    return f"![](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode('ascii')})"
 
 
 audit_assets = [oof_asset(m) for m in METHODS] + [ensemble_probabilities, label_issues, mislabel_report]

@@ -25,7 +25,7 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         key=["backbone", method], deps=["image_cache", "region_labels"], group_name="pretrain", pool=GPU_POOL,
-        retry_policy=GPU_RETRY,
+        retry_policy=GPU_RETRY, kinds={"pytorch", "backbone"},  # the graph's nodes read "simclr" for both assets
         description=f"{method} contrastive pretraining of the backbone on the image cache "
         f"(checkpoints in models/{method}/checkpoints, safetensors; resumes after a crash).",
     )
@@ -50,7 +50,8 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
 
     @dg.asset(
         key=["embeddings", method], deps=[dg.AssetKey(["backbone", method]), "image_cache"],
-        group_name="pretrain", pool=GPU_POOL, retry_policy=GPU_RETRY, description=f"Frozen {method} backbone features of every cached image "
+        group_name="pretrain", pool=GPU_POOL, retry_policy=GPU_RETRY, kinds={"numpy", "embeddings"},
+        description=f"Frozen {method} backbone features of every cached image "
         f"(embeddings/{method}.npy, rows in embeddings/{method}.uids.parquet).",
     )
     def embeddings(context: dg.AssetExecutionContext, radaudit: RadauditConfig) -> dg.MaterializeResult:

@@ -77,6 +77,9 @@ def test_report_is_ranked_and_checked(audited):
     (mat,) = result.asset_materializations_for_node("mislabel_report")
     assert mat.metadata["csv"].value == str((data / "reports" / "mislabel_report.csv").resolve())  # absolute
     assert mat.metadata["html"].value == (data / "reports" / "mislabel_report.html").resolve().as_uri()
+    top = mat.metadata["top_flags"].value.splitlines()
+    assert [c.strip() for c in top[0].strip("|").split("|")][:2] == ["rank", "image"]
+    assert top[2].count("![](data:image/png;base64,") == 1  # the first flag's small thumbnail
 
 
 def test_evaluation_against_truth_counts_what_the_audit_sees(audited):
