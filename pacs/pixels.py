@@ -358,6 +358,7 @@ _ITEM = b"\xfe\xff\x00\xe0"
 # JPEG (ISO 10918) syntaxes: baseline, extended, lossless (processes 14 and 14 SV1).
 _JPEG_10918 = frozenset({"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
                          "1.2.840.10008.1.2.4.70"})
+_JPEG_LS = frozenset({"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"})
 
 
 def _check_codestream_size(ds: Dataset, ts: str) -> None:
@@ -377,8 +378,10 @@ def _check_codestream_size(ds: Dataset, ts: str) -> None:
     if ts in _JPEG_10918 and int(ds.BitsAllocated) > 16:  # GDCM's JPEG codec aborts its process on it
         raise PixelDataError(f"Bits Allocated is {int(ds.BitsAllocated)} with {UID(ts).name}: "
                              "JPEG holds at most 16 bits per sample")
+    if ts not in J2K_SYNTAXES and ts not in _JPEG_10918 and ts not in _JPEG_LS:
+        return  # RLE, deflate, ...: no codestream header to check (RLE data can hold any bytes)
     try:
-        found = _codestream_size(_first_fragment(ds.PixelData))
+        found = _codestream_size(_first_fragment(ds.PixelData), j2k=ts in J2K_SYNTAXES)
     except Exception:  # noqa: BLE001 - a broken encapsulation is the decoder's to report
         return
     if found is None:
@@ -402,10 +405,13 @@ def _first_fragment(pixel_data: bytes, limit: int = 1 << 16) -> bytes:
     return bytes(pixel_data[pos + 8 : pos + 8 + min(length, limit)])
 
 
-def _codestream_size(data: bytes) -> tuple[str, int, int] | None:
-    """(codestream kind, rows, columns) from a JPEG, JPEG-LS or JPEG 2000 header, or None if none is found."""
-    start = data[:4096].find(b"\xff\x4f\xff\x51")  # SOC, SIZ (also inside a JP2 wrapper)
-    if start >= 0 and len(data) >= start + 24:
+def _codestream_size(data: bytes, *, j2k: bool) -> tuple[str, int, int] | None:
+    """(codestream kind, rows, columns) from a JPEG 2000 header (``j2k``), else a JPEG or JPEG-LS one;
+    None if none is found."""
+    if j2k:
+        start = data[:4096].find(b"\xff\x4f\xff\x51")  # SOC, SIZ (also inside a JP2 wrapper)
+        if start < 0 or len(data) < start + 24:
+            return None
         x, y, x0, y0 = (int.from_bytes(data[start + 8 + 4 * k : start + 12 + 4 * k], "big") for k in range(4))
         return ("JPEG 2000", y - y0, x - x0) if x > x0 and y > y0 else None
     if data[:2] != b"\xff\xd8":

@@ -208,7 +208,7 @@ def test_codestream_size_edits_the_jpeg_2000_size_only():
     data = _file("MR_small_jp2klossless.dcm")
     out, name = fuzz.mutate(data, np.random.default_rng(24), kinds=["codestream_size"])
     assert name == "codestream_size:JPEG 2000 SIZ 46341 x 46341, one tile"
-    assert _codestream_size(_first_fragment(_read(out).PixelData)) == ("JPEG 2000", 46341, 46341)
+    assert _codestream_size(_first_fragment(_read(out).PixelData), j2k=True) == ("JPEG 2000", 46341, 46341)
     assert _read(out).Rows == 64 and len(out) == len(data)
 
 
@@ -417,3 +417,23 @@ def test_ingest_survives_a_seeded_corpus_of_every_mutation(tmp_path):
     assert errors["reason"].str.len().min() > 5
     # Every written cached image belongs to an index row.
     assert (tmp_path / "data" / "cache").exists() and os.listdir(tmp_path / "data" / "cache" / "images")
+
+
+def test_rle_data_that_happens_to_hold_a_jpeg_2000_marker_still_decodes(tmp_path):
+    """Found at 100,000 files (benchmarks/scale.py): a valid RLE image whose data held the bytes of a
+    JPEG 2000 SOC + SIZ marker was refused as a damaged JPEG 2000 codestream."""
+    from pydicom.uid import RLELossless
+
+    from pacs.pixels import read_image
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 4096, (32, 32), dtype=np.uint16)
+    # Low bytes: SOC + SIZ, then a size (x, y, x0, y0) that parses, no two equal neighbours (a literal run).
+    low = [0xFF, 0x4F, 0xFF, 0x51, 0x01, 0x29, 0x02, 0x03, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 0, 4, 5, 6]
+    arr.flat[:len(low)] = [0x0A00 + b for b in low]
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 32, 32, 16, 12, 11, 0
+    ds.compress(RLELossless, arr, generate_instance_uid=False)
+    assert b"\xff\x4f\xff\x51\x01\x29\x02\x03\x01\x02\x03\x04" in ds.PixelData
+    ds.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
+    assert read_image(tmp_path / "rle.dcm").shape == (32, 32)
