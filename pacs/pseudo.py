@@ -97,6 +97,7 @@ _JOINTS = re.compile(r"[\s'’`´_.\-]+")
 _JOINED = ("", "_", " ", "-")
 _TRANSLIT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
 MIN_TOKEN = 3
+_MAX_VALUE = 64  # characters of a PN component group or an LO value (DICOM PS3.5, 6.2)
 _NO_TOKENS: tuple[list[int], frozenset[str]] = ([], frozenset())
 
 
@@ -141,15 +142,18 @@ def identifier_tokens(
     counts also as YYYY-MM-DD, DD.MM.YYYY and DDMMYYYY.
     """
     texts: set[str] = set()
-    for group in str(patient_name or "").split("="):  # alphabetic, ideographic, phonetic
+    # A component group (PN) and a Patient ID (LO) hold at most 64 characters: a longer value is a
+    # damaged length that swallowed the file's other text, whose words ("image") are no identifiers.
+    for group in str(patient_name or "").split("=")[:3]:  # alphabetic, ideographic, phonetic
+        group = group[:_MAX_VALUE]
         for component in group.split("^")[:3]:  # family, given, middle
-            for name in re.split(r"[,;]+", component):
+            for name in re.split(r"[,;\x00-\x1f\x7f]+", component):  # control bytes: a damaged value
                 pieces = [p for p in _JOINTS.split(name) if p]
                 texts |= set(pieces)
                 if len(pieces) > 1:
                     texts |= {joint.join(pieces) for joint in _JOINED}
     tokens = {form for text in texts for form in _letter_forms(text)}
-    pid = str(patient_id or "").strip().lower()
+    pid = str(patient_id or "").strip().lower()[:_MAX_VALUE]
     if pid:
         tokens |= {pid, re.sub(r"[^\w-]", "_", pid), re.sub(r"[\W_]+", "", pid)}
     date = str(birth_date or "").strip()

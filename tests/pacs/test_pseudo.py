@@ -140,3 +140,13 @@ def test_only_whole_tokens_are_replaced_and_brackets_stay() -> None:
     bauer = Redactor(identifier_tokens("Bauer^Margaret", "52020514", None))
     assert bauer.redact("Bauer Margaret (52020514)/IM000001", "patient-x") == "patient-x (patient-x)/IM000001"
     assert bauer.redact("X52020514/Bauerstrasse/Margaret2021", "patient-x") == "Xpatient-x/Bauerstrasse/patient-x2021"
+
+
+def test_a_damaged_name_that_swallowed_other_text_adds_no_ordinary_words() -> None:
+    """Fuzzer finding: a Patient Name whose length field was damaged ran over the file's other text,
+    and words such as "image" then vanished from every error reason of the run."""
+    swallowed = "Roe^Jane" + "\x00\x10" * 40 + " DERIVED image Secondary Capture"
+    tokens = identifier_tokens(swallowed, "X" * 70 + "image", None)
+    assert {"roe", "jane"} <= tokens
+    assert not {"image", "secondary", "capture", "derived"} & tokens
+    assert Redactor(tokens).redact("not an image: truncated", "patient-x") == "not an image: truncated"
