@@ -84,6 +84,21 @@ def image_path(data_dir: str | os.PathLike[str], sop_instance_uid: str) -> Path:
     return Path(data_dir) / CACHE_DIR / "images" / shard / f"{sop_instance_uid}.npy"
 
 
+def cached_uids(data_dir: str | os.PathLike[str]) -> set[str]:
+    """The SOP Instance UIDs that have a cached image file, from one listing of each shard folder
+    (at 100,000 images, asking :func:`image_path` for each took a third of a nightly rerun)."""
+    root = Path(data_dir) / CACHE_DIR / "images"
+    uids: set[str] = set()
+    if not root.is_dir():
+        return uids
+    with os.scandir(root) as shards:
+        for shard in shards:
+            if shard.is_dir():
+                with os.scandir(shard.path) as files:
+                    uids.update(f.name[:-4] for f in files if f.name.endswith(".npy") and not f.name.startswith("."))
+    return uids
+
+
 def read(data_dir: str | os.PathLike[str], sop_instance_uid: str, *, mmap: bool = False) -> np.ndarray:
     """Return the cached image of one instance (uint8, 2-D).
 

@@ -26,7 +26,7 @@ import pandas as pd
 
 from pacs import index as ix
 from pacs import io
-from pacs.cache import MANIFEST_PATH, MANIFEST_SCHEMA, CacheParams, cache_one, image_path
+from pacs.cache import MANIFEST_PATH, MANIFEST_SCHEMA, CacheParams, cache_one, cached_uids
 from pacs.pseudo import KEY_ENV, load_or_create_key
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,8 @@ def _to_cache(index: pd.DataFrame, manifest: pd.DataFrame, fingerprint: str, dat
         | merged["mtime_ns_cached"].ne(merged["mtime_ns"])
     ).to_numpy(dtype=bool, na_value=True)
     # Plain bool arrays: mapping an empty str column gives a str Series, which pandas will not "or".
-    missing_file = np.array([not image_path(data_dir, u).exists() for u in merged["sop_instance_uid"]], dtype=bool)
+    cached = cached_uids(data_dir)
+    missing_file = np.array([u not in cached for u in merged["sop_instance_uid"]], dtype=bool)
     return live[stale | missing_file]
 
 
