@@ -32,6 +32,8 @@ class RadauditConfig(dg.ConfigurableResource):
     retry_errors: bool = False
     region_map: str | None = None
     pseudonym_key: str | None = None
+    # Address space one decode worker may add (MiB); None: no limit (pacs.ingest.IngestConfig).
+    worker_memory_mb: int | None = 4096
     # How long a step waits for another run that holds the data dir (pacs.lock) before it fails.
     lock_wait_s: float = 6 * 3600.0
 
@@ -53,6 +55,7 @@ class RadauditConfig(dg.ConfigurableResource):
             full_rebuild=self.full_rebuild,
             retry_errors=self.retry_errors,
             pseudonym_key=self.pseudonym_key,
+            worker_memory_mb=self.worker_memory_mb,
         )
 
 
