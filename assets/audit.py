@@ -25,12 +25,14 @@ def oof_asset(method: str) -> dg.AssetsDefinition:
     )
     def oof(radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
         with guarded(radaudit, f"oof_probabilities/{method}"):
-            result = stages.compute_oof(radaudit.data_dir, method, n_splits=audit.n_splits, seed=audit.seed)
+            result = stages.compute_oof(radaudit.data_dir, method, n_splits=audit.n_splits, seed=audit.seed,
+                                        l2=audit.head_l2)
             labelled = result.fold >= 0
             acc = float((result.probabilities[labelled].argmax(1) == _labels(radaudit, method)[labelled]).mean())
         return dg.MaterializeResult(metadata={
             "dagster/row_count": len(result.fold), "labelled": int(labelled.sum()),
             "oof_accuracy_vs_recorded": round(acc, 4), "rare_classes": str(list(result.rare_classes)),
+            "head_l2": stages.head_settings(radaudit.data_dir, method)["l2"],
         })
 
     return oof

@@ -88,6 +88,8 @@ class AuditConfig(dg.ConfigurableResource):
     seed: int = 0
     supcon_cross_fit: int = 2
     n_splits: int = 5
+    # The heads' L2 weight; None: chosen per method by out-of-fold log loss (models.heads.choose_l2).
+    head_l2: float | None = None
     ensemble_weights: str = "log_loss"
     ensemble_drop_below: float | None = 0.05
     ood_threshold: float | None = None

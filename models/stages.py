@@ -370,23 +370,28 @@ def load_embeddings(data_dir: str | os.PathLike[str], method: str, uids: Sequenc
     return features[where.to_numpy(dtype=np.int64)]
 
 
-def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int = 5, seed: int = 0) -> Any:
+def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int = 5, seed: int = 0,
+                l2: float | None = None) -> Any:
     """Out-of-fold probabilities of one method's linear heads (reviewed labels trusted); write
-    ``probabilities/<method>.npy``.
+    ``probabilities/<method>.npy`` and the heads' L2 weight to ``probabilities/<method>.heads.json``.
 
     For a cross-fitted method (see :func:`train_backbone`) each backbone scores only the images
     whose labels it never saw: K-fold heads on backbone ``f``'s features of label fold ``f`` (and
-    of the images without a fold, averaged over the backbones).
+    of the images without a fold, averaged over the backbones). ``l2`` None: chosen by
+    out-of-fold log loss (:func:`models.heads.choose_l2`, on the first backbone's features).
     """
-    from models.heads import OOFResult, check_groups, oof_probabilities
+    from models.heads import OOFResult, check_groups, choose_l2, oof_probabilities
 
     data_dir = Path(data_dir)
     ts = load_training_set(data_dir, overrides=load_overrides(data_dir))
     k = len(ts.vocabulary)
     folds = cross_fit_folds(data_dir, method)
+    losses: dict[float, float] = {}
     if folds is None:
         x = load_embeddings(data_dir, method, ts.uids)
-        result = oof_probabilities(x, ts.labels, ts.groups, n_splits=n_splits, n_classes=k, seed=seed)
+        if l2 is None:
+            l2, losses = choose_l2(x, ts.labels, ts.groups, n_splits=n_splits, n_classes=k, seed=seed)
+        result = oof_probabilities(x, ts.labels, ts.groups, n_splits=n_splits, n_classes=k, seed=seed, l2=l2)
     else:
         n_fits = int(folds["fold"].max()) + 1
         fold_of = pd.Series(ts.uids).map(folds.set_index("sop_instance_uid")["fold"]).fillna(-1).to_numpy(np.int64)
@@ -404,8 +409,11 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
                 raise ValueError(f"{method} fold {f} holds {patients} labelled patient(s): too few to cross-fit; "
                                  f"set supcon_cross_fit to 1 for so small an archive")
             # A small archive's half may hold fewer patients than n_splits: fewer folds there.
+            if l2 is None:
+                l2, losses = choose_l2(x, ts.labels[rows], ts.groups[rows], n_splits=min(n_splits, patients),
+                                       n_classes=k, seed=seed)
             part = oof_probabilities(x, ts.labels[rows], ts.groups[rows], n_splits=min(n_splits, patients),
-                                     n_classes=k, seed=seed)
+                                     n_classes=k, seed=seed, l2=l2)
             own = fold_of[rows] == f
             probs[rows[own]] = part.probabilities[own]
             probs[rows[~own]] += part.probabilities[~own] / n_fits
@@ -418,7 +426,14 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
                pd.DataFrame({"sop_instance_uid": ts.uids, "label": ts.labels, "fold": result.fold,
                              "out_of_fold": result.out_of_fold}),
                data_dir / PROB_DIR / f"{method}.rows.parquet")
+    pio.write_text(data_dir / PROB_DIR / f"{method}.heads.json",
+               json.dumps({"l2": l2, "log_loss_by_l2": {f"{k2:g}": v for k2, v in losses.items()}}, indent=1))
     return result
+
+
+def head_settings(data_dir: str | os.PathLike[str], method: str) -> dict[str, Any]:
+    """What :func:`compute_oof` chose for a method's heads (``l2``, ``log_loss_by_l2``)."""
+    return json.loads((Path(data_dir) / PROB_DIR / f"{method}.heads.json").read_text())
 
 
 def load_probabilities(data_dir: str | os.PathLike[str], name: str) -> tuple[np.ndarray, pd.DataFrame]:
