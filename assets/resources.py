@@ -95,7 +95,7 @@ class AuditConfig(dg.ConfigurableResource):
     ood_threshold: float | None = None
     max_mislabel_fraction: float = 0.25
     # A mislabel flag needs the ensemble's probability of its suggested region to reach this.
-    min_mislabel_confidence: float = 0.8
+    min_mislabel_confidence: float = 0.5
     include_accession: bool = True
     report_top_html: int = 500
     min_flag_fraction: float = 0.0
