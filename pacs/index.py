@@ -260,8 +260,9 @@ _SHOWN_EXTENSIONS = frozenset({"dcm", "dicom", "dic", "ima", "img", "pdf", "txt"
 
 
 # Names that exports and media give their files, which cannot carry a patient's name: a short
-# prefix and numbers ("IM000001", "I1000000", "00000001", a UID), or a well-known file.
-_PLAIN_NAME = re.compile(r"[a-z]{0,3}[\d._-]*")
+# prefix and a number ("IM000001", "I1000000", "00000001", a UID), or a well-known file. A short
+# name without a digit ("Lee.dcm", "KIM") may be a name.
+_PLAIN_NAME = re.compile(r"[a-z]{0,3}\d[\d._-]*")
 _WELL_KNOWN_NAMES = frozenset({"dicomdir", "readme", "lockfile", "version", "autorun", "index", "thumbs",
                                "desktop", ".ds_store", "manifest", "license", "viewer", "setup"})
 

@@ -146,6 +146,9 @@ def identifier_tokens(
     # damaged length that swallowed the file's other text, whose words ("image") are no identifiers.
     for group in str(patient_name or "").split("=")[:3]:  # alphabetic, ideographic, phonetic
         group = group[:_MAX_VALUE]
+        family_given = [re.sub(r"[\s'’`´_.\-,;]+", "", c) for c in group.split("^")[:2]]
+        if len(family_given) == 2 and all(family_given):  # written together: "MUELLERHANS", "HansMueller"
+            texts |= {family_given[0] + family_given[1], family_given[1] + family_given[0]}
         for component in group.split("^")[:3]:  # family, given, middle
             for name in re.split(r"[,;\x00-\x1f\x7f]+", component):  # control bytes: a damaged value
                 pieces = [p for p in _JOINTS.split(name) if p]
@@ -167,9 +170,11 @@ class Redactor:
     """Finds the identifier tokens of many patients in paths, case-insensitively, as whole tokens.
 
     A token counts only where it stands alone: between characters that are not letters or digits
-    ("Bauer Margaret (52020514)"), or where letters meet digits ("Mueller2021"). An ID made only
-    of digits glued to letters counts from :data:`MIN_GLUED_DIGITS` digits on, so a short Patient
-    ID is not cut out of "IM000001".
+    ("Bauer Margaret (52020514)"), where letters meet digits ("Mueller2021") or where a lower-case
+    letter meets an upper-case one ("MuellerHans"); family and given name written together
+    ("MUELLERHANS") are tokens of their own (:func:`identifier_tokens`). An ID made only of digits
+    glued to letters counts from :data:`MIN_GLUED_DIGITS` digits on ("PID4711234"), so a short
+    Patient ID is not cut out of "IM00001", nor "Ann" out of "Annotation".
 
     One regular expression over thousands of tokens costs milliseconds per path (an archive's
     first ingest meets thousands of patients); here each position of a path costs a dict lookup
@@ -202,13 +207,13 @@ class Redactor:
         parts: list[str] = []
         start = i = 0
         while i <= len(low) - MIN_TOKEN:
-            if i and not _separates(low[i - 1], low[i]):
+            if i and not _boundary(path[i - 1], path[i]):
                 i += 1
                 continue
             lengths, group = self._by_head.get(low[i : i + MIN_TOKEN], _NO_TOKENS)
             for n in lengths:
                 token = low[i : i + n]
-                if token in group and (i + n == len(low) or _separates(low[i + n], low[i + n - 1])) \
+                if token in group and (i + n == len(low) or _boundary(path[i + n - 1], path[i + n])) \
                         and _stands_alone(low, i, n):
                     parts += [path[start:i], "\0"]
                     start = i = i + n
@@ -221,18 +226,22 @@ class Redactor:
         return re.sub(r"\0(?:[\s_\-^,.]*\0)*", replacement, marked)
 
 
-# A token of digits only (a Patient ID, a birth date) glued to letters counts from this length.
-MIN_GLUED_DIGITS = 8
+# A token of digits only (a Patient ID, a birth date) glued to letters counts from this length
+# ("PID4711234"); a shorter one there is likely a file number ("IM000001").
+MIN_GLUED_DIGITS = 6
 
 
-def _separates(neighbour: str, edge: str) -> bool:
-    """Whether ``neighbour`` ends a token whose character next to it is ``edge``: it is neither a
-    letter nor a digit, or one is a letter and the other a digit."""
-    return not neighbour.isalnum() or neighbour.isalpha() != edge.isalpha()
+def _boundary(before: str, after: str) -> bool:
+    """Whether a token may end before ``after`` / start after ``before`` (two adjacent characters):
+    one is neither a letter nor a digit, one is a letter and the other a digit, or a lower-case
+    letter meets an upper-case one ("MuellerHans")."""
+    return (not before.isalnum() or not after.isalnum() or before.isalpha() != after.isalpha()
+            or (before.islower() and after.isupper()))
 
 
 def _stands_alone(low: str, i: int, n: int) -> bool:
-    """A digits-only token glued to a letter needs :data:`MIN_GLUED_DIGITS` digits ("IM000001")."""
+    """A digits-only token glued to a letter needs :data:`MIN_GLUED_DIGITS` digits ("IM00001" keeps a
+    5-digit ID)."""
     if not low[i : i + n].isdigit() or n >= MIN_GLUED_DIGITS:
         return True
     return not ((i and low[i - 1].isalpha()) or (i + n < len(low) and low[i + n].isalpha()))

@@ -449,6 +449,7 @@ def test_error_rows_never_show_a_folder_that_may_be_named_after_a_patient() -> N
     errors = [
         ix.error_row("Mueller Hans/IM2", 10, 1, "header", "header reader crashed", now),  # beside IM1
         ix.error_row("Mueller Hans/Weber_Lea.dcm", 10, 1, "discover", "not DICOM: PDF document", now),
+        ix.error_row("Mueller Hans/Lee.dcm", 10, 1, "discover", "not DICOM: PDF document", now),
         ix.error_row("Schmidt Erika/report.pdf", 10, 1, "discover", "not DICOM: PDF document", now),
         ix.error_row("Schmidt Erika/DOE.JOHN", 10, 1, "header", "reading the header took longer than 60 s", now),
         ix.error_row("Weber Lea", None, None, "discover", "cannot open folder: [Errno 13] '/x/Weber Lea'", now),
@@ -461,11 +462,12 @@ def test_error_rows_never_show_a_folder_that_may_be_named_after_a_patient() -> N
     assert [r["path"] for r in errors] == [
         "patient-abcdef12/IM2",  # the same folder name as the indexed file beside it
         f"patient-abcdef12/file-{path_key('Weber_Lea.dcm', key)[:8]}.dcm",  # a name nobody has read
+        f"patient-abcdef12/file-{path_key('Lee.dcm', key)[:8]}.dcm",  # short, but no number: maybe a name
         f"{hidden}/file-{path_key('report.pdf', key)[:8]}.pdf",
         f"{hidden}/file-{path_key('DOE.JOHN', key)[:8]}",  # ".JOHN" is not an extension to show
         f"folder-{path_key('Weber Lea', key)[:8]}",
     ]
-    assert errors[4]["reason"] == f"cannot open folder: [Errno 13] '/x/folder-{path_key('Weber Lea', key)[:8]}'"
+    assert errors[5]["reason"] == f"cannot open folder: [Errno 13] '/x/folder-{path_key('Weber Lea', key)[:8]}'"
     assert legacy["path"].tolist() == [f"folder-{path_key('Berg Jan', key)[:8]}/file-{path_key('IM9', key)[:8]}"]
     text = repr([*errors, legacy.to_dict("records")]).lower()
     assert not any(name in text for name in ("schmidt", "erika", "weber", "berg jan", "john", "mueller"))

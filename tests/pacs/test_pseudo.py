@@ -135,6 +135,7 @@ def test_only_whole_tokens_are_replaced_and_brackets_stay() -> None:
     """The cases of issue 14: a short ID inside a file name, a bracketed ID, a name glued to a year."""
     short = Redactor(identifier_tokens("Roe^Jo", "00001", None))
     assert short.redact("ST1/IM000001", "patient-x") == "ST1/IM000001"
+    assert short.redact("ST1/IM00001", "patient-x") == "ST1/IM00001"  # a 5-digit ID glued to letters
     assert short.redact("ST1/00001.dcm", "patient-x") == "ST1/patient-x.dcm"
     assert short.redact("ST1/scan_00001_b.dcm", "patient-x") == "ST1/scan_patient-x_b.dcm"
     bauer = Redactor(identifier_tokens("Bauer^Margaret", "52020514", None))
@@ -150,3 +151,15 @@ def test_a_damaged_name_that_swallowed_other_text_adds_no_ordinary_words() -> No
     assert {"roe", "jane"} <= tokens
     assert not {"image", "secondary", "capture", "derived"} & tokens
     assert Redactor(tokens).redact("not an image: truncated", "patient-x") == "not an image: truncated"
+
+
+def test_names_and_ids_written_together_are_still_found() -> None:
+    """Whole tokens must not let through what exports glue together (a second read of issue 14's fix)."""
+    redactor = Redactor(identifier_tokens("MUELLER^HANS", "4711234", "19520101"))
+    assert redactor.redact("MuellerHans/IM1", "P") == "P/IM1"
+    assert redactor.redact("HansMueller/x", "P") == "P/x"
+    assert redactor.redact("MUELLERHANS/x", "P") == "P/x"
+    assert redactor.redact("PID4711234/x", "P") == "PIDP/x"
+    assert redactor.redact("Annotation/Hansen/x", "P") == "Annotation/Hansen/x"  # other words stay
+    ann = Redactor(identifier_tokens("Ann^Lee", "12", None))
+    assert ann.redact("Annotation/Ann Lee/x", "P") == "Annotation/P/x"
