@@ -308,14 +308,17 @@ _JS = """
   var text=document.getElementById('filter'), kind=document.getElementById('kind'), count=document.getElementById('count');
   var review=JSON.parse(document.getElementById('review-data').textContent);
   var prefix='radaudit-verdicts:'+review.store+':';
+  // Storage may be blocked (a browser's privacy settings): verdicts then live until the page closes.
+  var store={get:function(k){try{return localStorage.getItem(k);}catch(e){return null;}},
+             set:function(k,v){try{if(v)localStorage.setItem(k,v);else localStorage.removeItem(k);}catch(e){}}};
   function toast(msg){var t=document.getElementById('toast'); t.textContent=msg; t.style.display='block';
     clearTimeout(toast.timer); toast.timer=setTimeout(function(){t.style.display='none';},1600);}
   function apply(){
-    var q=text.value.trim().toLowerCase(), k=kind.value, shown=0;
+    var q=text.value.trim().toLowerCase().replace(/_/g,' '), k=kind.value, shown=0;
     rows.forEach(function(r){
       var v=r.querySelector('select.verdict').value;
       var ok=(!k||(k==='unreviewed'?!v:k==='reviewed'?!!v:r.getAttribute('data-issue')===k))
-             &&(!q||r.textContent.toLowerCase().indexOf(q)>=0);
+             &&(!q||r.getAttribute('data-search').indexOf(q)>=0);
       r.style.display=ok?'':'none'; if(ok)shown++;
     });
     count.textContent=shown+' of '+rows.length+' shown';
@@ -344,11 +347,11 @@ _JS = """
   // Verdicts: kept in the browser's local storage, so a reload (or a crash) loses none.
   rows.forEach(function(r){
     var sel=r.querySelector('select.verdict'), uid=r.getAttribute('data-uid');
-    var kept=localStorage.getItem(prefix+uid);
+    var kept=store.get(prefix+uid);
     if(kept!==null){sel.value=kept; r.classList.toggle('done',!!sel.value);}
     sel.addEventListener('change',function(){
-      if(sel.value)localStorage.setItem(prefix+uid,sel.value); else localStorage.removeItem(prefix+uid);
-      r.classList.toggle('done',!!sel.value); reviewedCount();
+      store.set(prefix+uid,sel.value);
+      r.classList.toggle('done',!!sel.value); reviewedCount(); apply();
     });
   });
   function csvCell(v){return /[",\\r\\n]/.test(v)?'"'+v.replace(/"/g,'""')+'"':v;}
@@ -485,8 +488,14 @@ def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], is
                                               f"recorded {rec['recorded_region']}" if rec["recorded_region"] else "",
                                               f"suggested {rec['suggested_region']}" if rec["suggested_region"] else "",
                                               _text(rec["view"]), _text(rec["laterality"])) if t)
+        # What the filter box searches: the row's text, whole UIDs included, not the verdict list's options.
+        search = " ".join(_text(rec[c]) for c in ("issue", "recorded_region", "suggested_region", "recorded_raw",
+                                                  "ood_reason", "view", "laterality", "accession_number",
+                                                  "study_instance_uid", "sop_instance_uid", "source_path")
+                          if c in rec).replace("_", " ").lower()
         body.append(f'<tr data-issue="{esc(_text(rec["issue"]))}" data-uid="{esc(rec["sop_instance_uid"])}" '
-                    f'data-rank="{int(rec["rank"])}" data-caption="{esc(caption)}">{"".join(cells)}</tr>')
+                    f'data-rank="{int(rec["rank"])}" data-caption="{esc(caption)}" data-search="{esc(search)}">'
+                    f'{"".join(cells)}</tr>')
     kinds = "".join(f'<option value="{k}">{k.replace("_", " ")}</option>' for k in ("mislabel", "out_of_domain", "missing_label"))
     data = json.dumps(dataclasses.asdict(review), ensure_ascii=True).replace("</", "<\\/")
     return (

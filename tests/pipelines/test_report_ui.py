@@ -130,6 +130,23 @@ def test_a_radiologist_reviews_in_the_html_report_and_the_next_run_applies_it(tm
         views = page.js("Array.from(document.querySelectorAll('#report tbody tr')).map(r => r.cells[7].textContent)")
         assert any(v.strip() for v in views), views
 
+        # The filter box: a whole UID finds its row; a region finds the rows that name it, not every
+        # row (each row's verdict list names every region).
+        def shown_after(query: str) -> list[str]:
+            page.js(f"(() => {{ const f = document.getElementById('filter'); f.value = {json.dumps(query)}; "
+                    "f.dispatchEvent(new Event('input')); })()")
+            return page.js("Array.from(document.querySelectorAll('#report tbody tr'))"
+                           ".filter(r => r.style.display !== 'none').map(r => r.dataset.uid)")
+
+        assert shown_after(first_uid) == [first_uid]
+        region = csv["recorded_region"].dropna().iloc[0]
+        fields = ["issue", "recorded_region", "suggested_region", "recorded_raw", "ood_reason", "accession_number",
+                  "study_instance_uid", "sop_instance_uid", "source_path"]
+        text = csv[fields].fillna("").astype(str).agg(" ".join, axis=1).str.replace("_", " ").str.lower()
+        naming = set(csv.loc[text.str.contains(region.replace("_", " "), regex=False), "sop_instance_uid"])
+        assert set(shown_after(region)) == naming and 0 < len(naming) < len(csv)
+        shown_after("")
+
         # The image large, at the cache's full resolution (64 px), zoomed on click.
         page.js("document.querySelector('img.thumb').click()")
         page.wait_for("document.getElementById('lightbox').classList.contains('open') && "
