@@ -29,10 +29,11 @@ def oof_asset(method: str) -> dg.AssetsDefinition:
                                         l2=audit.head_l2)
             labelled = result.fold >= 0
             acc = float((result.probabilities[labelled].argmax(1) == _labels(radaudit, method)[labelled]).mean())
+            l2 = stages.head_settings(radaudit.data_dir, method)["l2"]
         return dg.MaterializeResult(metadata={
             "dagster/row_count": len(result.fold), "labelled": int(labelled.sum()),
             "oof_accuracy_vs_recorded": round(acc, 4), "rare_classes": str(list(result.rare_classes)),
-            "head_l2": stages.head_settings(radaudit.data_dir, method)["l2"],
+            "head_l2": l2,
         })
 
     return oof
@@ -137,7 +138,7 @@ def mislabel_report(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
         yield dg.MaterializeResult(metadata={
             "warnings": "\n".join(warnings) or "none",
             "dagster/row_count": len(csv), "csv": dg.MetadataValue.path(str(files.csv_path.resolve())),
-                "html": dg.MetadataValue.url(files.html_path.resolve().as_uri()),
+            "html": dg.MetadataValue.url(files.html_path.resolve().as_uri()),
             "flagged_fraction": round(fraction, 4), "top_flags": dg.MetadataValue.md(preview.to_markdown(index=False)
                                                                                      if len(preview) else "_none_"),
         })

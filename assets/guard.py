@@ -6,13 +6,14 @@ with one line in the Dagster UI, not retried; the CLI prints the same line.
 """
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import dagster as dg
 
 from assets.resources import RadauditConfig
 from pacs.checks import InputError, check_data_dir, check_export, disk_error
-from pacs.lock import data_dir_lock
+from pacs.lock import DataDirBusy, data_dir_lock
 
 
 def no_retry(error: Exception) -> dg.Failure:
@@ -21,26 +22,52 @@ def no_retry(error: Exception) -> dg.Failure:
     return dg.Failure(description=line, allow_retries=False)
 
 
+# A step of the GPU pool that finds the data dir busy gives its pool slot back and is retried this
+# often (seconds): holding the slot while waiting for a CLI run that waits for the slot deadlocks.
+POOL_RETRY_S = 60.0
+
+
 @contextlib.contextmanager
-def guarded(radaudit: RadauditConfig, what: str, *, reads_export: bool = False) -> Iterator[None]:
+def guarded(radaudit: RadauditConfig, what: str, *, reads_export: bool = False,
+            pool_retry_number: int | None = None) -> Iterator[None]:
     """Hold the data dir's lock (waiting up to ``radaudit.lock_wait_s``) and turn the user's problems
     (:class:`InputError`, ``ValueError``, ``FileNotFoundError``, a full disk or a read-only data dir)
     into a one-line :class:`dagster.Failure`.
 
     The data dir (and with ``reads_export`` the export) is checked first, so that a step that
-    cannot work creates nothing."""
+    cannot work creates nothing. A step in a concurrency pool passes its ``context.retry_number``
+    as ``pool_retry_number``: it does not wait for the lock while holding its pool slot, but asks
+    to be retried in :data:`POOL_RETRY_S` (slot released), until ``lock_wait_s`` is used up."""
     log = dg.get_dagster_logger()
     try:
         if reads_export:
             check_export(radaudit.export_dir)
         check_data_dir(radaudit.data_dir)
-        with data_dir_lock(radaudit.data_dir, what=f"Dagster step {what}", wait_s=radaudit.lock_wait_s,
-                           on_wait=log.warning):
+    except (ValueError, OSError) as error:
+        _raise_failure(error)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(data_dir_lock(
+                radaudit.data_dir, what=f"Dagster step {what}", on_wait=log.warning,
+                wait_s=0.0 if pool_retry_number is not None else radaudit.lock_wait_s))
+        except DataDirBusy as busy:
+            tries = max(1, math.ceil(radaudit.lock_wait_s / POOL_RETRY_S))
+            if pool_retry_number is not None and pool_retry_number < tries:
+                log.warning(f"{busy}; giving the GPU slot back and trying again in {POOL_RETRY_S:g} s")
+                raise dg.RetryRequested(max_retries=tries, seconds_to_wait=min(POOL_RETRY_S, radaudit.lock_wait_s)) \
+                    from busy
+            raise no_retry(busy) from busy
+        try:
             yield
-    except (ValueError, FileNotFoundError) as error:
+        except (ValueError, OSError) as error:
+            _raise_failure(error)
+
+
+def _raise_failure(error: Exception) -> None:
+    """Raise the one-line failure for a user's problem, or ``error`` itself for anything else (a bug)."""
+    if isinstance(error, (ValueError, FileNotFoundError)):
         raise no_retry(error) from error
-    except OSError as error:
-        disk = disk_error(error)
-        if disk is None:
-            raise
-        raise no_retry(disk) from error
+    disk = disk_error(error)
+    if disk is None:
+        raise error
+    raise no_retry(disk) from error

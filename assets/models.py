@@ -33,7 +33,7 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
         from models.probe import plot_loss_curve
 
         # A retry, or a re-execution of this run, resumes what the first attempt trained from scratch.
-        with guarded(radaudit, f"backbone/{method}"):
+        with guarded(radaudit, f"backbone/{method}", pool_retry_number=context.retry_number):
             result = stages.train_backbone(radaudit.data_dir, method, audit.pretrain_config(method),
                                            truth_path=audit.truth_path, from_scratch=audit.from_scratch,
                                            scratch_token=context.run.root_run_id or context.run.run_id,
@@ -55,7 +55,7 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
         f"(embeddings/{method}.npy, rows in embeddings/{method}.uids.parquet).",
     )
     def embeddings(context: dg.AssetExecutionContext, radaudit: RadauditConfig) -> dg.MaterializeResult:
-        with guarded(radaudit, f"embeddings/{method}"):
+        with guarded(radaudit, f"embeddings/{method}", pool_retry_number=context.retry_number):
             features = stages.compute_embeddings(radaudit.data_dir, method, log=context.log.info)
         return dg.MaterializeResult(metadata={"dagster/row_count": int(features.shape[0]), "dim": int(features.shape[1])})
 

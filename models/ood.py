@@ -60,7 +60,6 @@ CR_DX_SOP_CLASSES: frozenset[str] = frozenset({
 _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _COLOUR = ("RGB", "YBR", "PALETTE")
 
-
 # Pixel feature -> (direction that is suspicious: +1 high, -1 low, reason shown to a radiologist).
 PIXEL_FEATURES: dict[str, tuple[int, str]] = {
     "structure": (-1, "uniform or blank image"),

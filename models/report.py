@@ -509,7 +509,7 @@ def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], is
         f"showing the {len(rows)} most suspect. Click a column header to sort, a thumbnail to see the image large.</p>"
         "<p class=\"howto\">Review: pick a verdict per row (<b>confirm</b>: the recorded label is wrong and the "
         "suggestion right; <b>reject</b>: the label is right; <b>out of domain</b>; or the right region). Verdicts "
-        "stay in this browser until you save them. <b>Save verdicts</b> writes a CSV: put it into "
+        "stay in this browser (also after saving). <b>Save verdicts</b> writes a CSV: put it into "
         f"<code id=\"review-folder\">{esc(review.folder)}</code>; the next run applies it.</p>"
         "<div class=\"controls\"><input id=\"filter\" type=\"search\" placeholder=\"Filter: region, UID, text ...\">"
         f"<select id=\"kind\"><option value=\"\">all issues</option>{kinds}"

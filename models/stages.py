@@ -427,7 +427,7 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
                              "out_of_fold": result.out_of_fold}),
                data_dir / PROB_DIR / f"{method}.rows.parquet")
     pio.write_text(data_dir / PROB_DIR / f"{method}.heads.json",
-               json.dumps({"l2": l2, "log_loss_by_l2": {f"{k2:g}": v for k2, v in losses.items()}}, indent=1))
+                   json.dumps({"l2": l2, "log_loss_by_l2": {f"{k2:g}": v for k2, v in losses.items()}}, indent=1))
     return result
 
 

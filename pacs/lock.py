@@ -1,14 +1,18 @@
 """One writer per data dir: an advisory lock that a second run waits for, or fails on with a clear line.
 
 Two runs on one data dir (a nightly job and a steward's materialization from the Dagster UI, two
-CLI runs) would otherwise interleave their writes: every file is replaced atomically, but a
-report could mix one run's probabilities with another's embeddings. Each step that writes holds
-:func:`data_dir_lock`; the CLI holds it for its whole run. The lock is a POSIX record lock
-(``lockf``) on ``<data dir>/.radaudit.lock``: the kernel drops it when its holder dies (kill -9
-included), so a crashed run never leaves a stale lock; unlike ``flock``, the holder's forked
-workers (decoders, data loaders) do not inherit it, so they cannot keep a killed run's lock. The file names its holder (pid, what, since) for the
-message a waiting run prints. Re-entrant within one process (the CLI's in-process steps). Taking
-it removes the temporary files a killed writer left (:func:`pacs.io.remove_stale_temps`).
+CLI runs) would otherwise interleave their writes. The CLI holds :func:`data_dir_lock` for its
+whole run, so another run's steps wait for all of it; a run started from the UI holds it step by
+step (every file is still replaced whole, but a CLI run may slip in between two of its steps).
+
+The lock is a POSIX record lock (``lockf``) on ``<data dir>/.radaudit.lock``: the kernel drops it
+when its holder dies (kill -9 included), so a crashed run never leaves a stale lock; unlike
+``flock``, the holder's forked workers (decoders, data loaders) do not inherit it, so they cannot
+keep a killed run's lock. A POSIX lock is also dropped when its process closes *any* descriptor
+of the file, so nothing but this module opens ``.radaudit.lock``; ``.radaudit.holder`` names the
+holder (pid, what, since) for the message a waiting run prints. Re-entrant within one process
+(the CLI's in-process steps; one thread). Taking it removes the temporary files a killed writer
+left (:func:`pacs.io.remove_stale_temps`).
 
     with data_dir_lock("data", what="radaudit audit", wait_s=0):
         ...
@@ -26,11 +30,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pacs.checks import InputError
-from pacs.io import remove_stale_temps
+from pacs.io import remove_stale_temps, write_text
 
-__all__ = ["LOCK_FILE", "DataDirBusy", "data_dir_lock"]
+__all__ = ["HOLDER_FILE", "LOCK_FILE", "DataDirBusy", "data_dir_lock"]
 
 LOCK_FILE = ".radaudit.lock"
+HOLDER_FILE = ".radaudit.holder"
 log = logging.getLogger(__name__)
 _held: dict[str, int] = {}  # resolved lock path -> depth, in this process
 _guard = threading.Lock()
@@ -41,7 +46,7 @@ class DataDirBusy(InputError):
 
 
 def _holder(path: Path) -> str:
-    """What the lock file says about its holder ("" if unreadable)."""
+    """What the holder file says about the lock's holder ("" if unreadable)."""
     try:
         return path.read_text(encoding="utf-8").strip()
     except OSError:
@@ -66,6 +71,7 @@ def data_dir_lock(data_dir: str | os.PathLike[str], *, what: str, wait_s: float 
     if wait_s < 0:
         raise ValueError(f"wait_s must be >= 0, got {wait_s}")
     path = Path(data_dir) / LOCK_FILE
+    holder_file = path.with_name(HOLDER_FILE)
     path.parent.mkdir(parents=True, exist_ok=True)
     key = str(path.resolve())
     with _guard:
@@ -90,7 +96,7 @@ def data_dir_lock(data_dir: str | os.PathLike[str], *, what: str, wait_s: float 
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except (BlockingIOError, PermissionError):  # EAGAIN or EACCES, as the platform reports it
-                holder = _holder(path) or "another process"
+                holder = _holder(holder_file) or "another process"
                 if time.monotonic() >= deadline:
                     waited = f" after waiting {wait_s:g} s" if wait_s else ""
                     raise DataDirBusy(f"data dir {data_dir} is in use by {holder}{waited}; wait for that run to "
@@ -99,8 +105,7 @@ def data_dir_lock(data_dir: str | os.PathLike[str], *, what: str, wait_s: float 
                     on_wait(f"data dir {data_dir} is in use by {holder}; waiting up to {wait_s:g} s")
                     told = True
                 time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} ({what}, since {time.strftime('%Y-%m-%d %H:%M:%S %Z')})\n".encode(), 0)
+        write_text(holder_file, f"pid {os.getpid()} ({what}, since {time.strftime('%Y-%m-%d %H:%M:%S %Z')})\n")
         stale = remove_stale_temps(path.parent)
         if stale:
             log.info("removed %d temporary files a stopped run left in %s", len(stale), path.parent)
@@ -111,7 +116,7 @@ def data_dir_lock(data_dir: str | os.PathLike[str], *, what: str, wait_s: float 
         finally:
             with _guard:
                 _held.pop(key, None)
-            os.ftruncate(fd, 0)
+            write_text(holder_file, "")
             fcntl.lockf(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

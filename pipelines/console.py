@@ -30,7 +30,8 @@ class StepLineFormatter(logging.Formatter):
         if event is not None:
             text = _SHOWN_EVENTS[event.event_type_value]
         else:
-            text = str(meta.get("orig_message", record.getMessage())).splitlines()[0] if meta else record.getMessage()
+            text = (str(meta.get("orig_message", record.getMessage())).splitlines() or [""])[0] if meta \
+                else record.getMessage()
         level = "" if record.levelno < logging.WARNING else f"{record.levelname}: "
         return f"{time.strftime('%H:%M:%S', time.localtime(record.created))} {step}: {level}{text}"
 

@@ -15,7 +15,7 @@ import dagster as dg
 import pytest
 
 from pacs import io
-from pacs.lock import LOCK_FILE, DataDirBusy, data_dir_lock
+from pacs.lock import HOLDER_FILE, LOCK_FILE, DataDirBusy, data_dir_lock
 from pipelines.cli import main
 
 
@@ -153,7 +153,7 @@ def test_a_second_run_on_a_busy_data_dir_fails_with_who_holds_it(tmp_path, capsy
         assert rc == 2 and err.count("\n") == 1
         assert f"data dir {data} is in use by pid {holder.pid} (radaudit audit, since " in err
         assert "wait for that run to end" in err
-        assert files_under(data) == [LOCK_FILE]  # nothing written beside the holder's lock
+        assert files_under(data) == [HOLDER_FILE, LOCK_FILE]  # nothing written beside the holder's lock
     finally:
         holder.kill()
         holder.wait()
@@ -180,11 +180,32 @@ def test_a_run_that_may_wait_goes_ahead_when_the_holder_ends(tmp_path):
             other.wait()
 
 
-def test_the_lock_is_reentrant_in_one_process(tmp_path):
+PROBE = textwrap.dedent("""
+    import sys
+    from pacs.lock import DataDirBusy, data_dir_lock
+    try:
+        with data_dir_lock(sys.argv[1], what="probe"):
+            print("free")
+    except DataDirBusy:
+        print("busy")
+""")
+
+
+def probe(data: Path) -> str:
+    """Whether another process could take the lock now."""
+    return subprocess.run([sys.executable, "-c", PROBE, str(data)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[2], check=True).stdout.strip()
+
+
+def test_the_lock_is_reentrant_in_one_process_and_holds_until_the_outer_block_ends(tmp_path):
     with data_dir_lock(tmp_path, what="outer"):
         with data_dir_lock(tmp_path, what="inner"):  # the CLI holds it while its steps take it again
-            assert "outer" in (tmp_path / LOCK_FILE).read_text()
-    assert (tmp_path / LOCK_FILE).read_text() == ""
+            assert "outer" in (tmp_path / HOLDER_FILE).read_text()
+        assert probe(tmp_path) == "busy"  # the inner block's end released nothing
+        (tmp_path / HOLDER_FILE).read_text()  # reading who holds it does not release it either
+        assert probe(tmp_path) == "busy"
+    assert (tmp_path / HOLDER_FILE).read_text() == ""
+    assert probe(tmp_path) == "free"
 
 
 def test_taking_the_lock_sweeps_what_a_killed_writer_left(tmp_path):
@@ -196,7 +217,7 @@ def test_taking_the_lock_sweeps_what_a_killed_writer_left(tmp_path):
     (tmp_path / "index" / "dicom_index.parquet").write_bytes(b"whole")
     with data_dir_lock(tmp_path, what="test"):
         pass
-    assert files_under(tmp_path) == sorted([LOCK_FILE, "dagster", "dagster/.runs.db.tmp", "index",
+    assert files_under(tmp_path) == sorted([HOLDER_FILE, LOCK_FILE, "dagster", "dagster/.runs.db.tmp", "index",
                                             "index/dicom_index.parquet", "models"])
 
 
@@ -219,3 +240,29 @@ def test_a_step_from_the_ui_waits_for_the_cli_run_then_fails_with_who_holds_it(t
     description = failure.step_failure_data.user_failure_data.description
     assert description.startswith(f"data dir {tmp_path / 'data'} is in use by pid {holder.pid} (radaudit audit, since ")
     assert "after waiting 0.5 s" in description
+
+
+def test_a_gpu_step_gives_its_pool_slot_back_while_the_data_dir_is_busy(tmp_path, monkeypatch):
+    """A UI step of the GPU pool must not sit on its slot waiting for a CLI run that needs the slot:
+    it asks to be retried (slot released), and fails with the holder's line once lock_wait_s is used."""
+    import assets.guard as guard
+    from assets.models import method_assets
+    from assets.resources import AuditConfig, RadauditConfig
+
+    monkeypatch.setattr(guard, "POOL_RETRY_S", 0.2)
+    (tmp_path / "export").mkdir()
+    holder = hold_lock(tmp_path / "data", 60)
+    try:
+        resource = RadauditConfig(export_dir=str(tmp_path / "export"), data_dir=str(tmp_path / "data"),
+                                  lock_wait_s=0.5)
+        _, embeddings = method_assets("simclr")
+        result = dg.materialize([embeddings], resources={"radaudit": resource, "audit": AuditConfig()},
+                                raise_on_error=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    kinds = [e.event_type_value for e in result.all_events]
+    assert kinds.count("STEP_UP_FOR_RETRY") == 3  # ceil(0.5 / 0.2) retries, each with its slot released
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_failure_data.user_failure_data.description.startswith(
+        f"data dir {tmp_path / 'data'} is in use by pid {holder.pid}")

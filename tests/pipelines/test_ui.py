@@ -75,7 +75,10 @@ def test_asset_graph_and_report_page_render(tmp_path):
         pages = {
             "asset_graph": ("/asset-groups", ["ingest", "labels", "pretrain", "audit"]),
             "audit_group": (group.format("audit"), ["ensemble_probabilities", "label_issues", "mislabel_report"]),
-            "report_asset": ("/assets/mislabel_report", ["radiologists' report", "top_flags", "flagged_fraction"]),
+            # Backbone and embeddings nodes both read "simclr"; their kinds tell them apart.
+            "pretrain_group": (group.format("pretrain"), ["pytorch", "numpy"]),
+            "report_asset": ("/assets/mislabel_report", ["radiologists' report", "top_flags", "flagged_fraction",
+                                                        "file:///"]),
             "backbone_asset": ("/assets/backbone/simclr", ["contrastive pretraining", "loss_curve",
                                                           "eval/knn_accuracy", "eval/linear_probe_accuracy"]),
             "ensemble_asset": ("/assets/ensemble_probabilities", ["confusion_matrix", "accuracy_vs_recorded"]),
