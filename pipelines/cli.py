@@ -139,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--noise", type=float, default=0.08, help="fraction of corrupted recorded labels")
     synth.add_argument("--missing", type=float, default=0.05, help="fraction of missing labels")
     synth.add_argument("--ood", type=float, default=0.02, help="fraction of out-of-domain images")
+    synth.add_argument("--duplicates", type=float, default=0.03,
+                       help="extra files that duplicate in-domain images, as a fraction of --n (default 0.03): "
+                       "copies under new UIDs, re-encoded copies, re-exposures and copies under another patient")
     synth.add_argument("--size", type=int, default=256, help="image side in pixels")
     synth.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
     synth.add_argument("--preview", type=Path, help="write a contact sheet PNG of all regions and artefacts instead")
@@ -419,7 +422,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if not args.out or not args.truth:
         raise ValueError("give --out and --truth (or --preview PNG)")
     summary = generate_export(args.out, args.truth, n=args.n, seed=args.seed, noise=args.noise,
-                              missing=args.missing, ood=args.ood, size=args.size, force=args.force)
+                              missing=args.missing, ood=args.ood, size=args.size, force=args.force,
+                              duplicates=args.duplicates)
     print(summary)
     return 0
 

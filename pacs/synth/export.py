@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -76,6 +77,7 @@ class SynthSummary:
     n_series: int
     region_counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    n_duplicates: int = 0
 
     @property
     def n_noise(self) -> int:
@@ -342,6 +344,7 @@ def generate_export(
     ood: float = 0.02,
     size: int = 256,
     force: bool = False,
+    duplicates: float = 0.0,
 ) -> SynthSummary:
     """Write ``n`` synthetic radiographs as a PACS export and their ground truth.
 
@@ -360,6 +363,8 @@ def generate_export(
         ood: Fraction of out-of-domain images (CT slice, photo, blank, test pattern, scanned form).
         size: Longer image side in pixels.
         force: Replace the contents of a non-empty ``out_dir``.
+        duplicates: Fraction of ``n``: that many extra files are duplicates of in-domain images
+            (:data:`DUPLICATE_KINDS` in turn; the truth's ``duplicate_of`` names the original).
 
     Returns:
         Counts of what was written.
@@ -370,6 +375,8 @@ def generate_export(
     t0 = time.perf_counter()
     out, truth = Path(out_dir), Path(truth_path)
     _validate(out, truth, n, seed, {"noise": noise, "missing": missing, "ood": ood}, size, force)
+    if isinstance(duplicates, bool) or not isinstance(duplicates, (int, float)) or not 0.0 <= duplicates <= 0.5:
+        raise ValueError(f"duplicates={duplicates!r} is a fraction of n in [0, 0.5], e.g. duplicates=0.03")
     n, seed, size = int(n), int(seed), int(size)
     if out.is_dir() and any(out.iterdir()):
         shutil.rmtree(out)
@@ -390,6 +397,14 @@ def generate_export(
                 ctr += len(rows_study)
                 n_series += len(study)
                 rows += rows_study
+    n_dup = round(float(duplicates) * n)
+    if n_dup:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows += _write_duplicates(out, rows, n_dup, seed)
+    for r in rows:
+        r.setdefault("duplicate_of", None)
+        r.setdefault("duplicate_kind", None)
     rows.sort(key=lambda r: r["path"])
     _atomic_truth(pa.Table.from_pylist(rows), truth)
     counts = {r: sum(1 for im in images if im.true_region == r) for r in REGIONS}
@@ -400,8 +415,98 @@ def generate_export(
         n_missing=sum(im.corruption == "missing" for im in images),
         n_ood=sum(im.ood_kind is not None for im in images),
         n_patients=len(patients), n_studies=n_studies, n_series=n_series, region_counts=counts,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, n_duplicates=n_dup,
     )
+
+
+# What a PACS holds twice: the same file re-exported under new UIDs, re-encoded (another transfer
+# syntax and bit depth), a re-exposure seconds later (shifted a few pixels, new noise), and the
+# same image copied into another patient's study (a serious integrity error).
+DUPLICATE_KINDS = ("copy", "reencoded", "shifted", "other_patient")
+
+
+def _write_duplicates(out: Path, rows: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
+    """Write ``k`` duplicates of in-domain images (kinds in turn); return their truth rows."""
+    import copy
+
+    rng = np.random.default_rng([seed, 2])
+    candidates = sorted((r for r in rows if not r["is_ood"]), key=lambda r: r["path"])
+    if not candidates:
+        return []
+    originals = [candidates[i] for i in rng.choice(len(candidates), size=min(k, len(candidates)), replace=False)]
+    new_rows = []
+    for j, orig in enumerate(originals):
+        kind = DUPLICATE_KINDS[j % len(DUPLICATE_KINDS)]
+        ds = pydicom.dcmread(out / orig["path"])
+        row = dict(orig)
+        if kind in ("reencoded", "shifted"):
+            arr = ds.pixel_array  # stored values
+            if kind == "reencoded":
+                arr, factor = _requantized(ds, arr)
+                ds.RescaleSlope = f"{float(ds.get('RescaleSlope', 1) or 1) * factor:g}"
+                ds.RescaleIntercept = ds.get("RescaleIntercept", "0")
+            else:
+                arr = _reexposed(arr, rng)
+            ds.PixelData = np.ascontiguousarray(arr).tobytes()
+            ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        if kind == "other_patient":
+            other = next(r for r in candidates[j:] + candidates[:j] if r["patient_id"] != orig["patient_id"])
+            donor = pydicom.dcmread(out / other["path"], stop_before_pixels=True)
+            for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "IssuerOfPatientID"):
+                if keyword in donor:
+                    setattr(ds, keyword, copy.deepcopy(donor[keyword].value))
+                elif keyword in ds:
+                    delattr(ds, keyword)
+            row.update(patient_id=other["patient_id"], patient_name=other["patient_name"])
+            top = other["path"].split("/")[0]
+        else:
+            top = orig["path"].split("/")[0]
+        study, series, sop = (hd.uid(seed, "duplicate", part, j) for part in ("study", "series", "sop"))
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, sop
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        rel = f"{top}/DUP{j + 1:05d}/IM000001"
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(out / rel, enforce_file_format=True)
+        row.update(sop_instance_uid=str(sop), path=rel, study_instance_uid=str(study),
+                   series_instance_uid=str(series), duplicate_of=orig["sop_instance_uid"], duplicate_kind=kind,
+                   transfer_syntax=str(ds.file_meta.TransferSyntaxUID), bits_stored=float(ds.BitsStored))
+        new_rows.append(row)
+    return new_rows
+
+
+def _requantized(ds: Dataset, arr: np.ndarray) -> tuple[np.ndarray, float]:
+    """The stored values at another bit depth, and the factor that keeps modality values (x slope)."""
+    bits = int(ds.BitsStored)
+    if bits > 8:  # two bits fewer: values / 4, slope x 4
+        ds.BitsStored, ds.HighBit = bits - 2, bits - 3
+        if "PixelPaddingValue" in ds:
+            ds.PixelPaddingValue = int(ds.PixelPaddingValue) >> 2
+        return (arr.astype(np.int32) >> 2).astype(arr.dtype), 4.0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits + 2, bits + 1  # 8-bit: two bits more
+    if "PixelPaddingValue" in ds:
+        ds.PixelPaddingValue = int(ds.PixelPaddingValue) << 2
+    return arr.astype(np.uint16) << 2, 0.25
+
+
+def _reexposed(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The same view seconds later: shifted by 1-3% of its size (edges repeated), with new noise."""
+    h, w = arr.shape
+    dy, dx = (int(rng.integers(max(1, s // 100), max(2, 3 * s // 100) + 1)) * int(rng.choice((-1, 1)))
+              for s in (h, w))
+    moved = np.roll(arr, (dy, dx), axis=(0, 1))
+    if dy > 0:
+        moved[:dy] = moved[dy]
+    elif dy < 0:
+        moved[dy:] = moved[dy - 1]
+    if dx > 0:
+        moved[:, :dx] = moved[:, dx:dx + 1]
+    elif dx < 0:
+        moved[:, dx:] = moved[:, dx - 1:dx]
+    info = np.iinfo(arr.dtype)
+    spread = max(1.0, float(arr.max()) - float(arr.min()))
+    noisy = moved.astype(np.float64) + rng.normal(0.0, 0.005 * spread, arr.shape)
+    return np.clip(np.rint(noisy), info.min, info.max).astype(arr.dtype)
 
 
 def _write_study(out: Path, study: list[_Series], pat: dict[str, Any], layout: int, study_n: int, seed: int,

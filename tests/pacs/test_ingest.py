@@ -323,7 +323,7 @@ def _folded(text: str) -> set[str]:
 def test_a_synthetic_export_leaks_no_identifier_and_keeps_every_label(tmp_path):
     """Viewer-export folders ("O_Brien Günter (00122147)") must not survive into any output."""
     export, truth_path, data = tmp_path / "export", tmp_path / "truth.parquet", tmp_path / "data"
-    generate_export(export, truth_path, n=60, seed=0, size=64)
+    generate_export(export, truth_path, n=60, seed=0, size=64, duplicates=0.1)  # also under another patient
     files = [p for p in export.rglob("*") if p.is_file()]
     assert any(p.relative_to(export).as_posix().startswith("O_Brien ") for p in files)  # the case at issue
     secrets: set[str] = set()

@@ -6,6 +6,7 @@ import collections
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pydicom
@@ -193,3 +194,40 @@ def test_every_in_domain_radiograph_shows_anatomy_through_its_own_window(tmp_pat
         lo, hi = np.percentile(read_image(out / r["path"]), [10, 90])
         spread[r["path"]] = float(hi - lo)
     assert min(spread.values()) > 0.05, sorted(spread.items(), key=lambda kv: kv[1])[:3]
+
+
+def test_duplicates_of_each_kind_are_written_with_their_truth(tmp_path):
+    """Issue 16's synthetic duplicates: a copy under new UIDs, a re-encoded copy (other transfer syntax
+    and bit depth, same modality values up to the lost bits), a re-exposure (shifted, new noise), and a
+    copy under another patient."""
+    from pacs.synth.export import DUPLICATE_KINDS
+
+    s = generate_export(tmp_path / "e", tmp_path / "t.parquet", n=40, seed=1, size=64, duplicates=0.1)
+    t = pd.read_parquet(tmp_path / "t.parquet").set_index("sop_instance_uid")
+    dups = t[t["duplicate_of"].notna()]
+    assert s.n_duplicates == 4 and len(t) == 44 and sorted(dups["duplicate_kind"]) == sorted(DUPLICATE_KINDS)
+    assert t.loc[t["duplicate_of"].isna(), "duplicate_kind"].isna().all()
+    for uid, row in dups.iterrows():
+        orig = t.loc[row["duplicate_of"]]
+        assert not orig["is_ood"] and pd.isna(orig["duplicate_of"])
+        a, b = pydicom.dcmread(tmp_path / "e" / row["path"]), pydicom.dcmread(tmp_path / "e" / orig["path"])
+        assert a.SOPInstanceUID == uid != b.SOPInstanceUID and a.StudyInstanceUID != b.StudyInstanceUID
+        assert row["true_region"] == orig["true_region"]
+        assert row[["recorded_region"]].equals(orig[["recorded_region"]])  # the same label, or none
+        slope_a, slope_b = float(a.get("RescaleSlope", 1)), float(b.get("RescaleSlope", 1))
+        va, vb = a.pixel_array * slope_a, b.pixel_array * slope_b
+        kind = row["duplicate_kind"]
+        if kind in ("copy", "other_patient"):
+            assert a.PixelData == b.PixelData and a.file_meta.TransferSyntaxUID == b.file_meta.TransferSyntaxUID
+        if kind == "reencoded":
+            assert (a.file_meta.TransferSyntaxUID, int(a.BitsStored)) != (b.file_meta.TransferSyntaxUID, int(b.BitsStored))
+            assert np.abs(va - vb).max() <= 3 * slope_b  # two bits fewer (or more)
+        if kind == "shifted":
+            assert a.pixel_array.shape == b.pixel_array.shape and not np.array_equal(va, vb)
+        same_patient = a.PatientID == b.PatientID
+        assert same_patient == (kind != "other_patient")
+        assert (row["patient_id"] == orig["patient_id"]) == same_patient
+    without = generate_export(tmp_path / "e2", tmp_path / "t2.parquet", n=40, seed=1, size=64)
+    assert without.n_duplicates == 0 and pd.read_parquet(tmp_path / "t2.parquet")["duplicate_of"].isna().all()
+    with pytest.raises(ValueError, match="duplicates"):
+        generate_export(tmp_path / "e3", tmp_path / "t3.parquet", n=10, seed=1, size=32, duplicates=0.9)
