@@ -437,6 +437,9 @@ def _write_duplicates(out: Path, rows: list[dict[str, Any]], k: int, seed: int) 
     new_rows = []
     for j, orig in enumerate(originals):
         kind = DUPLICATE_KINDS[j % len(DUPLICATE_KINDS)]
+        others = [r for r in candidates if r["patient_id"] != orig["patient_id"]]
+        if kind == "other_patient" and not others:  # an export of one patient
+            kind = "copy"
         ds = pydicom.dcmread(out / orig["path"])
         row = dict(orig)
         if kind in ("reencoded", "shifted"):
@@ -451,7 +454,7 @@ def _write_duplicates(out: Path, rows: list[dict[str, Any]], k: int, seed: int) 
             ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         if kind == "other_patient":
-            other = next(r for r in candidates[j:] + candidates[:j] if r["patient_id"] != orig["patient_id"])
+            other = others[j % len(others)]
             donor = pydicom.dcmread(out / other["path"], stop_before_pixels=True)
             for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "IssuerOfPatientID"):
                 if keyword in donor:
