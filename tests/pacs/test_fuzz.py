@@ -257,14 +257,10 @@ def test_jpeg_with_more_than_16_bits_allocated_is_an_error_row_not_a_decoder_abo
                                                                                    mutation):
     # Found by the 10,000-file run: GDCM's JPEG codec threw an uncaught C++ exception (SIGABRT) on a JPEG
     # frame with Bits Allocated 64, or on 32-bit RT dose data declared JPEG Baseline.
-    out, got = fuzz.mutate(_file(name), np.random.default_rng(seed), kinds=[kind])
+    got, outcome, _, out = _decode_mutated(tmp_path, name, seed, kind)
     assert got == mutation
-    path = tmp_path / "jpeg.dcm"
-    path.write_bytes(out)
-    [result] = ix.run_isolated(_decode_peak, [str(path)], workers=1, timeout_s=30, action="decoding", actor="decoder")
-    assert not isinstance(result, ix.JobFailure), result.reason
     ds = _read(out, stop_before_pixels=True)
-    assert result[0] == (f"Bits Allocated is {ds.BitsAllocated} with {ds.file_meta.TransferSyntaxUID.name}: "
+    assert outcome == (f"Bits Allocated is {ds.BitsAllocated} with {ds.file_meta.TransferSyntaxUID.name}: "
                          "JPEG holds at most 16 bits per sample")
 
 
@@ -279,28 +275,30 @@ def _decode_peak(path: str) -> tuple[str, float]:
     return outcome, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
 
 
+def _decode_mutated(tmp_path, source: str, seed: int, kind: str, **isolated) -> tuple[str, str, float, bytes]:
+    """Mutate ``source`` and decode it in a worker, as the ingest does (a regression that aborts the
+    decoder kills that worker, not the test session): (mutation, outcome, RSS growth in MiB, bytes)."""
+    out, mutation = fuzz.mutate(_file(source), np.random.default_rng(seed), kinds=[kind])
+    path = tmp_path / "mutated.dcm"
+    path.write_bytes(out)
+    [result] = ix.run_isolated(_decode_peak, [str(path)], workers=1, timeout_s=30, action="decoding", actor="decoder",
+                               **isolated)
+    assert not isinstance(result, ix.JobFailure), result.reason
+    return mutation, *result, out
+
+
 def test_jpeg_ls_rows_beyond_the_codestream_is_an_error_row_not_a_decoder_abort(tmp_path):
     # absurd_geometry (seed 23): GDCM threw an uncaught C++ exception and aborted its worker (SIGABRT).
-    out, name = fuzz.mutate(_file("JPEGLSNearLossless_08.dcm"), np.random.default_rng(23), kinds=["absurd_geometry"])
+    name, outcome, _, _ = _decode_mutated(tmp_path, "JPEGLSNearLossless_08.dcm", 23, "absurd_geometry")
     assert name == "absurd_geometry:Rows=65535"
-    path = tmp_path / "ls.dcm"
-    path.write_bytes(out)
-    # In a worker, as the ingest decodes: a regression aborts that worker, not the test session.
-    [result] = ix.run_isolated(_decode_peak, [str(path)], workers=1, timeout_s=30, action="decoding", actor="decoder")
-    assert not isinstance(result, ix.JobFailure), result.reason
-    outcome, _ = result
     assert outcome.startswith("the JPEG-LS codestream declares 45 x 10 pixels (rows x columns), the header 65535 x 10")
 
 
 def test_jpeg_2000_size_beyond_rows_is_refused_before_any_allocation(tmp_path):
     # codestream_size (seed 11, 20000 x 20000 in one tile on a 64 x 64 image): OpenJPEG touched ~0.9 GB,
     # 40000 x 40000 6 GB, before failing.
-    out, name = fuzz.mutate(_file("MR_small_jp2klossless.dcm"), np.random.default_rng(11), kinds=["codestream_size"])
+    name, outcome, grown, _ = _decode_mutated(tmp_path, "MR_small_jp2klossless.dcm", 11, "codestream_size")
     assert name == "codestream_size:JPEG 2000 SIZ 20000 x 20000, one tile"
-    path = tmp_path / "j2k.dcm"
-    path.write_bytes(out)
-    [(outcome, grown)] = ix.run_isolated(_decode_peak, [str(path)], workers=1, timeout_s=30, action="decoding",
-                                         actor="decoder")
     assert "JPEG 2000 codestream declares 20000 x 20000 pixels" in outcome and grown < 50
 
 
@@ -308,12 +306,9 @@ def test_worker_memory_limit_bounds_a_decoder_that_allocates_what_the_codestream
     # The same file with the codestream check off: the worker's address-space limit stops OpenJPEG.
     from pacs import pixels
 
-    out, _ = fuzz.mutate(_file("MR_small_jp2klossless.dcm"), np.random.default_rng(11), kinds=["codestream_size"])
-    path = tmp_path / "j2k.dcm"
-    path.write_bytes(out)
     monkeypatch.setattr(pixels, "_check_codestream_size", lambda ds, ts: None)  # workers are forked: they see it
-    [(outcome, grown)] = ix.run_isolated(_decode_peak, [str(path)], workers=1, timeout_s=30, action="decoding",
-                                         actor="decoder", memory_limit_mb=384)
+    _, outcome, grown, _ = _decode_mutated(tmp_path, "MR_small_jp2klossless.dcm", 11, "codestream_size",
+                                           memory_limit_mb=384)
     assert outcome.startswith("cannot decode pixel data") and grown < 384
 
 
@@ -347,13 +342,9 @@ def test_deferred_value_longer_than_the_file_is_refused_without_allocating_it(tm
 def test_a_rust_decoder_panic_is_a_reason_not_an_unpicklable_exception(tmp_path):
     # absurd_geometry (seed 121): pylibjpeg-rle panicked; pyo3's PanicException is a BaseException, escaped the
     # decoder's error handling and reached the ingest as "PicklingError: Can't pickle ... PanicException".
-    out, name = fuzz.mutate(_file("rtdose_rle_1frame.dcm"), np.random.default_rng(121), kinds=["absurd_geometry"])
+    name, outcome, _, _ = _decode_mutated(tmp_path, "rtdose_rle_1frame.dcm", 121, "absurd_geometry")
     assert name == "absurd_geometry:Columns=1"
-    path = tmp_path / "rle.dcm"
-    path.write_bytes(out)
-    [result] = ix.run_isolated(_decode_peak, [str(path)], workers=1, timeout_s=30, action="decoding", actor="decoder")
-    assert not isinstance(result, ix.JobFailure), result.reason
-    assert result[0].startswith("cannot decode pixel data (RLE Lossless): PanicException: index out of bounds")
+    assert outcome.startswith("cannot decode pixel data (RLE Lossless): PanicException: index out of bounds")
 
 
 def test_unknown_transfer_syntax_and_deep_nesting_have_reasons_that_say_so(tmp_path):
