@@ -101,9 +101,8 @@ def read_table(path: Path, schema: pa.Schema) -> pd.DataFrame:
     df = pd.read_parquet(path)
     missing = [name for name in schema.names if name not in df.columns]
     if missing:
-        empty = empty_frame(schema)
-        df = df.assign(**{name: pd.Series([None] * len(df), dtype=empty[name].dtype, index=df.index)
-                          for name in missing})
+        nulls = pa.table({name: pa.nulls(len(df), schema.field(name).type) for name in missing}).to_pandas()
+        df = df.assign(**{name: nulls[name].set_axis(df.index) for name in missing})
     return df
 
 

@@ -248,12 +248,12 @@ def run_assets(resource: Any, audit: Any = None, selection: Any = None, *, wait_
     from pipelines.console import step_lines
     from pipelines.definitions import defs
 
-    if selection is None or dg.AssetKey("dicom_index") in _resolve(selection):
+    chosen = dg.AssetSelection.from_string(selection) if isinstance(selection, str) else selection
+    if chosen is None or dg.AssetKey("dicom_index") in chosen.resolve(defs.resolve_asset_graph()):
         check_export(resource.export_dir)
     check_data_dir(resource.data_dir)
     with data_dir_lock(resource.data_dir, what=what, wait_s=wait_s, on_wait=log.warning):
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else data_dir_instance(resource.data_dir)
-        chosen = dg.AssetSelection.from_string(selection) if isinstance(selection, str) else selection
         job = dg.define_asset_job("radaudit_cli", selection=chosen if chosen is not None else dg.AssetSelection.all())
         run_defs = dg.Definitions(assets=list(defs.assets or []), jobs=[job], loggers={"radaudit": step_lines},
                                   resources={"radaudit": resource, "audit": audit or AuditConfig()})
@@ -286,16 +286,6 @@ def _reap_killed_runs(instance: Any, tags: dict[str, str]) -> list[str]:
         log.warning("run %s of this data dir was left unfinished by a process that died; marked failed", run.run_id)
         reaped.append(run.run_id)
     return reaped
-
-
-def _resolve(selection: Any) -> set[Any]:
-    """The asset keys a selection (string or ``AssetSelection``) names."""
-    import dagster as dg
-
-    from pipelines.definitions import defs
-
-    chosen = dg.AssetSelection.from_string(selection) if isinstance(selection, str) else selection
-    return set(chosen.resolve(defs.resolve_asset_graph()))
 
 
 def data_dir_instance(data_dir: str | os.PathLike[str]) -> Any:
