@@ -418,8 +418,14 @@ def fit_linear_head(embeddings: np.ndarray, labels: np.ndarray, *, n_classes: in
 def oof_probabilities(embeddings: np.ndarray, labels: np.ndarray, groups: Sequence[object] | np.ndarray | None, *,
                       n_splits: int = 5, n_classes: int | None = None, seed: int = 0, l2: float = 1e-3,
                       steps: int = 300, batch_size: int = 1024, lr: float = 0.01,
-                      threads: int | None = 1) -> OOFResult:
+                      repeats: int = 1, threads: int | None = 1) -> OOFResult:
     """Out-of-fold class probabilities from K-fold linear heads, plus a head fit on all labels.
+
+    ``repeats`` > 1 cross-fits again on other fold splits (seeds ``seed``, ``seed + 1``, ...)
+    and averages each row's held-out probabilities: which patients share a fold moves a wrong
+    label's rank by chance, and averaging removes that luck (repeated cross-fitting). On the
+    3 CPU-demo exports of issue 12, one split's precision@k moved by up to 3 of 64 ranks with
+    the fold seed.
 
     Every labelled image is predicted by a head that never saw it nor any other image of its
     patient; images with a null label are predicted by the head fit on all labelled images.
@@ -443,9 +449,10 @@ def oof_probabilities(embeddings: np.ndarray, labels: np.ndarray, groups: Sequen
         n_classes: K (the vocabulary size); default ``labels.max() + 1``.
         seed: Fold assignment and mini-batch order.
         l2, steps, batch_size, lr, threads: Head training, see :func:`fit_linear_head`.
+        repeats: Fold splits averaged (>= 1); every head of every split trains in one pass.
 
     Returns:
-        :class:`OOFResult`.
+        :class:`OOFResult` (``fold``: the first split's).
 
     Raises:
         ValueError: Mismatched lengths, bad labels, fewer labelled patients than folds.
@@ -464,40 +471,48 @@ def oof_probabilities(embeddings: np.ndarray, labels: np.ndarray, groups: Sequen
     if n_patients < n_splits:
         raise ValueError(f"only {n_patients} labelled patients for n_splits={n_splits}; "
                          f"lower n_splits to at most {n_patients} (and at least 2)")
-    fold = group_stratified_folds(y, g, n_splits=n_splits, seed=seed)
+    repeats = _check_int(repeats, "repeats", 1)
+    folds = [group_stratified_folds(y, g, n_splits=n_splits, seed=seed + r) for r in range(repeats)]
     mean, scale = _standardize_stats(x)
     xs = (x[lab] - mean) / scale  # (n_lab, D)
-    yl, fl = y[lab], fold[lab]
-    train_mask = np.ones((n_splits + 1, lab.size), dtype=bool)  # heads 0..n_splits-1: folds; last: all
-    for f in range(n_splits):
-        train_mask[f] = fl != f
+    yl = y[lab]
+    # Heads r * n_splits + f: split r without fold f; the last head: all labelled rows.
+    train_mask = np.ones((repeats * n_splits + 1, lab.size), dtype=bool)
+    for r, fold in enumerate(folds):
+        for f in range(n_splits):
+            train_mask[r * n_splits + f] = fold[lab] != f
     heads = _fit_heads(xs, yl, train_mask, k, seed=seed, threads=threads, **opts)
-
-    probs = np.empty((n, k), dtype=np.float64)
-    out_of_fold = np.zeros(n, dtype=bool)
-    for f in range(n_splits):
-        w, b = heads[f]
-        rows = fl == f
-        probs[lab[rows]] = _softmax64(xs[rows] @ w + b)
-        out_of_fold[lab[rows]] = True
     full = LinearHead(mean, scale, *heads[-1])
-    # Rows whose class was absent from their fold's training part.
-    present = np.zeros((n_splits, k), dtype=bool)
-    for f in range(n_splits):
-        present[f, np.unique(yl[train_mask[f]])] = True
-    orphan = ~present[fl, yl]
+    in_sample = _softmax64(xs @ full.weight + full.bias)
+
+    held = np.zeros((lab.size, k), dtype=np.float64)
+    orphan = np.zeros(lab.size, dtype=bool)
+    for r, fold in enumerate(folds):
+        fl = fold[lab]
+        # A row whose class was absent from its fold's training part (see above).
+        present = np.zeros((n_splits, k), dtype=bool)
+        for f in range(n_splits):
+            present[f, np.unique(yl[train_mask[r * n_splits + f]])] = True
+            w, b = heads[r * n_splits + f]
+            rows = fl == f
+            held[rows] += _softmax64(xs[rows] @ w + b)
+        orphan |= ~present[fl, yl]
+    held /= repeats
     rare: tuple[int, ...] = ()
     if orphan.any():
         rare = tuple(int(c) for c in np.unique(yl[orphan]))
         warnings.warn(f"classes {list(rare)} have too few patients for {n_splits}-fold cross-validation: "
                       f"{int(orphan.sum())} of their images get in-sample probabilities (out_of_fold=False); "
                       "label more images of these regions or lower n_splits", UserWarning, stacklevel=2)
-        probs[lab[orphan]] = _softmax64(xs[orphan] @ full.weight + full.bias)
-        out_of_fold[lab[orphan]] = False
+        held[orphan] = in_sample[orphan]
+    probs = np.empty((n, k), dtype=np.float64)
+    probs[lab] = held
+    out_of_fold = np.zeros(n, dtype=bool)
+    out_of_fold[lab] = ~orphan
     unl = np.flatnonzero(y < 0)
     if unl.size:
         probs[unl] = _softmax64(((x[unl] - mean) / scale) @ full.weight + full.bias)
-    return OOFResult(probs, fold, out_of_fold, full, rare)
+    return OOFResult(probs, folds[0], out_of_fold, full, rare)
 
 
 # Candidate weights of the heads' L2 penalty for :func:`choose_l2`.

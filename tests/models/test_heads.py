@@ -95,6 +95,25 @@ def test_deterministic_under_a_seed() -> None:
     assert not np.array_equal(a.fold, c.fold)
 
 
+def test_repeated_splits_average_out_the_luck_of_one_split() -> None:
+    # Overlapping clusters: which patients share a fold moves a row's held-out probability.
+    x, y, g = clusters(spread=3.0, seed=5)
+    labels = y.copy()
+    labels[7] = (y[7] + 1) % K
+    single = [oof_probabilities(x, labels, g, n_classes=K, seed=s) for s in range(4)]
+    repeated = [oof_probabilities(x, labels, g, n_classes=K, seed=s, repeats=3) for s in range(4)]
+    spread_single = np.stack([r.probabilities for r in single]).std(axis=0).mean()
+    spread_repeated = np.stack([r.probabilities for r in repeated]).std(axis=0).mean()
+    assert spread_repeated < 0.75 * spread_single
+    for r, one in zip(repeated, single):
+        np.testing.assert_allclose(r.probabilities.sum(axis=1), 1.0, atol=1e-9)
+        np.testing.assert_array_equal(r.fold, one.fold)  # the first split's folds
+        assert r.out_of_fold.all()
+        assert r.probabilities[7, labels[7]] < 0.2  # no split's held-out head saw the flipped label
+    with pytest.raises(ValueError, match="repeats"):
+        oof_probabilities(x, y, g, n_classes=K, repeats=0)
+
+
 def test_rare_class_gets_in_sample_probabilities_and_a_warning() -> None:
     x, y, g = clusters(n=200)
     y = y.copy()
