@@ -18,7 +18,7 @@ def oof_asset(method: str) -> dg.AssetsDefinition:
 
     @dg.asset(
         key=["oof_probabilities", method],
-        deps=[dg.AssetKey(["embeddings", method]), "region_labels", "label_overrides"],
+        deps=[dg.AssetKey(["embeddings", method]), "region_labels", "label_overrides", "near_duplicates"],
         group_name="audit", kinds={"numpy", "heads"}, description=f"Out-of-fold class probabilities of linear heads on the {method} "
         "embeddings (folds stratified by region, grouped by patient); null labels predicted by a head fit "
         "on all labels (probabilities/" + method + ".npy).",
@@ -26,7 +26,7 @@ def oof_asset(method: str) -> dg.AssetsDefinition:
     def oof(radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
         with guarded(radaudit, f"oof_probabilities/{method}"):
             result = stages.compute_oof(radaudit.data_dir, method, n_splits=audit.n_splits, seed=audit.seed,
-                                        l2=audit.head_l2)
+                                        l2=audit.head_l2, repeats=audit.head_repeats)
             labelled = result.fold >= 0
             acc = float((result.probabilities[labelled].argmax(1) == _labels(radaudit, method)[labelled]).mean())
             l2 = stages.head_settings(radaudit.data_dir, method)["l2"]
@@ -49,6 +49,24 @@ def _methods(audit: AuditConfig) -> list[str]:
 
 def _labels(radaudit: RadauditConfig, method: str) -> np.ndarray:
     return stages.load_probabilities(radaudit.data_dir, method)[1]["label"].to_numpy()
+
+
+@dg.asset(
+    deps=["image_cache"], group_name="audit", kinds={"parquet"},
+    description="Groups of images that are the same radiograph: identical pixels, re-encoded or re-exposed copies, "
+    "copies under another patient (audit/near_duplicates.parquet; pacs.duplicates). The heads' folds keep a "
+    "group on one side, and the report lists the copies as near_duplicate.",
+)
+def near_duplicates(context: dg.AssetExecutionContext, radaudit: RadauditConfig) -> dg.MaterializeResult:
+    """Find and group the near duplicates among the cached images."""
+    with guarded(radaudit, "near_duplicates"):
+        groups = stages.find_near_duplicates(radaudit.data_dir, log=context.log.info)
+        copies = groups[groups["duplicate_of"].notna()]
+        return dg.MaterializeResult(metadata={
+            "dagster/row_count": len(groups), "groups": int(groups["group"].nunique()),
+            "copies": len(copies), "copies_exact": int(copies["exact"].sum()),
+            "copies_under_another_patient": int(copies["other_patient"].sum()),
+        })
 
 
 @dg.asset(
@@ -85,7 +103,7 @@ def ensemble_probabilities(radaudit: RadauditConfig, audit: AuditConfig) -> dg.M
 
 
 @dg.asset(
-    deps=["ensemble_probabilities", "label_overrides"] + [dg.AssetKey(["embeddings", m]) for m in METHODS],
+    deps=["ensemble_probabilities", "label_overrides", "near_duplicates"] + [dg.AssetKey(["embeddings", m]) for m in METHODS],
     group_name="audit",
     description="cleanlab label quality, suspected mislabels, out-of-domain score and suggested regions for "
     "every image (audit/label_issues.parquet).",
@@ -94,6 +112,8 @@ def label_issues(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
                  audit: AuditConfig) -> dg.MaterializeResult:
     """Find label issues on the ensemble's out-of-sample probabilities."""
     with guarded(radaudit, "label_issues"):
+        from models.audit import ISSUE_KINDS
+
         issues = stages.audit(radaudit.data_dir, _methods(audit), ood_threshold=audit.ood_threshold, seed=audit.seed,
                               max_mislabel_fraction=audit.max_mislabel_fraction,
                               min_confidence=audit.min_mislabel_confidence)
@@ -101,7 +121,7 @@ def label_issues(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
         for warning in issues.attrs["warnings"]:
             context.log.warning(warning)
         return dg.MaterializeResult(metadata={
-            "dagster/row_count": len(issues), **{f"n_{k}": int(counts.get(k, 0)) for k in ("mislabel", "out_of_domain", "missing_label")},
+            "dagster/row_count": len(issues), **{f"n_{k}": int(counts.get(k, 0)) for k in ISSUE_KINDS},
             "cleanlab_issues": issues.attrs["cleanlab_issues"],
             "heads_agreement": round(float(issues.attrs["heads_agreement"]), 4),
             "warnings": "\n".join(issues.attrs["warnings"]) or "none",
@@ -143,8 +163,8 @@ def mislabel_report(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
                                                                                      if len(preview) else "_none_"),
         })
         required = {"rank", "sop_instance_uid", "study_instance_uid", "recorded_region", "recorded_raw",
-                    "suggested_region", "suggested_probability", "label_quality", "issue", "ood_reason", "thumbnail",
-                    "source_path"}
+                    "suggested_region", "suggested_probability", "label_quality", "issue", "ood_reason",
+                    "duplicate_of", "thumbnail", "source_path"}
         if audit.include_accession:
             required.add("accession_number")
         missing = sorted(required - set(csv.columns))
@@ -173,4 +193,5 @@ def _small_thumbnail(report_dir: Path, rel: object, size: int = 48) -> str:
     return f"![](data:image/png;base64,{base64.b64encode(buf.getvalue()).decode('ascii')})"
 
 
-audit_assets = [oof_asset(m) for m in METHODS] + [ensemble_probabilities, label_issues, mislabel_report]
+audit_assets = [near_duplicates] + [oof_asset(m) for m in METHODS] + [ensemble_probabilities, label_issues,
+                                                                   mislabel_report]

@@ -7,6 +7,7 @@ import dagster as dg
 from assets.guard import guarded
 from assets.resources import AuditConfig, RadauditConfig
 from models import stages
+from models import LABEL_TRAINED
 
 METHODS = ("simclr", "byol", "supcon")
 # The concurrency pool of every step that holds the GPU: dagster.yaml limits each pool to one
@@ -24,7 +25,10 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
     """The backbone and embeddings assets of one method."""
 
     @dg.asset(
-        key=["backbone", method], deps=["image_cache", "region_labels"], group_name="pretrain", pool=GPU_POOL,
+        # A label-trained method's folds keep each near-duplicate group on one side.
+        key=["backbone", method], deps=["image_cache", "region_labels"] + (["near_duplicates"] if method in LABEL_TRAINED
+                                                                            else []),
+        group_name="pretrain", pool=GPU_POOL,
         retry_policy=GPU_RETRY, kinds={"pytorch", "backbone"},  # the graph's nodes read "simclr" for both assets
         description=f"{method} contrastive pretraining of the backbone on the image cache "
         f"(checkpoints in models/{method}/checkpoints, safetensors; resumes after a crash).",

@@ -87,7 +87,9 @@ class AuditConfig(dg.ConfigurableResource):
     num_workers: int = 8
     seed: int = 0
     supcon_cross_fit: int = 2
-    n_splits: int = 5
+    # The heads' cross-fitting: folds, and fold splits averaged (models.stages.compute_oof).
+    n_splits: int = 10
+    head_repeats: int = 3
     # The heads' L2 weight; None: chosen per method by out-of-fold log loss (models.heads.choose_l2).
     head_l2: float | None = None
     ensemble_weights: str = "log_loss"
@@ -104,7 +106,9 @@ class AuditConfig(dg.ConfigurableResource):
 
     def cross_fit(self, method: str) -> int:
         """Backbones to cross-fit for ``method``: only SupCon trains on labels."""
-        return self.supcon_cross_fit if method == "supcon" else 1
+        from models import LABEL_TRAINED
+
+        return self.supcon_cross_fit if method in LABEL_TRAINED else 1
 
     def pretrain_config(self, method: str) -> "PretrainConfig":
         """The library's pretraining settings for one method."""

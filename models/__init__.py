@@ -44,7 +44,11 @@ _LAZY = {
     "ArrayDataset": "models.data",
 }
 
-__all__ = list(_LAZY)
+# Methods that learn from the recorded labels: cross-fitted by patient fold, whose folds keep
+# near-duplicate groups on one side.
+LABEL_TRAINED: tuple[str, ...] = ("supcon",)
+
+__all__ = [*_LAZY, "LABEL_TRAINED"]
 
 
 def __getattr__(name: str) -> Any:

@@ -23,12 +23,17 @@ header and pixel facts of :mod:`models.ood`, and returns one row per image:
   the labelled images are flagged (the lowest label quality first): with weak features the
   confident joint over-estimates the noise, and a list of 40% of an archive helps no one.
 - ``suggested_region`` / ``suggested_probability``: the argmax of the probabilities.
-- ``issue``: ``"out_of_domain"``, else ``"mislabel"``, else ``"missing_label"`` (null label: it
-  needs the suggested region), else None.
+- ``duplicate_of``: the SOP Instance UID of the image this one is a copy of (``duplicates``,
+  from :mod:`pacs.duplicates`), else None.
+- ``issue``: ``"out_of_domain"``; else ``"near_duplicate"`` for a copy under another patient;
+  else ``"mislabel"``; else ``"missing_label"`` (null label: it needs the suggested region);
+  else ``"near_duplicate"`` for a copy under the same patient; else None.
 - ``suspicion`` and ``rank``: one ranking, most suspect first. Tiers first, then a score
-  within the tier: out-of-domain images by descending ``ood_score``; then mislabels by
-  ascending ``label_quality``; then missing labels by descending ``suggested_probability``;
-  then the unflagged rows by ascending ``label_quality``.
+  within the tier: copies under another patient (an integrity error) by descending
+  similarity; out-of-domain images by descending ``ood_score``; then mislabels by ascending
+  ``label_quality``; then missing labels by descending ``suggested_probability``; then copies
+  under the same patient by descending similarity; then the unflagged rows by ascending
+  ``label_quality``.
 
 ``df.attrs`` carries ``ood_threshold``, ``cleanlab_issues`` (cleanlab's count before the
 rules above), ``heads_agreement`` (share of labelled in-domain images whose out-of-fold
@@ -60,8 +65,9 @@ __all__ = [
     "flag_fraction",
 ]
 
-ISSUE_KINDS: tuple[str, ...] = ("out_of_domain", "mislabel", "missing_label")
-_TIER = {"out_of_domain": 3, "mislabel": 2, "missing_label": 1, None: 0}
+ISSUE_KINDS: tuple[str, ...] = ("out_of_domain", "mislabel", "missing_label", "near_duplicate")
+_TIER = {"out_of_domain": 3, "mislabel": 2, "missing_label": 1, "near_duplicate": 0.5, None: 0}
+_CROSS_PATIENT_TIER = 4  # a copy under another patient outranks everything: an integrity error
 
 # cleanlab.filter.find_label_issues(filter_by=...) options.
 FILTER_BY: dict[str, str] = {
@@ -80,8 +86,9 @@ QUALITY_METHODS: dict[str, str] = {
 
 COLUMNS: tuple[str, ...] = (
     "label", "label_quality", "is_label_issue", "suggested_region", "suggested_probability",
-    "ood_score", "is_out_of_domain", "ood_reason", "out_of_fold", "issue", "suspicion", "rank",
+    "ood_score", "is_out_of_domain", "ood_reason", "out_of_fold", "duplicate_of", "issue", "suspicion", "rank",
 )
+DUPLICATE_COLUMNS: tuple[str, ...] = ("duplicate_of", "similarity", "other_patient")
 
 
 def _lookup(table: Mapping[str, str], value: object, name: str) -> str:
@@ -150,6 +157,7 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
                 max_mislabel_fraction: float = 0.25,
                 min_confidence: float = 0.5,
                 min_agreement: float = 0.75,
+                duplicates: pd.DataFrame | None = None,
                 seed: int = 0) -> pd.DataFrame:
     """Score every image's recorded label, domain and (for null labels) suggested region.
 
@@ -182,6 +190,9 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
             the true ones; strong features put most true mislabels far above it.
         min_agreement: Heads' agreement with the recorded labels below which the run warns that
             the features are too weak to audit.
+        duplicates: N rows, columns ``DUPLICATE_COLUMNS``: the original's UID (None: no
+            duplicate), the similarity in [0, 1] and whether the copy is under another patient
+            (:func:`models.stages.load_near_duplicates`).
         seed: Fold split of the Mahalanobis reference.
 
     Returns:
@@ -215,6 +226,7 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         raise ValueError(f"header_reasons has {len(header)} entries for {n} images")
     if pixel_feats is not None and len(pixel_feats) != n:
         raise ValueError(f"pixel_feats has {len(pixel_feats)} rows for {n} images")
+    dup_of, dup_sim, dup_other = _check_duplicates(duplicates, n)
     filter_by = _lookup(FILTER_BY, filter_by, "filter_by")
     quality_method = _lookup(QUALITY_METHODS, quality_method, "quality_method")
     threshold = 0.5 if ood_threshold is None else _check_positive_number(ood_threshold, "ood_threshold", "0.5", 1.0)
@@ -269,13 +281,19 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     rows = np.flatnonzero(candidate)
     mislabel[rows[np.argsort(quality[rows], kind="stable")[:cap]]] = True
 
+    is_copy = np.array([d is not None for d in dup_of], dtype=bool)
     issue = np.full(n, None, dtype=object)
+    issue[is_copy] = "near_duplicate"
     issue[(y < 0)] = "missing_label"
     issue[mislabel] = "mislabel"
+    issue[is_copy & dup_other] = "near_duplicate"
     issue[is_ood] = "out_of_domain"
     tier = np.array([_TIER[i] for i in issue], dtype=np.float64)
+    tier[(issue == "near_duplicate") & dup_other] = _CROSS_PATIENT_TIER
     within = np.where(issue == "out_of_domain", ood,
-                      np.where(issue == "missing_label", suggested_p, 1.0 - np.nan_to_num(quality, nan=0.0)))
+                      np.where(issue == "missing_label", suggested_p,
+                               np.where(issue == "near_duplicate", np.nan_to_num(dup_sim, nan=0.0),
+                                        1.0 - np.nan_to_num(quality, nan=0.0))))
     suspicion = tier + np.clip(within, 0.0, 1.0) * 0.999
     order = np.lexsort((np.arange(n), -suspicion))  # ties keep input order
     rank = np.empty(n, dtype=np.int64)
@@ -291,6 +309,7 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         "is_out_of_domain": is_ood,
         "ood_reason": [r if f else "" for r, f in zip(evidence.reason, is_ood)],
         "out_of_fold": oof,
+        "duplicate_of": pd.Series(dup_of, dtype=object),
         "issue": pd.Series(issue, dtype=object),
         "suspicion": suspicion,
         "rank": rank,
@@ -308,6 +327,20 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     df.attrs.update(ood_threshold=threshold, heads_agreement=agreement, warnings=warnings_,
                     cleanlab_issues=int(issue_mask.sum()))
     return df
+
+
+def _check_duplicates(duplicates: pd.DataFrame | None, n: int) -> tuple[list[str | None], np.ndarray, np.ndarray]:
+    """``duplicates`` as (original UID or None, similarity, under another patient), or empty ones."""
+    if duplicates is None:
+        return [None] * n, np.zeros(n), np.zeros(n, dtype=bool)
+    if not isinstance(duplicates, pd.DataFrame) or any(c not in duplicates.columns for c in DUPLICATE_COLUMNS):
+        raise ValueError(f"duplicates must be a DataFrame with columns {list(DUPLICATE_COLUMNS)}")
+    if len(duplicates) != n:
+        raise ValueError(f"duplicates has {len(duplicates)} rows for {n} images")
+    of = [str(d) if isinstance(d, str) and d else None for d in duplicates["duplicate_of"]]
+    sim = pd.to_numeric(duplicates["similarity"], errors="coerce").to_numpy(dtype=float)
+    other = duplicates["other_patient"].fillna(False).to_numpy(dtype=bool)
+    return of, sim, other & np.array([d is not None for d in of], dtype=bool)
 
 
 def flag_fraction(issues: pd.DataFrame, *, kinds: Sequence[str] = ISSUE_KINDS) -> float:

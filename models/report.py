@@ -54,8 +54,9 @@ THUMB_DIR = "thumbnails"
 CSV_COLUMNS: tuple[str, ...] = (
     "rank", "sop_instance_uid", "study_instance_uid", "accession_number", "recorded_region",
     "recorded_raw", "suggested_region", "suggested_probability", "label_quality", "ood_score",
-    "issue", "ood_reason", "thumbnail", "source_path",
+    "issue", "ood_reason", "duplicate_of", "thumbnail", "source_path",
 )
+_KINDS = ("near_duplicate", "out_of_domain", "mislabel", "missing_label")
 _ISSUE_COLUMNS = ("sop_instance_uid", "label", "label_quality", "suggested_region", "suggested_probability",
                   "ood_score", "issue", "rank")
 _META_COLUMNS = ("sop_instance_uid", "study_instance_uid", "path", "recorded_raw")
@@ -159,6 +160,7 @@ def _rows(issues: pd.DataFrame, meta: pd.DataFrame, names: list[str], include_al
         "ood_score": sel["ood_score"].to_numpy(dtype=float),
         "issue": [_text(v) for v in sel["issue"]],
         "ood_reason": [_text(v) for v in sel["ood_reason"]] if "ood_reason" in sel else "",
+        "duplicate_of": [_text(v) for v in sel["duplicate_of"]] if "duplicate_of" in sel else "",
         "thumbnail": "",
         "source_path": [_text(v) for v in joined["path"]],
         # Shown in the HTML only: what a radiologist checks first on a flagged image.
@@ -287,6 +289,7 @@ img.thumb{width:96px;height:96px;object-fit:contain;background:#000;display:bloc
 .kind{display:inline-block;padding:1px 7px;border-radius:10px;font-size:12px}
 .kind-mislabel{background:#fde2e1;color:#a1130c}
 .kind-out_of_domain{background:#e8e1fb;color:#4b1fa8}
+.kind-near_duplicate{background:#dff3e4;color:#0b6b2a}
 .kind-missing_label{background:#fff1cc;color:#7a5200}
 .rec{color:#a1130c}.sug{color:#0b6b2c;font-weight:600}
 .warning{background:#fff4e5;border-left:4px solid #e08a00;padding:6px 10px;margin:0 0 12px}
@@ -440,7 +443,7 @@ def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], is
           warnings: list[str], review: Review) -> str:
     esc = html.escape
     counts = issues["issue"].value_counts()
-    summary = ", ".join(f"{int(counts.get(k, 0))} {k.replace('_', ' ')}" for k in ("mislabel", "out_of_domain", "missing_label"))
+    summary = ", ".join(f"{int(counts.get(k, 0))} {k.replace('_', ' ')}" for k in _KINDS)
     cols = list(_HTML_COLUMNS)
     head = "".join(f'<th data-type="{_HTML_COLUMNS[c][1]}">{esc(_HTML_COLUMNS[c][0])}</th>' for c in cols)
     widths = "".join(f'<col style="width:{_HTML_COLUMNS[c][3]}">' for c in cols)
@@ -470,7 +473,8 @@ def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], is
                 if "accession_number" in csv_columns and rec["accession_number"]:
                     parts.append(f'acc <button class="copy" data-full="{esc(rec["accession_number"])}">'
                                  f'{esc(rec["accession_number"])}</button>')
-                for label, key in (("study", "study_instance_uid"), ("image", "sop_instance_uid")):
+                for label, key in (("study", "study_instance_uid"), ("image", "sop_instance_uid"),
+                                   ("copy of", "duplicate_of")):
                     if rec[key]:
                         parts.append(f'{label} <button class="copy" data-full="{esc(rec[key])}" title="{esc(rec[key])}">'
                                      f'{esc(_short(rec[key]))}</button>')
@@ -491,12 +495,13 @@ def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], is
         # What the filter box searches: the row's text, whole UIDs included, not the verdict list's options.
         search = " ".join(_text(rec[c]) for c in ("issue", "recorded_region", "suggested_region", "recorded_raw",
                                                   "ood_reason", "view", "laterality", "accession_number",
-                                                  "study_instance_uid", "sop_instance_uid", "source_path")
+                                                  "study_instance_uid", "sop_instance_uid", "duplicate_of",
+                                                  "source_path")
                           if c in rec).replace("_", " ").lower()
         body.append(f'<tr data-issue="{esc(_text(rec["issue"]))}" data-uid="{esc(rec["sop_instance_uid"])}" '
                     f'data-rank="{int(rec["rank"])}" data-caption="{esc(caption)}" data-search="{esc(search)}">'
                     f'{"".join(cells)}</tr>')
-    kinds = "".join(f'<option value="{k}">{k.replace("_", " ")}</option>' for k in ("mislabel", "out_of_domain", "missing_label"))
+    kinds = "".join(f'<option value="{k}">{k.replace("_", " ")}</option>' for k in _KINDS)
     data = json.dumps(dataclasses.asdict(review), ensure_ascii=True).replace("</", "<\\/")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -154,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", type=Path, default=Path("demo"), help="demo folder (default ./demo)")
     demo.add_argument("--n", type=int, default=preset.n, help=f"images in the synthetic export (default {preset.n})")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--duplicates", type=float, default=preset.duplicates,
+                      help=f"share of extra duplicate files in a new demo export, and as many look-alikes that are "
+                      f"not duplicates (default {preset.duplicates})")
     demo.add_argument("--methods", nargs="+", default=list(preset.methods), choices=["simclr", "byol", "supcon"],
                       help=f"methods to pretrain and ensemble (default: {' '.join(preset.methods)})")
     demo.add_argument("--epochs", type=int, default=preset.epochs,
@@ -432,7 +435,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not truth.exists() or not export.is_dir() or not any(export.iterdir()):
         print(f"making the synthetic demo export in {export} ({args.n} images) ...")
         generate_export(export, truth, n=args.n, seed=args.seed, size=max(args.size * 2, preset.export_size),
-                        force=True)
+                        force=True, duplicates=args.duplicates)
     methods = list(dict.fromkeys(args.methods))
     audit = AuditConfig(methods=methods, epochs=args.epochs, batch_size=args.batch_size,
                         image_size=min(args.image_size, args.size), supcon_cross_fit=preset.supcon_cross_fit,

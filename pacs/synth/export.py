@@ -78,6 +78,7 @@ class SynthSummary:
     region_counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     n_duplicates: int = 0
+    n_hard_negatives: int = 0
 
     @property
     def n_noise(self) -> int:
@@ -364,7 +365,10 @@ def generate_export(
         size: Longer image side in pixels.
         force: Replace the contents of a non-empty ``out_dir``.
         duplicates: Fraction of ``n``: that many extra files are duplicates of in-domain images
-            (:data:`DUPLICATE_KINDS` in turn; the truth's ``duplicate_of`` names the original).
+            (:data:`DUPLICATE_KINDS` in turn; the truth's ``duplicate_of`` names the original),
+            and as many more are *hard negatives* a duplicate detector must not flag
+            (:data:`HARD_NEGATIVE_KINDS`: the other side of the same patient, a follow-up of the
+            same region; the truth's ``hard_negative_of`` names the image they resemble).
 
     Returns:
         Counts of what was written.
@@ -401,10 +405,12 @@ def generate_export(
     if n_dup:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rows += _write_duplicates(out, rows, n_dup, seed)
+            originals = list(rows)
+            rows += _write_duplicates(out, originals, n_dup, seed)
+            rows += _write_hard_negatives(out, originals, n_dup, seed)
     for r in rows:
-        r.setdefault("duplicate_of", None)
-        r.setdefault("duplicate_kind", None)
+        for column in ("duplicate_of", "duplicate_kind", "hard_negative_of", "hard_negative_kind"):
+            r.setdefault(column, None)
     rows.sort(key=lambda r: r["path"])
     _atomic_truth(pa.Table.from_pylist(rows), truth)
     counts = {r: sum(1 for im in images if im.true_region == r) for r in REGIONS}
@@ -415,7 +421,8 @@ def generate_export(
         n_missing=sum(im.corruption == "missing" for im in images),
         n_ood=sum(im.ood_kind is not None for im in images),
         n_patients=len(patients), n_studies=n_studies, n_series=n_series, region_counts=counts,
-        seconds=time.perf_counter() - t0, n_duplicates=n_dup,
+        seconds=time.perf_counter() - t0, n_duplicates=n_dup, n_hard_negatives=sum(
+            r["hard_negative_of"] is not None for r in rows),
     )
 
 
@@ -449,10 +456,8 @@ def _write_duplicates(out: Path, rows: list[dict[str, Any]], k: int, seed: int) 
                 ds.RescaleSlope = f"{float(ds.get('RescaleSlope', 1) or 1) * factor:g}"
                 ds.RescaleIntercept = ds.get("RescaleIntercept", "0")
             else:
-                arr = _reexposed(arr, rng)
-            ds.PixelData = np.ascontiguousarray(arr).tobytes()
-            ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
-            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                arr = _reexposed(arr, rng, _stored_range(ds))
+            _set_pixels(ds, arr)
         if kind == "other_patient":
             other = others[j % len(others)]
             donor = pydicom.dcmread(out / other["path"], stop_before_pixels=True)
@@ -465,17 +470,116 @@ def _write_duplicates(out: Path, rows: list[dict[str, Any]], k: int, seed: int) 
             top = other["path"].split("/")[0]
         else:
             top = orig["path"].split("/")[0]
-        study, series, sop = (hd.uid(seed, "duplicate", part, j) for part in ("study", "series", "sop"))
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, sop
-        ds.file_meta.MediaStorageSOPInstanceUID = sop
-        rel = f"{top}/DUP{j + 1:05d}/IM000001"
-        (out / rel).parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(out / rel, enforce_file_format=True)
-        row.update(sop_instance_uid=str(sop), path=rel, study_instance_uid=str(study),
-                   series_instance_uid=str(series), duplicate_of=orig["sop_instance_uid"], duplicate_kind=kind,
-                   transfer_syntax=str(ds.file_meta.TransferSyntaxUID), bits_stored=float(ds.BitsStored))
+        row.update(_save_anew(ds, out, f"{top}/DUP{j + 1:05d}/IM000001", seed, "duplicate", j))
+        row.update(duplicate_of=orig["sop_instance_uid"], duplicate_kind=kind, bits_stored=float(ds.BitsStored))
         new_rows.append(row)
     return new_rows
+
+
+# What a duplicate detector must tell from a duplicate: the same patient's other side (nearly a
+# mirror image of the same anatomy) and a follow-up of the same region months later (the same
+# anatomy, positioned and exposed anew).
+HARD_NEGATIVE_KINDS = ("contralateral", "follow_up")
+
+
+def _write_hard_negatives(out: Path, rows: list[dict[str, Any]], k: int, seed: int) -> list[dict[str, Any]]:
+    """Write ``k`` hard negatives of in-domain images (kinds in turn); return their truth rows.
+
+    The contralateral image is the original mirrored, 2-4% larger or smaller and turned by up to
+    2 degrees, with new noise and the other laterality; the follow-up is turned by 4-8 degrees,
+    shifted by 5-8% and scaled by 4-8%, exposed with another gamma, a new study months later.
+    """
+    import datetime
+
+    rng = np.random.default_rng([seed, 3])
+    candidates = sorted((r for r in rows if not r["is_ood"]), key=lambda r: r["path"])
+    if not candidates:
+        return []
+    sided = [r for r in candidates if isinstance(r["laterality"], str)]  # a left or right knee, hand, ...
+    picks: list[tuple[str, dict[str, Any]]] = []
+    used: set[str] = set()  # one hard negative per original: two of one would resemble each other
+    for j in range(min(k, len(candidates))):
+        kind = HARD_NEGATIVE_KINDS[j % len(HARD_NEGATIVE_KINDS)]
+        pool = [r for r in (sided if kind == "contralateral" else candidates) if r["sop_instance_uid"] not in used]
+        if not pool:
+            kind, pool = "follow_up", [r for r in candidates if r["sop_instance_uid"] not in used]
+        orig = pool[int(rng.integers(len(pool)))]
+        used.add(orig["sop_instance_uid"])
+        picks.append((kind, orig))
+    new_rows = []
+    for j, (kind, orig) in enumerate(picks):
+        ds = pydicom.dcmread(out / orig["path"])
+        arr = ds.pixel_array
+        row = dict(orig)
+        if kind == "contralateral":
+            arr = _moved(arr[:, ::-1], rng, degrees=(0.0, 2.0), shift=(0.0, 0.01), scale=(0.02, 0.04), gamma=(1.0, 1.0),
+                         stored_range=_stored_range(ds))
+            side = _OPPOSITE[orig["laterality"]]
+            for keyword in ("ImageLaterality", "Laterality"):
+                if keyword in ds:
+                    setattr(ds, keyword, side)
+            row.update(laterality=side)
+        else:
+            arr = _moved(arr, rng, degrees=(4.0, 8.0), shift=(0.05, 0.08), scale=(0.04, 0.08), gamma=(0.8, 1.25),
+                         stored_range=_stored_range(ds))
+            when = datetime.datetime.strptime(str(ds.StudyDate), "%Y%m%d") + datetime.timedelta(
+                days=int(rng.integers(60, 700)))
+            ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = when.strftime("%Y%m%d")
+        _set_pixels(ds, arr)
+        row.update(_save_anew(ds, out, f"{orig['path'].split('/')[0]}/NEG{j + 1:05d}/IM000001", seed,
+                              "hard-negative", j))
+        row.update(hard_negative_of=orig["sop_instance_uid"], hard_negative_kind=kind)
+        new_rows.append(row)
+    return new_rows
+
+
+def _set_pixels(ds: Dataset, arr: np.ndarray) -> None:
+    """Store ``arr`` as uncompressed Pixel Data of ``ds``."""
+    ds.PixelData = np.ascontiguousarray(arr).tobytes()
+    ds["PixelData"].VR = "OW" if int(ds.BitsAllocated) > 8 else "OB"
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+
+
+def _save_anew(ds: Dataset, out: Path, rel: str, seed: int, what: str, j: int) -> dict[str, Any]:
+    """Save ``ds`` at ``out / rel`` under new study, series and instance UIDs; return its truth fields."""
+    study, series, sop = (hd.uid(seed, what, part, j) for part in ("study", "series", "sop"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, sop
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(out / rel, enforce_file_format=True)
+    return {"sop_instance_uid": str(sop), "path": rel, "study_instance_uid": str(study),
+            "series_instance_uid": str(series), "transfer_syntax": str(ds.file_meta.TransferSyntaxUID)}
+
+
+def _stored_range(ds: Dataset) -> tuple[int, int]:
+    """The values ``BitsStored`` can hold (a value beyond them would wrap on reading)."""
+    bits = int(ds.BitsStored)
+    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if int(ds.PixelRepresentation) else (0, (1 << bits) - 1)
+
+
+def _moved(arr: np.ndarray, rng: np.random.Generator, *, degrees: tuple[float, float], shift: tuple[float, float],
+           scale: tuple[float, float], gamma: tuple[float, float], stored_range: tuple[int, int]) -> np.ndarray:
+    """``arr`` turned, shifted and scaled about its centre (each by a random amount in its range and
+    direction), exposed with another gamma, with new noise; edges repeated, same dtype, values
+    within ``stored_range``."""
+    from scipy import ndimage
+
+    def amount(bounds: tuple[float, float]) -> float:
+        return float(rng.uniform(*bounds)) * float(rng.choice((-1.0, 1.0)))
+
+    h, w = arr.shape
+    theta = math.radians(amount(degrees))
+    zoom = 1.0 + amount(scale)
+    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]]) / zoom
+    centre = np.array([(h - 1) / 2, (w - 1) / 2])
+    offset = centre - rot @ centre - rot @ np.array([amount(shift) * h, amount(shift) * w])
+    moved = ndimage.affine_transform(arr.astype(np.float64), rot, offset=offset, order=1, mode="nearest")
+    lo, hi = float(arr.min()), float(arr.max())
+    spread = max(1.0, hi - lo)
+    g = float(rng.uniform(*gamma))
+    moved = lo + spread * np.clip((moved - lo) / spread, 0.0, 1.0) ** g
+    noisy = moved + rng.normal(0.0, 0.005 * spread, arr.shape)
+    return np.clip(np.rint(noisy), *stored_range).astype(arr.dtype)
 
 
 def _requantized(ds: Dataset, arr: np.ndarray) -> tuple[np.ndarray, float]:
@@ -492,7 +596,7 @@ def _requantized(ds: Dataset, arr: np.ndarray) -> tuple[np.ndarray, float]:
     return arr.astype(np.uint16) << 2, 0.25
 
 
-def _reexposed(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _reexposed(arr: np.ndarray, rng: np.random.Generator, stored_range: tuple[int, int]) -> np.ndarray:
     """The same view seconds later: shifted by 1-3% of its size (edges repeated), with new noise."""
     h, w = arr.shape
     dy, dx = (int(rng.integers(max(1, s // 100), max(2, 3 * s // 100) + 1)) * int(rng.choice((-1, 1)))
@@ -506,10 +610,9 @@ def _reexposed(arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         moved[:, :dx] = moved[:, dx:dx + 1]
     elif dx < 0:
         moved[:, dx:] = moved[:, dx - 1:dx]
-    info = np.iinfo(arr.dtype)
     spread = max(1.0, float(arr.max()) - float(arr.min()))
     noisy = moved.astype(np.float64) + rng.normal(0.0, 0.005 * spread, arr.shape)
-    return np.clip(np.rint(noisy), info.min, info.max).astype(arr.dtype)
+    return np.clip(np.rint(noisy), *stored_range).astype(arr.dtype)
 
 
 def _write_study(out: Path, study: list[_Series], pat: dict[str, Any], layout: int, study_n: int, seed: int,

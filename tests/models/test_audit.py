@@ -218,3 +218,29 @@ def test_a_mislabel_needs_a_confident_suggestion() -> None:
     assert flagged == {0.5: {0, 3, 6}, 0.7: {0, 3}, 0.8: {0}, 0.96: set()}
     with pytest.raises(ValueError, match="min_confidence"):
         find_issues(p, y, x, min_confidence=1.5)
+
+
+def test_copies_under_another_patient_rank_first_and_same_patient_copies_last(audited: dict) -> None:
+    df0 = audited["df"]
+    n = len(df0)
+    labels = audited["labels"]
+    plain = np.flatnonzero((df0["issue"].isna()).to_numpy())
+    mislabel = np.flatnonzero((df0["issue"] == "mislabel").to_numpy())
+    cross, same, flagged_too, ood = plain[0], plain[1], mislabel[0], n - 1
+    dup = pd.DataFrame({"duplicate_of": [None] * n, "similarity": np.nan, "other_patient": False})
+    for row, orig, sim, other in ((cross, plain[5], 0.99, True), (same, plain[6], 0.97, False),
+                                  (flagged_too, plain[7], 0.98, False), (ood, plain[8], 1.0, True)):
+        dup.loc[row, ["duplicate_of", "similarity", "other_patient"]] = [f"1.2.3.{orig}", sim, other]
+    df = find_issues(audited["probs"], labels, audited["x"], sop_instance_uids=[f"1.2.3.{i}" for i in range(n)],
+                     duplicates=dup)
+    assert df.loc[cross, "issue"] == "near_duplicate" and df.loc[cross, "rank"] == 1
+    assert df.loc[cross, "duplicate_of"] == f"1.2.3.{plain[5]}"
+    assert df.loc[ood, "issue"] == "out_of_domain" and df.loc[ood, "duplicate_of"] == f"1.2.3.{plain[8]}"
+    assert df.loc[flagged_too, "issue"] == "mislabel"  # a same-patient copy keeps its label finding
+    assert df.loc[same, "issue"] == "near_duplicate"
+    below = df[df["issue"].isin(["mislabel", "missing_label", "out_of_domain"])]["rank"].max()
+    above = df[df["issue"].isna()]["rank"].min()
+    assert below < df.loc[same, "rank"] < above
+    assert df["duplicate_of"].notna().sum() == 4
+    with pytest.raises(ValueError, match="duplicates"):
+        find_issues(audited["probs"], labels, audited["x"], duplicates=dup.iloc[:5])

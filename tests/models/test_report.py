@@ -30,6 +30,7 @@ def make_inputs(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         "suggested_probability": [0.9, 0.93, 0.7, 0.3, 0.97, 0.8],
         "ood_score": [0.6, 0.62, 0.61, 0.95, 0.64, 0.6],
         "issue": [None, "mislabel", "missing_label", "out_of_domain", "mislabel", None],
+        "duplicate_of": [None, None, None, None, "1.2.826.0.1.0", None],
         "suspicion": [0.1, 2.9, 1.7, 3.95, 2.99, 0.2],
         "rank": [6, 3, 4, 1, 2, 5],
     })
@@ -64,6 +65,8 @@ def test_csv_columns_bom_quoting_and_order(tmp_path: Path) -> None:
     assert row["recorded_region"] == "knee" and row["suggested_region"] == "skull"
     assert row["study_instance_uid"] == "1.2.826.0.2.4"
     assert row["source_path"] == "PAT4/Röntgen bild,4.dcm"
+    assert row["duplicate_of"] == "1.2.826.0.1.0" and (df.loc[df["sop_instance_uid"] != "1.2.826.0.1.4",
+                                                              "duplicate_of"] == "").all()
     missing = df[df["issue"] == "missing_label"].iloc[0]
     assert missing["recorded_region"] == "" and missing["suggested_region"] == "hand"
     assert missing["accession_number"] == "'=HYPERLINK(\"x\")"  # formula defused
@@ -105,6 +108,10 @@ def test_html_is_self_contained_sortable_filterable(tmp_path: Path) -> None:
     assert "&quot;li&quot;" in page or "&#x27;" in page or "HÜFTE" in page  # escaped, not raw markup
     assert page.count("<script>") == 1 and page.count('<script type="application/json" id="review-data">') == 1
     assert page.count("<script") == 2  # the code, and the rows' CSV cells for "Save verdicts" (data, not code)
+    # The copy's row names its original (a copy button with the whole UID); the kinds filter offers copies.
+    row = re.search(r'<tr data-issue="mislabel" data-uid="1\.2\.826\.0\.1\.4".*?</tr>', page, re.S).group(0)
+    assert 'copy of <button class="copy" data-full="1.2.826.0.1.0"' in row
+    assert '<option value="near_duplicate">near duplicate</option>' in page
 
 
 def test_bad_inputs_name_the_fix(tmp_path: Path) -> None:

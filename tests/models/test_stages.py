@@ -34,3 +34,51 @@ def test_reuse_of_embeddings_falls_back_to_embedding_everything_on_a_torn_pair(t
     assert np.isnan(kept[1]).all()
     stages._save_array(np.zeros((2, 4), np.float32), embed_dir / "byol.npy")
     assert stages._previous_rows(tmp_path, "byol", "m", ["1.2", "1.3"], ["b", "c"]) is None
+
+
+def test_fold_groups_tie_the_patients_of_a_copy_together() -> None:
+    uids = ["u0", "u1", "u2", "u3", "u4", "u5", "u6"]
+    patients = np.array(["a", "a", "b", "c", None, None, "b"], dtype=object)
+    dups = pd.DataFrame({"group": [1, 1, 2, 2, 3], "sop_instance_uid": ["u1", "u2", "u4", "u5", "gone"]})
+    out = stages.fold_groups(uids, patients, dups)
+    assert out[0] == out[1] == out[2] == out[6] and out[0].startswith("dup-")  # a's and b's images: one group
+    assert out[3] == "c"
+    assert out[4] == out[5] and out[4] != out[0]  # two images without a patient key, copies of each other
+    assert stages.fold_groups(uids, patients, dups.iloc[4:]) is patients  # nothing of this archive
+
+
+def test_near_duplicates_of_a_synthetic_export_are_found_and_kept_on_one_side_of_every_fold(tmp_path: Path) -> None:
+    from models.heads import oof_probabilities
+    from pacs.cache import CacheParams
+    from pacs.ingest import IngestConfig, run_ingest
+    from pacs.synth import generate_export
+
+    generate_export(tmp_path / "export", tmp_path / "truth.parquet", n=60, seed=3, size=96, duplicates=0.1)
+    data = tmp_path / "data"
+    run_ingest(IngestConfig(export_dir=tmp_path / "export", data_dir=data, cache=CacheParams(size=48), workers=1))
+    stages.map_labels(data)
+    groups = stages.find_near_duplicates(data)
+    assert (data / stages.DUPLICATES_PATH).is_file()
+    truth = pd.read_parquet(tmp_path / "truth.parquet").set_index("sop_instance_uid")
+    root = dict(zip(groups["sop_instance_uid"], groups["duplicate_of"].where(groups["duplicate_of"].notna(),
+                                                                             groups["sop_instance_uid"])))
+    copies = truth[truth["duplicate_of"].notna()]
+    assert len(copies) == 6
+    for uid, row in copies.iterrows():  # every copy lands in its original's group
+        assert uid in root and root[uid] == root.get(row["duplicate_of"]), row["duplicate_kind"]
+    for uid, row in truth[truth["hard_negative_of"].notna()].iterrows():  # look-alikes do not
+        assert uid not in root or root[uid] != root.get(row["hard_negative_of"]), row["hard_negative_kind"]
+    by_uid = groups.set_index("sop_instance_uid")
+    for uid, row in copies[copies["duplicate_kind"] == "other_patient"].iterrows():
+        pair = by_uid.loc[[uid, row["duplicate_of"]]]
+        assert pair["cross_patient"].all() and pair["other_patient"].sum() == 1  # the one that is not the original
+
+    ts = stages.load_training_set(data)
+    key = dict(zip(ts.uids, ts.groups))
+    for uid, row in copies.iterrows():
+        assert key[uid] == key[row["duplicate_of"]]
+    labels = np.where(ts.labels >= 0, ts.labels, 0)
+    fold = oof_probabilities(np.random.default_rng(0).standard_normal((len(ts.uids), 8)).astype(np.float32), labels,
+                             ts.groups, n_splits=3, n_classes=len(ts.vocabulary)).fold
+    fold_of = dict(zip(ts.uids, fold))
+    assert all(fold_of[u] == fold_of[r] for u, r in copies["duplicate_of"].items())

@@ -196,6 +196,34 @@ def test_every_in_domain_radiograph_shows_anatomy_through_its_own_window(tmp_pat
     assert min(spread.values()) > 0.05, sorted(spread.items(), key=lambda kv: kv[1])[:3]
 
 
+def test_hard_negatives_are_the_other_side_or_a_follow_up_of_one_original_each(tmp_path):
+    """Issue 16's hard negatives: the same patient's other side (mirrored, other laterality) and a
+    follow-up of the same region (moved, later date); not duplicates, one per original."""
+    from pacs.synth.export import HARD_NEGATIVE_KINDS
+
+    generate_export(tmp_path / "e", tmp_path / "t.parquet", n=60, seed=2, size=64, duplicates=0.1)
+    t = pd.read_parquet(tmp_path / "t.parquet").set_index("sop_instance_uid")
+    negs = t[t["hard_negative_of"].notna()]
+    assert len(negs) == 6 and set(negs["hard_negative_kind"]) == set(HARD_NEGATIVE_KINDS)
+    assert negs["duplicate_of"].isna().all() and negs["hard_negative_of"].is_unique
+    for uid, row in negs.iterrows():
+        orig = t.loc[row["hard_negative_of"]]
+        a, b = pydicom.dcmread(tmp_path / "e" / row["path"]), pydicom.dcmread(tmp_path / "e" / orig["path"])
+        assert a.PatientID == b.PatientID and a.StudyInstanceUID != b.StudyInstanceUID
+        assert row["true_region"] == orig["true_region"] and not orig["is_ood"]
+        va, vb = a.pixel_array.astype(float), b.pixel_array.astype(float)
+        assert va.shape == vb.shape and not np.array_equal(va, vb)
+        bits = int(a.BitsStored)
+        assert va.min() >= (-(2 ** (bits - 1)) if a.PixelRepresentation else 0) and va.max() < 2 ** bits  # no wrap
+        if row["hard_negative_kind"] == "contralateral":
+            assert {row["laterality"], orig["laterality"]} == {"L", "R"}
+            # Nearer to the mirror image than to the original: it is the other side.
+            assert np.corrcoef(va.ravel(), vb[:, ::-1].ravel())[0, 1] > np.corrcoef(va.ravel(), vb.ravel())[0, 1]
+        else:
+            assert a.StudyDate > b.StudyDate
+            assert row["laterality"] == orig["laterality"] or (pd.isna(row["laterality"]) and pd.isna(orig["laterality"]))
+
+
 def test_duplicates_of_each_kind_are_written_with_their_truth(tmp_path):
     """Issue 16's synthetic duplicates: a copy under new UIDs, a re-encoded copy (other transfer syntax
     and bit depth, same modality values up to the lost bits), a re-exposure (shifted, new noise), and a
@@ -205,7 +233,8 @@ def test_duplicates_of_each_kind_are_written_with_their_truth(tmp_path):
     s = generate_export(tmp_path / "e", tmp_path / "t.parquet", n=40, seed=1, size=64, duplicates=0.1)
     t = pd.read_parquet(tmp_path / "t.parquet").set_index("sop_instance_uid")
     dups = t[t["duplicate_of"].notna()]
-    assert s.n_duplicates == 4 and len(t) == 44 and sorted(dups["duplicate_kind"]) == sorted(DUPLICATE_KINDS)
+    assert s.n_duplicates == 4 and s.n_hard_negatives == 4 and len(t) == 48
+    assert sorted(dups["duplicate_kind"]) == sorted(DUPLICATE_KINDS)
     assert t.loc[t["duplicate_of"].isna(), "duplicate_kind"].isna().all()
     for uid, row in dups.iterrows():
         orig = t.loc[row["duplicate_of"]]
@@ -228,6 +257,7 @@ def test_duplicates_of_each_kind_are_written_with_their_truth(tmp_path):
         assert same_patient == (kind != "other_patient")
         assert (row["patient_id"] == orig["patient_id"]) == same_patient
     without = generate_export(tmp_path / "e2", tmp_path / "t2.parquet", n=40, seed=1, size=64)
+    assert without.n_hard_negatives == 0 and pd.read_parquet(tmp_path / "t2.parquet")["hard_negative_of"].isna().all()
     assert without.n_duplicates == 0 and pd.read_parquet(tmp_path / "t2.parquet")["duplicate_of"].isna().all()
     with pytest.raises(ValueError, match="duplicates"):
         generate_export(tmp_path / "e3", tmp_path / "t3.parquet", n=10, seed=1, size=32, duplicates=0.9)
