@@ -105,7 +105,8 @@ def test_html_is_self_contained_sortable_filterable(tmp_path: Path) -> None:
     assert "<link" not in page and "@import" not in page
     assert page.count('src="data:image/png;base64,') == 3
     assert 'id="filter"' in page and 'id="kind"' in page and "addEventListener('click'" in page
-    assert "&quot;li&quot;" in page or "&#x27;" in page or "HÜFTE" in page  # escaped, not raw markup
+    # The PACS text is shown escaped (its quotes would end an attribute), never as raw markup.
+    assert "HÜFTE &quot;li&quot;, a.p.;" in page and 'HÜFTE "li"' not in page.split('id="review-data">')[0]
     assert page.count("<script>") == 1 and page.count('<script type="application/json" id="review-data">') == 1
     assert page.count("<script") == 2  # the code, and the rows' CSV cells for "Save verdicts" (data, not code)
     # The copy's row names its original (a copy button with the whole UID); the kinds filter offers copies.

@@ -171,7 +171,8 @@ def test_preview_shows_every_region(tmp_path: Path) -> None:
 
 
 def test_region_mapper_reads_the_recorded_labels(export) -> None:
-    regions = pytest.importorskip("pacs.regions")
+    from pacs import regions
+
     _, truth, _ = export
     mapper = regions.RegionMapper.from_file()
     assert tuple(regions.DEFAULT_REGIONS) == REGIONS

@@ -1,6 +1,7 @@
 """Jobs select the right assets; the schedule and the new-export sensor behave as stewards expect."""
 
 import json
+import os
 
 import dagster as dg
 
@@ -25,7 +26,7 @@ def test_nightly_audit_uses_current_backbones_and_retrain_only_trains():
 def test_nightly_schedule_runs_at_two():
     schedule = defs.resolve_schedule_def("nightly_audit_schedule")
     assert schedule.cron_schedule == "0 2 * * *" and schedule.job_name == "nightly_audit"
-    assert schedule.execution_timezone
+    assert schedule.execution_timezone == os.environ.get("RADAUDIT_TIMEZONE", "Europe/Berlin")
 
 
 def test_sensor_starts_ingest_once_per_new_export_folder(tmp_path):
