@@ -241,9 +241,12 @@ def _rematerialize(data: Path, truth: Path, selection: list[dg.AssetKey]) -> dg.
     return dg.materialize(list(defs.assets), resources=resources, selection=selection, raise_on_error=False)
 
 
-def test_reviewers_verdicts_are_applied_on_the_next_run(audited):
-    """Last in this file: it changes the shared data dir."""
-    data, truth, _ = audited
+def test_reviewers_verdicts_are_applied_on_the_next_run(audited, tmp_path):
+    """On a copy of the shared data dir (and its export), so that no other test depends on the order."""
+    shared, truth, _ = audited
+    data = tmp_path / "data"
+    shutil.copytree(shared, data)
+    shutil.copytree(shared.parent / "export", tmp_path / "export")
     selection = [dg.AssetKey("label_overrides"), *(dg.AssetKey(["oof_probabilities", m]) for m in METHODS),
                  dg.AssetKey("ensemble_probabilities"), dg.AssetKey("label_issues"), dg.AssetKey("mislabel_report")]
     report = pd.read_csv(data / "reports" / "mislabel_report.csv", encoding="utf-8-sig", dtype=str)
