@@ -47,7 +47,8 @@ from models.presets import PRESETS, AuditPreset  # noqa: E402
 from pacs.io import write_text  # noqa: E402
 
 FIGURES = ("mislabel_precision_at_k", "flagged_mislabel", "truly_mislabelled", "top20_precision", "ood_auroc",
-           "ood_recall", "ood_precision", "flagged_out_of_domain", "out_of_domain", "missing_suggestion_accuracy")
+           "ood_recall", "ood_precision", "flagged_out_of_domain", "out_of_domain", "missing_suggestion_accuracy",
+           "duplicate_precision", "duplicate_recall", "hard_negatives_grouped")
 
 
 class Recorder:
@@ -71,17 +72,17 @@ class Recorder:
 def _export_shard(job: tuple[str, str, int, int, int]) -> str:
     from pacs.synth import generate_export
 
-    out, truth, n, seed, size = job
-    generate_export(out, truth, n=n, seed=seed, size=size, force=True)
+    out, truth, n, seed, size, duplicates = job
+    generate_export(out, truth, n=n, seed=seed, size=size, force=True, duplicates=duplicates)
     return truth
 
 
-def make_export(root: Path, n: int, seed: int, size: int, shards: int) -> Path:
+def make_export(root: Path, n: int, seed: int, size: int, shards: int, duplicates: float = 0.0) -> Path:
     """A synthetic export in ``shards`` parallel processes (distinct seeds give distinct UIDs); one truth file."""
     shards = max(1, min(shards, n // 50 or 1))
     sizes = [n // shards + (i < n % shards) for i in range(shards)]
-    jobs = [(str(root / "export" / f"shard{i:02d}"), str(root / f"truth{i:02d}.parquet"), k, seed * 1000 + i, size)
-            for i, k in enumerate(sizes)]
+    jobs = [(str(root / "export" / f"shard{i:02d}"), str(root / f"truth{i:02d}.parquet"), k, seed * 1000 + i, size,
+             duplicates) for i, k in enumerate(sizes)]
     if shards == 1:
         truths = [_export_shard(jobs[0])]
     else:
@@ -150,7 +151,7 @@ def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed:
 
     root.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    truth = make_export(root, preset.n, seed, preset.export_size, args.shards)
+    truth = make_export(root, preset.n, seed, preset.export_size, args.shards, preset.duplicates)
     if args.foreign:
         add_foreign_files(root, truth)
     rec.add(seed, "export", seconds=round(time.perf_counter() - t, 1), images=preset.n,
@@ -162,6 +163,10 @@ def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed:
     labels = stages.map_labels(data)
     rec.add(seed, "ingest", seconds=round(time.perf_counter() - t, 1), cached=len(stages.load_training_set(data).uids),
             null_labels=int(labels["recorded_region"].isna().sum()))
+    t = time.perf_counter()
+    groups = stages.find_near_duplicates(data)
+    rec.add(seed, "near_duplicates", seconds=round(time.perf_counter() - t, 1),
+            copies=int(groups["duplicate_of"].notna().sum()))
     evidence = stages.issue_inputs(data, stages.load_training_set(data).uids)
     if args.baseline:
         t = time.perf_counter()

@@ -27,7 +27,8 @@ ingest_job = dg.define_asset_job(
 nightly_audit = dg.define_asset_job(
     "nightly_audit",
     selection=dg.AssetSelection.all() - BACKBONES,
-    description="New files -> cache -> embeddings with the current backbones -> heads -> ensemble -> report.",
+    description="New files -> cache -> near duplicates, embeddings with the current backbones -> heads -> ensemble "
+    "-> report.",
     tags={"radaudit/gpu": "true", "radaudit/ingest": "true"},
 )
 retrain = dg.define_asset_job(
