@@ -314,8 +314,9 @@ def find_duplicates(fps: np.ndarray, digests: Sequence[str], buckets: Sequence[o
                                               gradient_magnitude(fps[b[hopeful]]), max_shift)
         sims.append(np.stack([grey, grad], axis=1))
     sim = np.concatenate(sims) if sims else np.zeros((0, 2))
-    who = pd.factorize(pd.Series(["" if p is None else str(p) for p in (patients or [None] * n)]))[0]
-    known = np.array([p is not None and not (isinstance(p, float) and np.isnan(p)) for p in (patients or [None] * n)])
+    owners = list(patients) if patients is not None else [None] * n
+    who = pd.factorize(pd.Series(["" if p is None else str(p) for p in owners]))[0]
+    known = np.array([p is not None and not (isinstance(p, float) and np.isnan(p)) for p in owners], dtype=bool)
     one_patient = (who[ci] == who[cj]) & known[ci] & known[cj]
     near = np.where(one_patient, (sim[:, 0] >= grey_threshold) & (sim[:, 1] >= gradient_threshold),
                     sim.min(axis=1, initial=1.0) >= cross_patient_threshold) if sim.size else np.zeros(0, bool)
