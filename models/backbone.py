@@ -6,7 +6,7 @@ Every backbone has timm's interface: ``forward`` returns pooled features (``num_
 stem).
 
 Pretrained weights are never fetched: the registry has none that can be downloaded at run time,
-so every method starts from random initialization (see DESIGN.md, "Known pitfalls").
+so every method starts from random initialization (the machines it runs on have no internet).
 
 Example::
 

@@ -405,7 +405,7 @@ def _guard_broken_omegaconf() -> None:
     """Keep Lightning from importing a broken omegaconf when it writes a checkpoint.
 
     lightly pulls in hydra-core and omegaconf, whose grammar needs antlr 4.9; Dagster needs antlr
-    >= 4.10 (DESIGN.md, "Known pitfalls"), and with it ``import omegaconf`` raises. Lightning's
+    >= 4.10 (README, "Quick start"), and with it ``import omegaconf`` raises. Lightning's
     ``dump_checkpoint`` imports omegaconf whenever it is installed, only to recognise omegaconf
     hyper-parameter containers, which these modules never use: tell it omegaconf is absent.
     """
@@ -454,7 +454,7 @@ def _strategy(devices: int) -> str:
 
     Lightning's plain ``ddp`` starts the other ranks by running ``sys.argv`` again, which inside
     a Dagster step, a notebook or the ``radaudit`` CLI is the wrong program (and imports hydra,
-    broken by the newer antlr, see DESIGN.md); ``ddp_spawn`` starts them from this process.
+    broken by the newer antlr, see the README's "Quick start"); ``ddp_spawn`` starts them from this process.
     """
     if devices == 1:
         return "auto"

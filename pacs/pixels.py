@@ -1,6 +1,6 @@
 """Decode one DICOM image into a float32 [0, 1] grey image, bone bright.
 
-The one pixel normalization of the pipeline (DESIGN.md, Contracts), in this order:
+The one pixel normalization of the pipeline (every consumer relies on it), in this order:
 
 1. decode the first frame only (any transfer syntax the installed pydicom plugins decode);
    JPEG 2000 may be decoded at 1/2**reduce resolution when the caller only needs ``min_side``

@@ -50,7 +50,7 @@ TAG_PRIORITY: tuple[str, ...] = (
     "protocol_name",
 )
 
-# `pacs` is a namespace package, which importlib.resources.files() cannot read on 3.11.
+# The mapping file ships beside this module (package data in pyproject.toml).
 DEFAULT_MAPPING_PATH = Path(__file__).with_name("regions.toml")
 
 LABEL_COLUMNS: tuple[str, ...] = (
