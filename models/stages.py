@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,13 @@ SUMMARY_PATH = Path("audit") / "summary.json"
 WEIGHTS_PATH = PROB_DIR / "ensemble.weights.json"
 
 Log = Callable[[str], None]
+LabelFractionScores = dict[str, dict[float, float]]  # {method or "ensemble": {share of labels: accuracy}}
+
+if TYPE_CHECKING:  # the heavy modules load only when a stage runs
+    from augment.dataset import CacheDataset
+    from models.heads import OOFResult
+    from models.report import ReportFiles
+    from models.train import PretrainConfig, PretrainResult
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class TrainingSet:
     vocabulary: tuple[str, ...]
     meta: pd.DataFrame
 
-    def dataset(self, data_dir: str | os.PathLike[str]) -> Any:
+    def dataset(self, data_dir: str | os.PathLike[str]) -> CacheDataset:
         """A Dataset of ``(uint8 image (1, H, W), label)`` over the image cache."""
         from augment.dataset import CacheDataset
 
@@ -211,9 +218,9 @@ def label_folds(ts: TrainingSet, n_folds: int, seed: int = 0) -> np.ndarray:
     return group_stratified_folds(ts.labels, check_groups(ts.groups, len(ts.uids)), n_splits=n_folds, seed=seed)
 
 
-def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Any, *, truth_path: str | None = None,
-                   from_scratch: bool = False, scratch_token: str | None = None, log: Log | None = None,
-                   cross_fit: int = 1) -> Any:
+def train_backbone(data_dir: str | os.PathLike[str], method: str, config: PretrainConfig, *,
+                   truth_path: str | None = None, from_scratch: bool = False, scratch_token: str | None = None,
+                   log: Log | None = None, cross_fit: int = 1) -> PretrainResult:
     """Pretrain one method's backbone on the image cache; checkpoints under ``models/<method>/``.
 
     Args:
@@ -417,7 +424,7 @@ def load_embeddings(data_dir: str | os.PathLike[str], method: str, uids: Sequenc
 
 
 def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int = 10, seed: int = 0,
-                l2: float | None = None, repeats: int = 3) -> Any:
+                l2: float | None = None, repeats: int = 3) -> OOFResult:
     """Out-of-fold probabilities of one method's linear heads (reviewed labels trusted); write
     ``probabilities/<method>.npy`` and the heads' L2 weight to ``probabilities/<method>.heads.json``.
 
@@ -658,7 +665,8 @@ def load_audit_summary(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
-def report(data_dir: str | os.PathLike[str], *, vocabulary: Sequence[str] | None = None, **options: Any) -> Any:
+def report(data_dir: str | os.PathLike[str], *, vocabulary: Sequence[str] | None = None,
+           **options: Any) -> ReportFiles:
     """Write the radiologists' CSV and HTML from the label issues."""
     from models.report import write_report
 
@@ -854,7 +862,8 @@ def duplicate_scores(issues: pd.DataFrame, truth: pd.DataFrame, uids: Sequence[s
 def evaluate_label_fractions(data_dir: str | os.PathLike[str], truth_path: str | os.PathLike[str],
                              methods: Sequence[str], *, fractions: Sequence[float] = (0.01, 0.1, 1.0),
                              test_share: float = 0.3, seed: int = 0,
-                             with_predictions: bool = False) -> Any:
+                             with_predictions: bool = False) -> LabelFractionScores | tuple[
+                                 LabelFractionScores, tuple[np.ndarray, np.ndarray]]:
     """Linear-eval accuracy with a fraction of the labels, per method and for the ensemble (the paper's protocol).
 
     Heads are trained on the *true* regions of a patient-grouped training split of the synthetic
