@@ -66,8 +66,9 @@ __all__ = [
 ]
 
 ISSUE_KINDS: tuple[str, ...] = ("out_of_domain", "mislabel", "missing_label", "near_duplicate")
-_TIER = {"out_of_domain": 3, "mislabel": 2, "missing_label": 1, "near_duplicate": 0.5, None: 0}
-_CROSS_PATIENT_TIER = 4  # a copy under another patient outranks everything: an integrity error
+# Whole-number tiers: the score within a tier stays in [0, 0.999], so tiers never overlap.
+_TIER = {"out_of_domain": 4, "mislabel": 3, "missing_label": 2, "near_duplicate": 1, None: 0}
+_CROSS_PATIENT_TIER = 5  # a copy under another patient outranks everything: an integrity error
 
 # cleanlab.filter.find_label_issues(filter_by=...) options.
 FILTER_BY: dict[str, str] = {
@@ -273,15 +274,16 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     quality[is_ood] = np.nan
 
     # 4. Mislabels: confident, consistent, in domain, bounded.
+    is_copy = np.array([d is not None for d in dup_of], dtype=bool)
+    # A copy under another patient is reported as such; it must not take a mislabel's place under the cap.
     candidate = issue_mask & ~is_ood & (suggested != y) & (suggested_p >= min_confidence) \
-        & _consistent(suggested, member_probs, n, k)
+        & _consistent(suggested, member_probs, n, k) & ~(is_copy & dup_other)
     labelled_in = int(((y >= 0) & ~is_ood).sum())
     cap = int(math.floor(max_mislabel_fraction * labelled_in))
     mislabel = np.zeros(n, dtype=bool)
     rows = np.flatnonzero(candidate)
     mislabel[rows[np.argsort(quality[rows], kind="stable")[:cap]]] = True
 
-    is_copy = np.array([d is not None for d in dup_of], dtype=bool)
     issue = np.full(n, None, dtype=object)
     issue[is_copy] = "near_duplicate"
     issue[(y < 0)] = "missing_label"

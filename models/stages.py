@@ -126,11 +126,17 @@ def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str
     return TrainingSet(uids, y, groups, vocab, meta)
 
 
+MAX_TIED_PATIENTS = 3
+
+
 def fold_groups(uids: Sequence[str], patients: np.ndarray, duplicates: pd.DataFrame) -> np.ndarray:
     """Patient keys merged along duplicate groups, so that no fold split straddles a duplicate.
 
     An image copied into another patient's study ties the two patients together: every image of
-    both then shares one key (``dup-<n>``). Images outside any duplicate group keep their key.
+    both then shares one key (``dup-<n>``). Images outside any duplicate group keep their key. A
+    group that spans more than ``MAX_TIED_PATIENTS`` patients ties nobody: that is one image
+    shared by many (a test pattern, a placeholder), not a copy, and tying them all would put a
+    large part of the archive into one fold.
 
     Args:
         uids: N SOP Instance UIDs.
@@ -147,6 +153,9 @@ def fold_groups(uids: Sequence[str], patients: np.ndarray, duplicates: pd.DataFr
     n = len(uids)
     pos = {u: i for i, u in enumerate(uids)}
     rows = duplicates[duplicates["sop_instance_uid"].isin(pos)]
+    spread = rows.assign(patient=rows["sop_instance_uid"].map(lambda u: patients[pos[u]])).groupby("group")[
+        "patient"].nunique()
+    rows = rows[rows["group"].isin(spread.index[spread <= MAX_TIED_PATIENTS])]
     if rows.empty:
         return patients
     # Nodes: images, then one per duplicate group; edges: image-group and image-patient.
@@ -538,13 +547,16 @@ def find_near_duplicates(data_dir: str | os.PathLike[str], *, log: Log | None = 
 
 def load_near_duplicates(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> pd.DataFrame:
     """For each of ``uids``: ``duplicate_of``, ``similarity``, ``cross_patient``, ``other_patient``
-    (nulls and False where the image has no duplicate or none were looked for)."""
+    (nulls and False where the image has no duplicate or none were looked for). A copy whose
+    original is no longer among ``uids`` (the file left the export since the groups were made) is
+    not reported as a copy."""
     path = Path(data_dir) / DUPLICATES_PATH
     rows = pd.read_parquet(path) if path.exists() else pd.DataFrame(
         columns=["sop_instance_uid", "duplicate_of", "similarity", "cross_patient", "other_patient"])
+    rows = rows[rows["duplicate_of"].isna() | rows["duplicate_of"].isin(set(uids))]
     rows = rows.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid").reindex(list(uids))
     return pd.DataFrame({
-        "duplicate_of": rows["duplicate_of"].astype(object).where(rows["duplicate_of"].notna(), None).to_numpy(),
+        "duplicate_of": pd.Series([d if isinstance(d, str) else None for d in rows["duplicate_of"]], dtype=object),
         "similarity": rows["similarity"].astype(float).to_numpy(),
         "cross_patient": rows["cross_patient"].fillna(False).astype(bool).to_numpy(),
         "other_patient": rows["other_patient"].fillna(False).astype(bool).to_numpy(),

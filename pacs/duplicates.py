@@ -130,6 +130,7 @@ def gradient_magnitude(fp: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 
     Args:
         fp: Shape: (S, S) or (N, S, S), from :func:`fingerprint`.
+        sigma: Gaussian smoothing in pixels before the gradient.
     """
     from scipy import ndimage
 
@@ -153,6 +154,7 @@ def shift_correlation(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) 
 
     Args:
         a, b: Shape: (P, S, S) (or (S, S)), NaN = unknown; compared pairwise.
+        max_shift: Largest shift in pixels, each axis (both directions).
 
     Returns:
         Shape: (P,) (or a scalar), in [-1, 1]; -1 where the pair shares less than half of the
@@ -206,19 +208,23 @@ def _shrink(fps: np.ndarray, side: int) -> np.ndarray:
 
 
 def candidate_pairs(fps: np.ndarray, buckets: Sequence[object] | None = None, *, k: int = 8,
-                    block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+                    block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Each image's ``k`` most similar others within its bucket, by cosine similarity of 16 x 16
     fingerprints (exact search in blocks; flat images have no candidates).
 
     Args:
         fps: Shape: (N, S, S), from :func:`fingerprint`.
         buckets: N keys (e.g. the rounded aspect ratio); only images of one bucket are compared.
+        k: Candidates per image.
+        block: Rows compared at once (memory: ``block`` x bucket size floats, twice).
 
     Returns:
         ``(i, j)``, unique pairs with i < j.
     """
     fps = np.asarray(fps, dtype=np.float32)
     n = fps.shape[0]
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     live = ~np.isnan(fps).reshape(n, -1).all(axis=1)
     keys = np.zeros(n, dtype=np.int64) if buckets is None else pd.factorize(pd.Series(list(buckets)))[0]
     rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
@@ -287,6 +293,12 @@ def find_duplicates(fps: np.ndarray, digests: Sequence[str], buckets: Sequence[o
                         ("cross_patient_threshold", cross_patient_threshold)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
             raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
+    if cross_patient_threshold < max(grey_threshold, gradient_threshold):
+        raise ValueError(f"cross_patient_threshold ({cross_patient_threshold}) must be at least the one-patient "
+                         f"thresholds ({grey_threshold}, {gradient_threshold}): a copy across patients needs more")
+    if n == 0:
+        empty = np.zeros(0, np.int64)
+        return DuplicatePairs(empty, empty, np.zeros(0), np.zeros(0, bool))
     flat = np.isnan(fps).reshape(n, -1).all(axis=1)
     # 1. Exact: equal digests (flat images excluded: blank exposures are not copies of each other).
     codes = pd.factorize(pd.Series(list(digests)))[0]
@@ -316,7 +328,8 @@ def find_duplicates(fps: np.ndarray, digests: Sequence[str], buckets: Sequence[o
     sim = np.concatenate(sims) if sims else np.zeros((0, 2))
     owners = list(patients) if patients is not None else [None] * n
     who = pd.factorize(pd.Series(["" if p is None else str(p) for p in owners]))[0]
-    known = np.array([p is not None and not (isinstance(p, float) and np.isnan(p)) for p in owners], dtype=bool)
+    known = np.array([p is not None and not (np.isscalar(p) and pd.isna(p)) and p is not pd.NA for p in owners],
+                     dtype=bool)
     one_patient = (who[ci] == who[cj]) & known[ci] & known[cj]
     near = np.where(one_patient, (sim[:, 0] >= grey_threshold) & (sim[:, 1] >= gradient_threshold),
                     sim.min(axis=1, initial=1.0) >= cross_patient_threshold) if sim.size else np.zeros(0, bool)
@@ -362,7 +375,7 @@ def duplicate_groups(pairs: DuplicatePairs, uids: Sequence[str], patients: Seque
                                 directed=False)[1]
     keys = [str(u) for u in uids]
     order = [None] * n if order_keys is None else list(order_keys)
-    patient = [None if p is None or (isinstance(p, float) and np.isnan(p)) else str(p) for p in patients]
+    patient = [None if p is None or p is pd.NA or (np.isscalar(p) and pd.isna(p)) else str(p) for p in patients]
     links: dict[int, list[tuple[int, float, bool]]] = {}
     for a, b, s, e in zip(pairs.i.tolist(), pairs.j.tolist(), pairs.similarity.tolist(), pairs.exact.tolist()):
         links.setdefault(a, []).append((b, s, e))

@@ -241,6 +241,19 @@ def test_copies_under_another_patient_rank_first_and_same_patient_copies_last(au
     below = df[df["issue"].isin(["mislabel", "missing_label", "out_of_domain"])]["rank"].max()
     above = df[df["issue"].isna()]["rank"].min()
     assert below < df.loc[same, "rank"] < above
+    # A near-perfect copy still ranks after an unsure missing label, and a copy without a similarity stays flagged.
+    unsure = np.full_like(audited["probs"], 1.0 / K)
+    labels2 = labels.copy()
+    labels2[plain[2]] = -1
+    dup2 = dup.copy()
+    dup2.loc[same, "similarity"] = 1.0
+    dup2.loc[plain[3], ["duplicate_of", "similarity", "other_patient"]] = [f"1.2.3.{plain[9]}", np.nan, False]
+    probs2 = audited["probs"].copy()
+    probs2[plain[2]] = unsure[plain[2]]
+    df2 = find_issues(probs2, labels2, audited["x"], duplicates=dup2)
+    assert df2.loc[plain[2], "issue"] == "missing_label" and df2.loc[plain[2], "suggested_probability"] < 0.3
+    assert df2.loc[plain[2], "rank"] < df2.loc[same, "rank"]
+    assert df2.loc[plain[3], "issue"] == "near_duplicate" and df2.loc[plain[3], "rank"] < df2[df2["issue"].isna()]["rank"].min()
     assert df["duplicate_of"].notna().sum() == 4
     with pytest.raises(ValueError, match="duplicates"):
         find_issues(audited["probs"], labels, audited["x"], duplicates=dup.iloc[:5])

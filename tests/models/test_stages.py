@@ -45,6 +45,22 @@ def test_fold_groups_tie_the_patients_of_a_copy_together() -> None:
     assert out[3] == "c"
     assert out[4] == out[5] and out[4] != out[0]  # two images without a patient key, copies of each other
     assert stages.fold_groups(uids, patients, dups.iloc[4:]) is patients  # nothing of this archive
+    # One image shared by many patients (a test pattern) ties nobody.
+    shared = pd.DataFrame({"group": [1] * 4, "sop_instance_uid": ["u0", "u2", "u3", "u6"]})
+    many = stages.fold_groups(uids + ["u7"], np.append(patients, "d"), pd.concat(
+        [shared, pd.DataFrame({"group": [1], "sop_instance_uid": ["u7"]})]))
+    assert list(many) == ["a", "a", "b", "c", None, None, "b", "d"]
+
+
+def test_a_copy_whose_original_left_the_cache_is_not_reported(tmp_path: Path) -> None:
+    (tmp_path / "audit").mkdir()
+    pd.DataFrame({"group": [1, 1, 2, 2], "sop_instance_uid": ["a", "b", "c", "d"],
+                  "duplicate_of": [None, "a", None, "c"], "similarity": [1.0, 0.97, 1.0, 1.0],
+                  "cross_patient": [False, False, True, True], "other_patient": [False, False, False, True]}
+                 ).to_parquet(tmp_path / stages.DUPLICATES_PATH)
+    rows = stages.load_near_duplicates(tmp_path, ["b", "d", "c", "x"])
+    assert rows["duplicate_of"].tolist() == [None, "c", None, None]  # "a" is gone: "b" is no copy now
+    assert rows["other_patient"].tolist() == [False, True, False, False]
 
 
 def test_near_duplicates_of_a_synthetic_export_are_found_and_kept_on_one_side_of_every_fold(tmp_path: Path) -> None:

@@ -137,7 +137,8 @@ def test_find_duplicates_groups_copies_and_leaves_look_alikes_alone() -> None:
     # Not duplicates: the other side, a follow-up, blank exposures, and a re-exposure under another
     # patient (only a near-perfect copy crosses patients).
     assert len(found) == 4, sorted(tuple(sorted(k)) for k in found)
-    loose = find_duplicates(fps, digests, None, patients, cross_patient_threshold=0.5)
+    loose = find_duplicates(fps, digests, None, patients, grey_threshold=0.5, gradient_threshold=0.5,
+                            cross_patient_threshold=0.5)
     assert frozenset((at["orig6"], at["moved_other_patient"])) in {frozenset(p) for p in zip(loose.i, loose.j)}
     with pytest.raises(ValueError, match="grey_threshold"):
         find_duplicates(fps, digests, grey_threshold=1.5)
@@ -175,3 +176,16 @@ def test_duplicate_groups_name_an_original_and_put_cross_patient_groups_first() 
     empty = duplicate_groups(DuplicatePairs(*(np.zeros(0, t) for t in (int, int, float, bool))), uids, [None] * 6)
     assert empty.empty and list(empty.columns) == list(groups.columns)
     assert isinstance(empty, pd.DataFrame)
+
+
+def test_an_empty_archive_and_unknown_patients() -> None:
+    empty = find_duplicates(np.zeros((0, 64, 64), np.float32), [], [], [])
+    assert empty.i.size == 0 and candidate_pairs(np.zeros((0, 64, 64), np.float32))[0].size == 0
+    assert duplicate_groups(empty, [], []).empty
+    fps, digests, patients, names, at = _set()
+    unknown = [pd.NA] * len(patients)  # no patient key anywhere: every pair is treated as two patients
+    pairs = find_duplicates(fps, digests, None, unknown)
+    found = {frozenset((names[i], names[j])) for i, j in zip(pairs.i, pairs.j)}
+    assert frozenset(("orig0", "copy")) in found and frozenset(("orig2", "shifted")) not in found
+    with pytest.raises(ValueError, match="at least the one-patient"):
+        find_duplicates(fps, digests, cross_patient_threshold=0.5)

@@ -215,7 +215,8 @@ def test_hard_negatives_are_the_other_side_or_a_follow_up_of_one_original_each(t
         va, vb = a.pixel_array.astype(float), b.pixel_array.astype(float)
         assert va.shape == vb.shape and not np.array_equal(va, vb)
         bits = int(a.BitsStored)
-        assert va.min() >= (-(2 ** (bits - 1)) if a.PixelRepresentation else 0) and va.max() < 2 ** bits  # no wrap
+        low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1)) if a.PixelRepresentation else (0, 2 ** bits)
+        assert low <= va.min() and va.max() < high  # no value wraps around BitsStored
         if row["hard_negative_kind"] == "contralateral":
             assert {row["laterality"], orig["laterality"]} == {"L", "R"}
             # Nearer to the mirror image than to the original: it is the other side.
