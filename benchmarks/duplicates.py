@@ -37,7 +37,6 @@ from benchmarks._figures import Figures  # noqa: E402
 from models import stages  # noqa: E402
 from pacs import cache  # noqa: E402
 from pacs.duplicates import (  # noqa: E402
-    GEOMETRY,
     candidate_pairs,
     duplicate_groups,
     find_duplicates,
@@ -62,16 +61,6 @@ def prepare(work: Path, n: int, seed: int) -> Path:
                             force=True)
         run_ingest(IngestConfig(export_dir=work / "export", data_dir=data, cache=CacheParams(size=64), workers=2))
     return data
-
-
-def _inputs(data: Path) -> tuple[list[str], pd.DataFrame, list[str | None]]:
-    index = pd.read_parquet(data / stages.INDEX_PATH)
-    live = index[index["present"] & index["duplicate_of"].isna()].drop_duplicates("sop_instance_uid")
-    manifest = pd.read_parquet(data / stages.MANIFEST_PATH).drop_duplicates("sop_instance_uid", keep="last")
-    manifest = manifest[manifest["sop_instance_uid"].isin(live["sop_instance_uid"])].sort_values(
-        "sop_instance_uid", ignore_index=True)
-    patients = live.set_index("sop_instance_uid").reindex(manifest["sop_instance_uid"])["patient_key"].tolist()
-    return manifest["sop_instance_uid"].tolist(), manifest, [p if isinstance(p, str) else None for p in patients]
 
 
 def _version(image: np.ndarray, v: int) -> np.ndarray:
@@ -123,19 +112,11 @@ def main() -> None:
     data = prepare(work, args.n, args.seed)
     figs.add("setup", f"export + ingest of {args.n} images (or reuse)", time.perf_counter() - t, "s")
 
-    uids, manifest, patients = _inputs(data)
+    uids, manifest, patients, _ = stages.duplicate_inputs(data)
     n = len(uids)
     section = f"{n} images"
-
-    def fingerprints() -> tuple[np.ndarray, list[str]]:
-        fps, digests = [], []
-        for uid, geometry in zip(uids, manifest[list(GEOMETRY)].to_dict("records")):
-            image = cache.read(data, uid, mmap=True)
-            fps.append(fingerprint(image, geometry))
-            digests.append(pixel_digest(image))
-        return np.stack(fps), digests
-
-    fps, digests = timed(figs, section, "fingerprints and pixel hashes", fingerprints)
+    fps, digests = timed(figs, section, "fingerprints and pixel hashes", stages.cache_fingerprints, data, uids,
+                         manifest)
     aspect = (manifest["original_rows"] / manifest["original_columns"]).round(2).tolist()
     timed(figs, section, "candidate search (16 x 16, within an aspect ratio)", candidate_pairs, fps, aspect)
     t = time.perf_counter()

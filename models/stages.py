@@ -92,6 +92,12 @@ def load_overrides(data_dir: str | os.PathLike[str]) -> pd.DataFrame | None:
     return pd.read_parquet(path) if path.exists() else None
 
 
+def live_index(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The index rows the pipeline works on: files still present, not a second export of an instance."""
+    index = pd.read_parquet(Path(data_dir) / INDEX_PATH)
+    return index[index["present"] & index["duplicate_of"].isna()]
+
+
 def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str] | None = None,
                       *, overrides: pd.DataFrame | None = None) -> TrainingSet:
     """Gather the instances the models see: present, not duplicates, in the image cache.
@@ -104,9 +110,9 @@ def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str
     """
     data_dir = Path(data_dir)
     vocab = tuple(vocabulary or read_vocabulary(data_dir))
-    index = pd.read_parquet(data_dir / INDEX_PATH)
     cached = set(pd.read_parquet(data_dir / MANIFEST_PATH, columns=["sop_instance_uid"])["sop_instance_uid"])
-    live = index[index["present"] & index["duplicate_of"].isna() & index["sop_instance_uid"].isin(cached)]
+    live = live_index(data_dir)
+    live = live[live["sop_instance_uid"].isin(cached)]
     labels = pd.read_parquet(data_dir / LABELS_PATH)
     meta = live.merge(labels, on="sop_instance_uid", how="left").sort_values("sop_instance_uid", ignore_index=True)
     region = meta["recorded_region"].astype(object)
@@ -189,8 +195,7 @@ def map_labels(data_dir: str | os.PathLike[str], region_map: str | os.PathLike[s
     from pacs.regions import RegionMapper
 
     data_dir = Path(data_dir)
-    index = pd.read_parquet(data_dir / INDEX_PATH)
-    live = index[index["present"] & index["duplicate_of"].isna()]
+    live = live_index(data_dir)
     mapper = RegionMapper.from_file(region_map)
     labels = mapper.label_frame(live)
     pio.write_parquet_frame(labels, data_dir / LABELS_PATH)
@@ -518,31 +523,54 @@ def find_near_duplicates(data_dir: str | os.PathLike[str], *, log: Log | None = 
     Returns:
         :func:`pacs.duplicates.duplicate_groups`' rows.
     """
-    from pacs.duplicates import GEOMETRY, duplicate_groups, find_duplicates, fingerprint, pixel_digest
+    from pacs.duplicates import duplicate_groups, find_duplicates
 
+    uids, geometry, patients, first_seen = duplicate_inputs(data_dir)
+    fps, digests = cache_fingerprints(data_dir, uids, geometry, log=log)
+    aspect = (geometry["original_rows"] / geometry["original_columns"].clip(lower=1)).round(2).tolist()
+    pairs = find_duplicates(fps, digests, aspect, patients, **options)
+    groups = duplicate_groups(pairs, uids, patients, first_seen)
+    pio.write_parquet_frame(groups, Path(data_dir) / DUPLICATES_PATH)
+    return groups
+
+
+def duplicate_inputs(data_dir: str | os.PathLike[str]) -> tuple[list[str], pd.DataFrame, list[str | None],
+                                                                 list[str] | None]:
+    """What :func:`find_near_duplicates` needs of the cached, live images, sorted by UID: their UIDs,
+    their cache manifest rows (geometry), patient keys (None where absent) and when the index first
+    saw them (None for an index without that column)."""
     data_dir = Path(data_dir)
-    meta = pd.read_parquet(data_dir / INDEX_PATH)
-    live = meta[meta["present"] & meta["duplicate_of"].isna()]
+    live = live_index(data_dir).drop_duplicates("sop_instance_uid")
     manifest = pd.read_parquet(data_dir / MANIFEST_PATH).drop_duplicates("sop_instance_uid", keep="last")
     manifest = manifest[manifest["sop_instance_uid"].isin(live["sop_instance_uid"])].sort_values(
         "sop_instance_uid", ignore_index=True)
-    facts = live.drop_duplicates("sop_instance_uid").set_index("sop_instance_uid").reindex(manifest["sop_instance_uid"])
-    uids = manifest["sop_instance_uid"].tolist()
+    facts = live.set_index("sop_instance_uid").reindex(manifest["sop_instance_uid"])
+    patients = [k if isinstance(k, str) else None for k in facts["patient_key"]]
+    first_seen = facts["first_seen"].astype(str).tolist() if "first_seen" in facts else None
+    return manifest["sop_instance_uid"].tolist(), manifest, patients, first_seen
+
+
+def cache_fingerprints(data_dir: str | os.PathLike[str], uids: Sequence[str], geometry: pd.DataFrame, *,
+                       log: Log | None = None) -> tuple[np.ndarray, list[str]]:
+    """:func:`pacs.duplicates.fingerprint` and :func:`pacs.duplicates.pixel_digest` of each cached image.
+
+    Args:
+        geometry: One cache manifest row per UID, same order.
+
+    Returns:
+        Shape: (N, S, S) fingerprints and N digests.
+    """
+    from pacs.duplicates import FINGERPRINT_SIDE, GEOMETRY, fingerprint, pixel_digest
+
     fps, digests = [], []
-    for i, (uid, geometry) in enumerate(zip(uids, manifest[list(GEOMETRY)].to_dict("records"))):
+    for i, (uid, facts) in enumerate(zip(uids, geometry[list(GEOMETRY)].to_dict("records"))):
         image = cache.read(data_dir, uid, mmap=True)
-        fps.append(fingerprint(image, geometry))
+        fps.append(fingerprint(image, facts))
         digests.append(pixel_digest(image))
         if log is not None and (i + 1) % 10_000 == 0:
             log(f"near_duplicates: fingerprinted {i + 1}/{len(uids)} images")
-    aspect = (manifest["original_rows"] / manifest["original_columns"].clip(lower=1)).round(2).tolist()
-    patients = [k if isinstance(k, str) else None for k in facts["patient_key"]]
-    pairs = find_duplicates(np.stack(fps) if fps else np.zeros((0, 1, 1), np.float32), digests, aspect, patients,
-                            **options)
-    first_seen = facts["first_seen"].astype(str).tolist() if "first_seen" in facts else None
-    groups = duplicate_groups(pairs, uids, patients, first_seen)
-    pio.write_parquet_frame(groups, data_dir / DUPLICATES_PATH)
-    return groups
+    side = FINGERPRINT_SIDE
+    return (np.stack(fps) if fps else np.zeros((0, side, side), np.float32)), digests
 
 
 def load_near_duplicates(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> pd.DataFrame:
