@@ -7,10 +7,10 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.guard import guarded
-from assets.models import METHODS, _png_markdown
-from assets.resources import AuditConfig, RadauditConfig
-from models import stages
+from radaudit.assets.guard import guarded
+from radaudit.assets.models import METHODS, _png_markdown
+from radaudit.assets.resources import AuditConfig, RadauditConfig
+from radaudit.models import stages
 
 
 def oof_asset(method: str) -> dg.AssetsDefinition:
@@ -54,7 +54,7 @@ def _labels(radaudit: RadauditConfig, method: str) -> np.ndarray:
 @dg.asset(
     deps=["image_cache"], group_name="audit", kinds={"parquet"},
     description="Groups of images that are the same radiograph: identical pixels, re-encoded or re-exposed copies, "
-    "copies under another patient (audit/near_duplicates.parquet; pacs.duplicates). The heads' folds keep a "
+    "copies under another patient (audit/near_duplicates.parquet; radaudit.pacs.duplicates). The heads' folds keep a "
     "group on one side, and the report lists the copies as near_duplicate.",
 )
 def near_duplicates(context: dg.AssetExecutionContext, radaudit: RadauditConfig) -> dg.MaterializeResult:
@@ -76,7 +76,7 @@ def near_duplicates(context: dg.AssetExecutionContext, radaudit: RadauditConfig)
 def ensemble_probabilities(radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
     """Mean of the methods' probabilities, weighted as configured."""
     with guarded(radaudit, "ensemble_probabilities"):
-        from models.heads import confusion_matrix_png
+        from radaudit.models.heads import confusion_matrix_png
 
         methods = _methods(audit)
         probs, weights = stages.combine(radaudit.data_dir, methods, weights=audit.ensemble_weights,
@@ -112,7 +112,7 @@ def label_issues(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
                  audit: AuditConfig) -> dg.MaterializeResult:
     """Find label issues on the ensemble's out-of-sample probabilities."""
     with guarded(radaudit, "label_issues"):
-        from models.audit import ISSUE_KINDS
+        from radaudit.models.audit import ISSUE_KINDS
 
         issues = stages.audit(radaudit.data_dir, _methods(audit), ood_threshold=audit.ood_threshold, seed=audit.seed,
                               max_mislabel_fraction=audit.max_mislabel_fraction,
@@ -142,7 +142,7 @@ def label_issues(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
 def mislabel_report(context: dg.AssetExecutionContext, radaudit: RadauditConfig, audit: AuditConfig):
     """Write the CSV and HTML report and check them."""
     with guarded(radaudit, "mislabel_report"):
-        from models.audit import flag_fraction
+        from radaudit.models.audit import flag_fraction
 
         files = stages.report(radaudit.data_dir, include_accession=audit.include_accession, top_html=audit.report_top_html)
         csv = pd.read_csv(files.csv_path, encoding="utf-8-sig")

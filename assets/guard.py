@@ -1,6 +1,6 @@
 """What every asset step does around its work: hold the data dir, and fail in one clear line.
 
-A steward's materialization and a nightly run on the same data dir take turns (:mod:`pacs.lock`),
+A steward's materialization and a nightly run on the same data dir take turns (:mod:`radaudit.pacs.lock`),
 and a problem the user must fix (a missing export, a full disk, an export of PDFs) fails the step
 with one line in the Dagster UI, not retried; the CLI prints the same line.
 """
@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from assets.resources import RadauditConfig
-from pacs.checks import InputError, check_data_dir, check_export, disk_error
-from pacs.lock import DataDirBusy, data_dir_lock
+from radaudit.assets.resources import RadauditConfig
+from radaudit.pacs.checks import InputError, check_data_dir, check_export, disk_error
+from radaudit.pacs.lock import DataDirBusy, data_dir_lock
 
 
 def no_retry(error: Exception) -> dg.Failure:

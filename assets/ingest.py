@@ -3,10 +3,10 @@
 import dagster as dg
 import pandas as pd
 
-from pacs.checks import check_ingest_result
-from pacs.ingest import run_ingest
-from assets.guard import guarded
-from assets.resources import RadauditConfig
+from radaudit.pacs.checks import check_ingest_result
+from radaudit.pacs.ingest import run_ingest
+from radaudit.assets.guard import guarded
+from radaudit.assets.resources import RadauditConfig
 
 GROUP = "ingest"
 
@@ -26,7 +26,7 @@ GROUP = "ingest"
         dg.AssetSpec(
             "image_cache", group_name=GROUP,
             description="Decoded, normalized, border-cropped, upright, letterboxed uint8 images (cache/); "
-            "read one with pacs.cache.read(data_dir, sop_instance_uid).",
+            "read one with radaudit.pacs.cache.read(data_dir, sop_instance_uid).",
         ),
     ],
     check_specs=[

@@ -4,14 +4,14 @@
 import dagster as dg
 import pandas as pd
 
-from pacs import io
-from pacs.index import INDEX_PATH
-from pacs.regions import RegionMapper
-from pacs.review import OVERRIDES_PATH, REVIEW_DIR, read_reviews, unknown_uid_warnings
-from models import stages
-from models.stages import LABELS_PATH
-from assets.guard import guarded
-from assets.resources import RadauditConfig
+from radaudit.pacs import io
+from radaudit.pacs.index import INDEX_PATH
+from radaudit.pacs.regions import RegionMapper
+from radaudit.pacs.review import OVERRIDES_PATH, REVIEW_DIR, read_reviews, unknown_uid_warnings
+from radaudit.models import stages
+from radaudit.models.stages import LABELS_PATH
+from radaudit.assets.guard import guarded
+from radaudit.assets.resources import RadauditConfig
 
 
 

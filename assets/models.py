@@ -4,10 +4,10 @@ import base64
 
 import dagster as dg
 
-from assets.guard import guarded
-from assets.resources import AuditConfig, RadauditConfig
-from models import stages
-from models import LABEL_TRAINED
+from radaudit.assets.guard import guarded
+from radaudit.assets.resources import AuditConfig, RadauditConfig
+from radaudit.models import stages
+from radaudit.models import LABEL_TRAINED
 
 METHODS = ("simclr", "byol", "supcon")
 # The concurrency pool of every step that holds the GPU: dagster.yaml limits each pool to one
@@ -34,7 +34,7 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
         f"(checkpoints in models/{method}/checkpoints, safetensors; resumes after a crash).",
     )
     def backbone(context: dg.AssetExecutionContext, radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
-        from models.probe import plot_loss_curve
+        from radaudit.models.probe import plot_loss_curve
 
         # A retry, or a re-execution of this run, resumes what the first attempt trained from scratch.
         with guarded(radaudit, f"backbone/{method}", pool_retry_number=context.retry_number):

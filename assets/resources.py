@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from pacs.cache import CacheParams
-from pacs.ingest import IngestConfig
+from radaudit.pacs.cache import CacheParams
+from radaudit.pacs.ingest import IngestConfig
 
 if TYPE_CHECKING:
-    from models.train import PretrainConfig
+    from radaudit.models.train import PretrainConfig
 
 
 class RadauditConfig(dg.ConfigurableResource):
@@ -32,9 +32,9 @@ class RadauditConfig(dg.ConfigurableResource):
     retry_errors: bool = False
     region_map: str | None = None
     pseudonym_key: str | None = None
-    # Address space one decode worker may add (MiB); None: no limit (pacs.ingest.IngestConfig).
+    # Address space one decode worker may add (MiB); None: no limit (radaudit.pacs.ingest.IngestConfig).
     worker_memory_mb: int | None = 4096
-    # How long a step waits for another run that holds the data dir (pacs.lock) before it fails.
+    # How long a step waits for another run that holds the data dir (radaudit.pacs.lock) before it fails.
     lock_wait_s: float = 6 * 3600.0
 
     @property
@@ -87,10 +87,10 @@ class AuditConfig(dg.ConfigurableResource):
     num_workers: int = 8
     seed: int = 0
     supcon_cross_fit: int = 2
-    # The heads' cross-fitting: folds, and fold splits averaged (models.stages.compute_oof).
+    # The heads' cross-fitting: folds, and fold splits averaged (radaudit.models.stages.compute_oof).
     n_splits: int = 10
     head_repeats: int = 3
-    # The heads' L2 weight; None: chosen per method by out-of-fold log loss (models.heads.choose_l2).
+    # The heads' L2 weight; None: chosen per method by out-of-fold log loss (radaudit.models.heads.choose_l2).
     head_l2: float | None = None
     ensemble_weights: str = "log_loss"
     ensemble_drop_below: float | None = 0.05
@@ -106,13 +106,13 @@ class AuditConfig(dg.ConfigurableResource):
 
     def cross_fit(self, method: str) -> int:
         """Backbones to cross-fit for ``method``: only SupCon trains on labels."""
-        from models import LABEL_TRAINED
+        from radaudit.models import LABEL_TRAINED
 
         return self.supcon_cross_fit if method in LABEL_TRAINED else 1
 
     def pretrain_config(self, method: str) -> "PretrainConfig":
         """The library's pretraining settings for one method."""
-        from models.train import PretrainConfig
+        from radaudit.models.train import PretrainConfig
 
         return PretrainConfig(method=method, backbone=self.backbone, epochs=self.epochs, batch_size=self.batch_size,
                               size=self.image_size, on_cpu=self.on_cpu, seed=self.seed, progress_bar=self.progress_bar,

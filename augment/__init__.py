@@ -38,15 +38,15 @@ def passive_openmp() -> bool:
 
 passive_openmp()
 
-from augment.border import find_exposed_field, remove_border  # noqa: E402
-from augment.orientation import correct_orientation, rotation_from_orientation  # noqa: E402
+from radaudit.augment.border import find_exposed_field, remove_border  # noqa: E402
+from radaudit.augment.orientation import correct_orientation, rotation_from_orientation  # noqa: E402
 
 _LAZY = {
-    **dict.fromkeys(["GaugeBank", "GaugeInsertion", "draw_ball", "draw_ring", "draw_ruler"], "augment.gauges"),
+    **dict.fromkeys(["GaugeBank", "GaugeInsertion", "draw_ball", "draw_ring", "draw_ruler"], "radaudit.augment.gauges"),
     **dict.fromkeys(["ViewConfig", "RadiographViewTransform", "TwoViewTransform", "SimCLRTwoViewTransform",
                      "BYOLTwoViewTransform", "SupConTwoViewTransform", "METHODS", "make_two_view"],
-                    "augment.pipeline"),
-    **dict.fromkeys(["CacheDataset", "StackedCacheDataset", "make_loader"], "augment.dataset"),
+                    "radaudit.augment.pipeline"),
+    **dict.fromkeys(["CacheDataset", "StackedCacheDataset", "make_loader"], "radaudit.augment.dataset"),
 }
 
 __all__ = ["find_exposed_field", "remove_border", "correct_orientation", "rotation_from_orientation",

@@ -2,19 +2,19 @@
 
 The cache stores each image as a plain uint8 ``.npy`` of the same square size, so a worker
 only reads bytes: no decoding, no resizing, no float conversion. Augmentation happens later,
-batched on the device (:mod:`augment.pipeline`).
+batched on the device (:mod:`radaudit.augment.pipeline`).
 
 Two datasets:
 
 - :class:`CacheDataset` reads one file per item, from a list of ``.npy`` paths or from a
-  ``read(uid)`` callable such as ``functools.partial(pacs.cache.read, data_dir)``;
+  ``read(uid)`` callable such as ``functools.partial(radaudit.pacs.cache.read, data_dir)``;
 - :class:`StackedCacheDataset` packs every image into one ``(N, H, W)`` ``.npy`` once and
   memory-maps it, so a batch is one fancy-indexed slice (``__getitems__``) and the page cache
   is shared by all workers.
 
 Example::
 
-    ds = CacheDataset.from_reader(functools.partial(pacs.cache.read, data_dir), uids, labels)
+    ds = CacheDataset.from_reader(functools.partial(radaudit.pacs.cache.read, data_dir), uids, labels)
     loader = make_loader(ds, batch_size=256, workers=8)
     for images, labels in loader:       # uint8 (B, 1, H, W), int64 (B,)
         v1, v2 = two_view(images.to("cuda", non_blocking=True))
@@ -62,7 +62,7 @@ class CacheDataset(Dataset[tuple[torch.Tensor, int]]):
     Args:
         keys: ``.npy`` paths, or uids when ``read`` is given.
         labels: One class index per image, -1 for null; all -1 when None.
-        read: ``read(uid) -> np.ndarray`` (uint8, 2-D), e.g. a partial of ``pacs.cache.read``.
+        read: ``read(uid) -> np.ndarray`` (uint8, 2-D), e.g. a partial of ``radaudit.pacs.cache.read``.
             When None, ``keys`` are paths loaded with ``np.load``.
 
     Shape:
@@ -83,7 +83,7 @@ class CacheDataset(Dataset[tuple[torch.Tensor, int]]):
 
     @classmethod
     def from_reader(cls, read: Reader, uids: Sequence[str], labels: Sequence[int] | None = None) -> CacheDataset:
-        """Images from ``read(uid)``, e.g. ``functools.partial(pacs.cache.read, data_dir)``."""
+        """Images from ``read(uid)``, e.g. ``functools.partial(radaudit.pacs.cache.read, data_dir)``."""
         if not callable(read):
             raise TypeError(f"read must be a callable uid -> np.ndarray, got {type(read).__name__}")
         return cls(list(uids), labels, read=read)

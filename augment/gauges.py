@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augment._warp import affine_grid
+from radaudit.augment._warp import affine_grid
 
 __all__ = ["draw_ball", "draw_ring", "draw_ruler", "GaugeBank", "GaugeInsertion"]
 

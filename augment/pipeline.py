@@ -10,7 +10,7 @@ Per view, in this order:
 1. one affine warp, uint8 source to ``size`` x ``size``: random resized crop (area share
    ``crop_scale``, aspect ``crop_ratio``), horizontal flip, small rotation about the crop
    centre; outside the image is black, like the cache's letterbox;
-2. gauge insertion (:class:`augment.gauges.GaugeInsertion`), before the intensity changes so
+2. gauge insertion (:class:`radaudit.augment.gauges.GaugeInsertion`), before the intensity changes so
    that gauges are jittered, blurred and noised like the anatomy around them;
 3. with probability ``jitter_p``: brightness (multiplicative), contrast (about the image
    mean) and gamma, each factor drawn per image; grey images, so no saturation or hue;
@@ -69,8 +69,8 @@ import torch.nn.functional as F
 from kornia.filters import filter2d_separable, get_gaussian_kernel1d
 from torch import nn
 
-from augment._warp import affine_grid
-from augment.gauges import GaugeBank, GaugeInsertion
+from radaudit.augment._warp import affine_grid
+from radaudit.augment.gauges import GaugeBank, GaugeInsertion
 
 __all__ = [
     "ViewConfig", "RadiographViewTransform", "TwoViewTransform", "SimCLRTwoViewTransform",

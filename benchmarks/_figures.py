@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pacs.io import write_text
+from radaudit.pacs.io import write_text
 
 __all__ = ["Figures", "default_json_path"]
 

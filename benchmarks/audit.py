@@ -36,9 +36,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.audit import combine_embeddings, find_issues  # noqa: E402
-from models.ensemble import ensemble_probabilities  # noqa: E402
-from models.heads import oof_probabilities  # noqa: E402
+from radaudit.models.audit import combine_embeddings, find_issues  # noqa: E402
+from radaudit.models.ensemble import ensemble_probabilities  # noqa: E402
+from radaudit.models.heads import oof_probabilities  # noqa: E402
 
 METHODS = ("simclr", "byol", "supcon")
 K = 14
@@ -109,7 +109,7 @@ def score_pipeline_run(data_dir: Path, truth: Path) -> None:
     cleanlab scoring) and for the ensemble the pipeline wrote, against the truth file; then the
     label-fraction linear evaluation on true regions. Baseline: the issue's targets.
     """
-    from models.stages import evaluate_label_fractions, evaluate_methods
+    from radaudit.models.stages import evaluate_label_fractions, evaluate_methods
 
     print(f"(3) pipeline run in {data_dir}, truth {truth}")
     scores = evaluate_methods(data_dir, truth, METHODS)

@@ -3,12 +3,12 @@
 Both run in one process on the same synthetic 256 x 256 radiograph-like images, at the same
 output size and batch size, fed by a DataLoader with the same number of CPU workers:
 
-- ours, augmentation only: :func:`augment.make_two_view` ("simclr") on a batch already on
+- ours, augmentation only: :func:`radaudit.augment.make_two_view` ("simclr") on a batch already on
   ``--device`` (the cheapest figure, measured first);
 - on CUDA: a ResNet18 (timm, 1 input channel) SimCLR training step (forward, NT-Xent loss,
   backward, SGD) on both views of the same batch, fp32 and bf16, and the augmentation's share
   of it (goal: <= 10 %);
-- ours: uint8 batches from :class:`augment.dataset.StackedCacheDataset` (no work in the
+- ours: uint8 batches from :class:`radaudit.augment.dataset.StackedCacheDataset` (no work in the
   workers), copied to ``--device``, then the two-view pipeline there;
 - kornia: the same loader, then a chain of ``kornia.augmentation`` modules with the same ops
   (crop, flip, rotation, brightness, contrast, gamma, blur, noise; no gauges) per view;
@@ -44,12 +44,12 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-import augment  # noqa: E402,F401  (before torch, as the pipeline: OpenMP waits passively, see augment.passive_openmp)
+from radaudit import augment  # noqa: E402,F401  (before torch, as the pipeline: OpenMP waits passively, see radaudit.augment.passive_openmp)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from augment.dataset import CacheDataset, StackedCacheDataset, make_loader  # noqa: E402
-from augment.pipeline import make_two_view  # noqa: E402
+from radaudit.augment.dataset import CacheDataset, StackedCacheDataset, make_loader  # noqa: E402
+from radaudit.augment.pipeline import make_two_view  # noqa: E402
 from benchmarks._figures import Figures  # noqa: E402
 
 

@@ -29,7 +29,7 @@ import pydicom  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydicom.data import get_testdata_file  # noqa: E402
 
-from pacs.pixels import decode_image, j2k_reduce_available, normalize_frame  # noqa: E402
+from radaudit.pacs.pixels import decode_image, j2k_reduce_available, normalize_frame  # noqa: E402
 
 SIZE = 256
 ROUNDS = 3

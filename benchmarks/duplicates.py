@@ -34,9 +34,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._figures import Figures  # noqa: E402
-from models import stages  # noqa: E402
-from pacs import cache  # noqa: E402
-from pacs.duplicates import (  # noqa: E402
+from radaudit.models import stages  # noqa: E402
+from radaudit.pacs import cache  # noqa: E402
+from radaudit.pacs.duplicates import (  # noqa: E402
     candidate_pairs,
     duplicate_groups,
     find_duplicates,
@@ -49,9 +49,9 @@ T = TypeVar("T")
 
 def prepare(work: Path, n: int, seed: int) -> Path:
     """Export and ingest once; a rerun with the same ``--work`` reuses them."""
-    from pacs.cache import CacheParams
-    from pacs.ingest import IngestConfig, run_ingest
-    from pacs.synth import generate_export
+    from radaudit.pacs.cache import CacheParams
+    from radaudit.pacs.ingest import IngestConfig, run_ingest
+    from radaudit.pacs.synth import generate_export
 
     data = work / "data"
     if not (data / stages.MANIFEST_PATH).exists():

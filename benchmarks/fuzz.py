@@ -1,8 +1,8 @@
-"""Fuzz the ingest: N mutated DICOM files through ``pacs.ingest.run_ingest``, every file accounted for.
+"""Fuzz the ingest: N mutated DICOM files through ``radaudit.pacs.ingest.run_ingest``, every file accounted for.
 
     python benchmarks/fuzz.py [--n 10000] [--seed 0] [--workers 2] [--timeout 10] [--json out.json]
 
-Writes N files mutated by ``pacs.fuzz`` (each kind in turn, over pydicom's test files, pydicom-data
+Writes N files mutated by ``radaudit.pacs.fuzz`` (each kind in turn, over pydicom's test files, pydicom-data
 and a small synthetic export; every file its own SOP Instance UID, so every one reaches the
 decoder), ingests them with a 64 px cache and a per-file timeout, and reports:
 
@@ -39,12 +39,12 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._figures import Figures  # noqa: E402
-from pacs import fuzz  # noqa: E402
-from pacs import io  # noqa: E402
-from pacs import index as ix  # noqa: E402
-from pacs.cache import CacheParams  # noqa: E402
-from pacs.ingest import IngestConfig, run_ingest  # noqa: E402
-from pacs.pseudo import load_or_create_key, path_key  # noqa: E402
+from radaudit.pacs import fuzz  # noqa: E402
+from radaudit.pacs import io  # noqa: E402
+from radaudit.pacs import index as ix  # noqa: E402
+from radaudit.pacs.cache import CacheParams  # noqa: E402
+from radaudit.pacs.ingest import IngestConfig, run_ingest  # noqa: E402
+from radaudit.pacs.pseudo import load_or_create_key, path_key  # noqa: E402
 
 KEY = "fuzz-benchmark-key"
 HANG_WORDS = "took longer than"

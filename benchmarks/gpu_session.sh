@@ -12,10 +12,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/out}
 mkdir -p "$out"
+mkdir -p /tmp/site
 if [ -d .whl ] && ! python3 -c 'import lightly, pydicom, cleanlab' 2>/dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=$PWD:/tmp/site
 fi
+# The checkout is the package `radaudit` (pyproject maps it onto the repository root); without an
+# install, a link named radaudit makes it importable. The root stays on the path for `benchmarks._figures`.
+if ! python3 -c 'import radaudit' 2>/dev/null; then
+  ln -sfn "$PWD" /tmp/site/radaudit
+fi
+export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$out/gpu.txt"
 # The settings can be overridden for a dry run on a CPU, e.g.

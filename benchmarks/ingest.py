@@ -2,7 +2,7 @@
 
     python benchmarks/ingest.py [--copies 40] [--workers 2] [--rounds 3]
 
-(a) Header indexing, files/s: ``pacs.index.update_index`` (content sniffing, header-only parse,
+(a) Header indexing, files/s: ``radaudit.pacs.index.update_index`` (content sniffing, header-only parse,
     pseudonymization, pixel plausibility) against a naive indexer that reads each whole file with
     ``pydicom.dcmread`` and takes the same header fields. The export is made of copies of the real
     radiographs in pydicom-data (RG1, RG3; uncompressed and JPEG 2000) and pydicom's small test
@@ -33,10 +33,10 @@ from pydicom.data import get_testdata_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pacs.cache import CacheParams  # noqa: E402
-from pacs.ingest import IngestConfig, run_ingest  # noqa: E402
-from pacs.header import HEADER_TAGS, clear_memos  # noqa: E402
-from pacs.index import update_index, wait_for_workers  # noqa: E402
+from radaudit.pacs.cache import CacheParams  # noqa: E402
+from radaudit.pacs.ingest import IngestConfig, run_ingest  # noqa: E402
+from radaudit.pacs.header import HEADER_TAGS, clear_memos  # noqa: E402
+from radaudit.pacs.index import update_index, wait_for_workers  # noqa: E402
 
 RADIOGRAPHS = ["RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG3_UNCI.dcm", "RG3_J2KR.dcm", "RG1_J2KI.dcm", "RG3_J2KI.dcm"]
 SMALL = ["CT_small.dcm", "MR_small.dcm", "MR_small_jp2klossless.dcm", "SC_rgb.dcm", "emri_small.dcm", "JPEG-LL.dcm"]

@@ -52,20 +52,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import augment  # noqa: E402,F401  (before torch, as the pipeline: OpenMP waits passively, see augment.passive_openmp)
+from radaudit import augment  # noqa: E402,F401  (before torch, as the pipeline: OpenMP waits passively, see radaudit.augment.passive_openmp)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
-from augment.dataset import CacheDataset, make_loader  # noqa: E402
-from augment.pipeline import make_two_view  # noqa: E402
+from radaudit.augment.dataset import CacheDataset, make_loader  # noqa: E402
+from radaudit.augment.pipeline import make_two_view  # noqa: E402
 from benchmarks._figures import Figures  # noqa: E402
-from models.backbone import create_backbone  # noqa: E402
-from models.base import ContrastiveModule, build_optimizer  # noqa: E402
-from models.embed import embed  # noqa: E402
-from models.probe import knn_accuracy, linear_probe_accuracy  # noqa: E402
-from models.train import METHODS, PretrainConfig, build_model, pretrain  # noqa: E402
+from radaudit.models.backbone import create_backbone  # noqa: E402
+from radaudit.models.base import ContrastiveModule, build_optimizer  # noqa: E402
+from radaudit.models.embed import embed  # noqa: E402
+from radaudit.models.probe import knn_accuracy, linear_probe_accuracy  # noqa: E402
+from radaudit.models.train import METHODS, PretrainConfig, build_model, pretrain  # noqa: E402
 
 # Without --gpu: small settings that finish on 2 CPU cores in well under a minute (without the probe).
 CPU_DEFAULTS: dict[str, Any] = dict(size=64, compute_sizes=None, batch_size=32, precision="auto", cache_size=80,
@@ -312,10 +312,10 @@ def synthetic_export(args: argparse.Namespace, root: Path) -> tuple[CacheDataset
 
     import pandas as pd
 
-    from pacs import cache
-    from pacs.cache import CacheParams
-    from pacs.ingest import IngestConfig, run_ingest
-    from pacs.synth import REGIONS, generate_export
+    from radaudit.pacs import cache
+    from radaudit.pacs.cache import CacheParams
+    from radaudit.pacs.ingest import IngestConfig, run_ingest
+    from radaudit.pacs.synth import REGIONS, generate_export
 
     generate_export(root / "export", root / "truth.parquet", n=args.probe_images, seed=args.seed,
                     size=max(args.cache_size, 128))

@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from models import stages  # noqa: E402
-from models.presets import PRESETS, AuditPreset  # noqa: E402
-from pacs.io import write_text  # noqa: E402
+from radaudit.models import stages  # noqa: E402
+from radaudit.models.presets import PRESETS, AuditPreset  # noqa: E402
+from radaudit.pacs.io import write_text  # noqa: E402
 
 FIGURES = ("mislabel_precision_at_k", "flagged_mislabel", "truly_mislabelled", "top20_precision", "ood_auroc",
            "ood_recall", "ood_precision", "flagged_out_of_domain", "out_of_domain", "missing_suggestion_accuracy",
@@ -70,7 +70,7 @@ class Recorder:
 
 
 def _export_shard(job: tuple[str, str, int, int, int]) -> str:
-    from pacs.synth import generate_export
+    from radaudit.pacs.synth import generate_export
 
     out, truth, n, seed, size, duplicates = job
     generate_export(out, truth, n=n, seed=seed, size=size, force=True, duplicates=duplicates)
@@ -103,7 +103,7 @@ def add_foreign_files(root: Path, truth: Path) -> None:
     """The foreign files twice: as stored, and relabelled as DX knee radiographs (only pixels can tell)."""
     from pydicom.data import get_testdata_file
 
-    from pacs.synth.foreign import add_foreign
+    from radaudit.pacs.synth.foreign import add_foreign
 
     files = [get_testdata_file(name) for name in FOREIGN_FILES]
     missing = [n for n, f in zip(FOREIGN_FILES, files) if f is None]
@@ -129,8 +129,8 @@ def foreign_figures(issues: pd.DataFrame, truth: Path) -> dict[str, Any]:
 
 def random_baseline(data: Path, size: int, backbone: str) -> None:
     """Embeddings of a randomly initialized backbone, stored as method ``random-init``."""
-    from models.backbone import create_backbone
-    from models.embed import embed
+    from radaudit.models.backbone import create_backbone
+    from radaudit.models.embed import embed
 
     ts = stages.load_training_set(data)
     feats = embed(create_backbone(backbone, in_chans=1), ts.dataset(data), size=size)
@@ -146,8 +146,8 @@ def evaluate(rec: Recorder, seed: int, data: Path, truth: Path, name: str, evide
 
 
 def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed: int, root: Path) -> None:
-    from pacs.cache import CacheParams
-    from pacs.ingest import IngestConfig, run_ingest
+    from radaudit.pacs.cache import CacheParams
+    from radaudit.pacs.ingest import IngestConfig, run_ingest
 
     root.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()

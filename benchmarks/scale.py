@@ -30,8 +30,8 @@ from benchmarks.quality import make_export  # noqa: E402
 
 INGEST = """
 import cProfile, io, json, pstats, resource, sys, time
-from pacs.cache import CacheParams
-from pacs.ingest import IngestConfig, run_ingest
+from radaudit.pacs.cache import CacheParams
+from radaudit.pacs.ingest import IngestConfig, run_ingest
 config = IngestConfig(export_dir=sys.argv[1], data_dir=sys.argv[2], cache=CacheParams(size=int(sys.argv[3])),
                       workers=int(sys.argv[4]))
 profile = cProfile.Profile() if sys.argv[5] == "1" else None

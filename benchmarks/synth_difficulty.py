@@ -32,8 +32,8 @@ from sklearn.model_selection import train_test_split  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pacs.synth.anatomy import REGIONS  # noqa: E402
-from pacs.synth.render import render_radiograph  # noqa: E402
+from radaudit.pacs.synth.anatomy import REGIONS  # noqa: E402
+from radaudit.pacs.synth.render import render_radiograph  # noqa: E402
 
 UNCORRECTABLE_ROTATION = 0.1 * 0.25  # stored rotated x Patient Orientation missing, as in the export
 
@@ -58,9 +58,9 @@ def make_dataset_via_export(per_class: int, size: int, seed: int, workdir: Path)
     side ``size``, as the audit sees it. Shape: (n, size, size) float32, (n,) int64."""
     import pandas as pd
 
-    from pacs.cache import CacheParams, read
-    from pacs.ingest import IngestConfig, run_ingest
-    from pacs.synth import generate_export
+    from radaudit.pacs.cache import CacheParams, read
+    from radaudit.pacs.ingest import IngestConfig, run_ingest
+    from radaudit.pacs.synth import generate_export
 
     export, data, truth_path = workdir / "export", workdir / "data", workdir / "truth.parquet"
     generate_export(export, truth_path, n=per_class * len(REGIONS), seed=seed, noise=0, missing=0, ood=0,

@@ -23,7 +23,7 @@ import numpy as np  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
-from pacs.synth import generate_export  # noqa: E402
+from radaudit.pacs.synth import generate_export  # noqa: E402
 
 
 def blank_export(out: Path, n: int, size: int) -> float:

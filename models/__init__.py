@@ -2,18 +2,18 @@
 
 Modules load on first attribute access, so ``import models`` stays cheap::
 
-    from models import PretrainConfig, pretrain, embed, load_backbone
+    from radaudit.models import PretrainConfig, pretrain, embed, load_backbone
 
-- :mod:`models.backbone`: ``create_backbone`` (timm), ``feature_dim``
-- :mod:`models.simclr`, :mod:`models.byol`, :mod:`models.supcon`: one LightningModule per method
+- :mod:`radaudit.models.backbone`: ``create_backbone`` (timm), ``feature_dim``
+- :mod:`radaudit.models.simclr`, :mod:`radaudit.models.byol`, :mod:`radaudit.models.supcon`: one LightningModule per method
   (and ``SupConLoss``)
-- :mod:`models.train`: ``PretrainConfig``, ``pretrain``
-- :mod:`models.checkpoint`: safetensors checkpoints, ``load_backbone``
-- :mod:`models.embed`: ``embed``; :mod:`models.probe`: kNN / linear-probe accuracy, loss-curve PNG
+- :mod:`radaudit.models.train`: ``PretrainConfig``, ``pretrain``
+- :mod:`radaudit.models.checkpoint`: safetensors checkpoints, ``load_backbone``
+- :mod:`radaudit.models.embed`: ``embed``; :mod:`radaudit.models.probe`: kNN / linear-probe accuracy, loss-curve PNG
 
 No module here imports dagster. Importing the package imports :mod:`augment` first, which sets
 torch's OpenMP threads to wait passively (after a short spin) before torch loads
-(:func:`augment.passive_openmp`).
+(:func:`radaudit.augment.passive_openmp`).
 """
 
 from __future__ import annotations
@@ -21,27 +21,27 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-import augment  # noqa: F401  (before any torch import: OMP_WAIT_POLICY)
+from radaudit import augment  # noqa: F401  (before any torch import: OMP_WAIT_POLICY)
 
 _LAZY = {
-    "create_backbone": "models.backbone",
-    "feature_dim": "models.backbone",
-    "SimCLRModel": "models.simclr",
-    "BYOLModel": "models.byol",
-    "SupConModel": "models.supcon",
-    "SupConLoss": "models.supcon",
-    "PretrainConfig": "models.train",
-    "PretrainResult": "models.train",
-    "pretrain": "models.train",
-    "knn_monitor": "models.train",
-    "save_checkpoint": "models.checkpoint",
-    "load_checkpoint": "models.checkpoint",
-    "load_backbone": "models.checkpoint",
-    "embed": "models.embed",
-    "knn_accuracy": "models.probe",
-    "linear_probe_accuracy": "models.probe",
-    "plot_loss_curve": "models.probe",
-    "ArrayDataset": "models.data",
+    "create_backbone": "radaudit.models.backbone",
+    "feature_dim": "radaudit.models.backbone",
+    "SimCLRModel": "radaudit.models.simclr",
+    "BYOLModel": "radaudit.models.byol",
+    "SupConModel": "radaudit.models.supcon",
+    "SupConLoss": "radaudit.models.supcon",
+    "PretrainConfig": "radaudit.models.train",
+    "PretrainResult": "radaudit.models.train",
+    "pretrain": "radaudit.models.train",
+    "knn_monitor": "radaudit.models.train",
+    "save_checkpoint": "radaudit.models.checkpoint",
+    "load_checkpoint": "radaudit.models.checkpoint",
+    "load_backbone": "radaudit.models.checkpoint",
+    "embed": "radaudit.models.embed",
+    "knn_accuracy": "radaudit.models.probe",
+    "linear_probe_accuracy": "radaudit.models.probe",
+    "plot_loss_curve": "radaudit.models.probe",
+    "ArrayDataset": "radaudit.models.data",
 }
 
 # Methods that learn from the recorded labels: cross-fitted by patient fold, whose folds keep

@@ -1,10 +1,10 @@
 """Label audit: suspected mislabels, out-of-domain images and missing labels, in one ranking.
 
 :func:`find_issues` takes out-of-sample class probabilities (the ensemble of
-:mod:`models.ensemble`, and optionally each member's), the recorded labels, embeddings, and the
-header and pixel facts of :mod:`models.ood`, and returns one row per image:
+:mod:`radaudit.models.ensemble`, and optionally each member's), the recorded labels, embeddings, and the
+header and pixel facts of :mod:`radaudit.models.ood`, and returns one row per image:
 
-- ``ood_score`` / ``is_out_of_domain`` / ``ood_reason``: :func:`models.ood.combine_evidence`
+- ``ood_score`` / ``is_out_of_domain`` / ``ood_reason``: :func:`radaudit.models.ood.combine_evidence`
   over the header (modality, SOP class, colour), the pixels (blank, few grey levels, text-like)
   and the embeddings (class-conditional Mahalanobis distance to *trusted* images: labelled,
   not suspected by cleanlab, no header or pixel evidence). ``ood_score`` > 0.5 (or
@@ -24,7 +24,7 @@ header and pixel facts of :mod:`models.ood`, and returns one row per image:
   confident joint over-estimates the noise, and a list of 40% of an archive helps no one.
 - ``suggested_region`` / ``suggested_probability``: the argmax of the probabilities.
 - ``duplicate_of``: the SOP Instance UID of the image this one is a copy of (``duplicates``,
-  from :mod:`pacs.duplicates`), else None.
+  from :mod:`radaudit.pacs.duplicates`), else None.
 - ``issue``: ``"out_of_domain"``; else ``"near_duplicate"`` for a copy under another patient;
   else ``"mislabel"``; else ``"missing_label"`` (null label: it needs the suggested region);
   else ``"near_duplicate"`` for a copy under the same patient; else None.
@@ -54,7 +54,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from models.heads import check_embeddings, check_labels, check_probabilities
+from radaudit.models.heads import check_embeddings, check_labels, check_probabilities
 
 __all__ = [
     "FILTER_BY",
@@ -168,32 +168,32 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         embeddings: Shape: (N, D), features for the OOD score; for several methods pass
             :func:`combine_embeddings`.
         sop_instance_uids: N identifiers; added as column ``sop_instance_uid`` when given.
-        out_of_fold: Shape: (N,) bool from :class:`models.heads.OOFResult`; rows marked False
+        out_of_fold: Shape: (N,) bool from :class:`radaudit.models.heads.OOFResult`; rows marked False
             (in-sample probabilities) are kept in the column ``out_of_fold`` so a reviewer can
             discount them. Default: all True.
         member_probs: {method: Shape: (N, K)}, each ensemble member's own probabilities; a
             mislabel needs at least half of them to agree with the ensemble's suggestion.
-        header_reasons: N strings from :func:`models.ood.header_evidence` ("" = none).
-        pixel_feats: N rows of :func:`models.ood.pixel_features` (columns ``PIXEL_FEATURES``).
+        header_reasons: N strings from :func:`radaudit.models.ood.header_evidence` ("" = none).
+        pixel_feats: N rows of :func:`radaudit.models.ood.pixel_features` (columns ``PIXEL_FEATURES``).
         filter_by: cleanlab ``find_label_issues`` method, one of ``FILTER_BY``.
         quality_method: cleanlab ``get_label_quality_scores`` method, one of ``QUALITY_METHODS``.
         ood_threshold: ``ood_score`` above which an image is out of domain, in (0, 1); default 0.5
             (where a soft source's z equals its threshold).
         ood_z: Robust z-score of the embedding evidence that flags an image.
-        pixel_z: The same for the pixel evidence (see :func:`models.ood.combine_evidence`).
+        pixel_z: The same for the pixel evidence (see :func:`radaudit.models.ood.combine_evidence`).
         ood_dim: Principal axes of the Mahalanobis evidence.
         max_mislabel_fraction: Most labelled images flagged ``mislabel``, in (0, 1).
         min_confidence: A mislabel needs the ensemble's probability of its suggested region to
             reach this, in (0, 1): a flag is a confident disagreement; 0.5, "more likely than
             all other regions together". On 4 CPU-demo-sized exports (weak features, heads
-            with the L2 weight :func:`models.heads.choose_l2` picks) it cut the flags from
+            with the L2 weight :func:`radaudit.models.heads.choose_l2` picks) it cut the flags from
             157-191 to 95-111 (64 true), precision 0.28-0.32 to 0.36-0.40, keeping 59-70% of
             the true ones; strong features put most true mislabels far above it.
         min_agreement: Heads' agreement with the recorded labels below which the run warns that
             the features are too weak to audit.
         duplicates: N rows, columns ``DUPLICATE_COLUMNS``: the original's UID (None: no
             duplicate), the similarity in [0, 1] and whether the copy is under another patient
-            (:func:`models.stages.load_near_duplicates`).
+            (:func:`radaudit.models.stages.load_near_duplicates`).
         seed: Fold split of the Mahalanobis reference.
 
     Returns:
@@ -206,7 +206,7 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    from models.ood import combine_evidence, mahalanobis_evidence, pixel_evidence
+    from radaudit.models.ood import combine_evidence, mahalanobis_evidence, pixel_evidence
 
     p = check_probabilities(probs)
     n, k = p.shape

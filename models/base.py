@@ -1,9 +1,9 @@
 """What the contrastive methods share: on-device two-view augmentation, optimizer and schedule.
 
-A method (:mod:`models.simclr`, :mod:`models.byol`, :mod:`models.supcon`) subclasses
+A method (:mod:`radaudit.models.simclr`, :mod:`radaudit.models.byol`, :mod:`radaudit.models.supcon`) subclasses
 :class:`ContrastiveModule` and implements :meth:`ContrastiveModule.compute_loss` on two float
 views. ``training_step`` receives the DataLoader's uint8 batch already on the device, makes both
-views there (:func:`augment.pipeline.make_two_view`), and calls ``compute_loss``: the loader
+views there (:func:`radaudit.augment.pipeline.make_two_view`), and calls ``compute_loss``: the loader
 moves one byte per pixel, the GPU does every augmentation.
 
 Learning rate: ``lr`` is the base rate per 256 images and scales linearly with the global batch
@@ -30,8 +30,8 @@ from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import nn
 
-from augment.pipeline import make_two_view
-from models.backbone import create_backbone
+from radaudit.augment.pipeline import make_two_view
+from radaudit.models.backbone import create_backbone
 
 __all__ = ["ContrastiveModule", "OPTIMIZERS", "build_optimizer", "scaled_lr"]
 
@@ -97,7 +97,7 @@ class ContrastiveModule(pl.LightningModule):
     """Base class of the contrastive methods: backbone, two-view augmentation, optimization.
 
     Args:
-        backbone: A backbone module, or a timm model name for :func:`models.backbone.create_backbone`.
+        backbone: A backbone module, or a timm model name for :func:`radaudit.models.backbone.create_backbone`.
         in_chans: Input channels when ``backbone`` is a name.
         size: Side of the augmented views in pixels.
         batch_size: Global batch size (all devices together), for the learning-rate scaling.
@@ -111,7 +111,7 @@ class ContrastiveModule(pl.LightningModule):
         seed: Seed of the augmentation's parameter generator; reseeded every epoch with
             ``(seed, epoch, rank)`` so a resumed run draws the same views as an uninterrupted one
             would from that epoch on. None draws from torch's global generator.
-        augment: Overrides for :func:`augment.pipeline.make_two_view` (ViewConfig fields,
+        augment: Overrides for :func:`radaudit.augment.pipeline.make_two_view` (ViewConfig fields,
             ``view1``/``view2`` dicts, ``gauge_bank``).
 
     Raises:

@@ -28,8 +28,8 @@ from lightly.models.utils import deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
-from models.backbone import feature_dim
-from models.base import ContrastiveModule
+from radaudit.models.backbone import feature_dim
+from radaudit.models.base import ContrastiveModule
 
 __all__ = ["BYOLModel"]
 
@@ -38,11 +38,11 @@ class BYOLModel(ContrastiveModule):
     """Online backbone + lightly's BYOL projection and prediction heads; momentum target copy.
 
     Args:
-        backbone: A backbone module or a timm model name (see :class:`models.base.ContrastiveModule`).
+        backbone: A backbone module or a timm model name (see :class:`radaudit.models.base.ContrastiveModule`).
         tau_base: Target decay rate at the first step, in [0, 1); rises to 1 by the last step.
         projection_dim: Output width of the projection and prediction heads (paper: 256).
         hidden_dim: Hidden width of both MLPs (paper: 4096).
-        **kwargs: Options of :class:`models.base.ContrastiveModule`.
+        **kwargs: Options of :class:`radaudit.models.base.ContrastiveModule`.
 
     Raises:
         ValueError: A bad argument; the message says how to fix it.

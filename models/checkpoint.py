@@ -40,7 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from models.backbone import create_backbone
+from radaudit.models.backbone import create_backbone
 
 __all__ = [
     "WEIGHTS_FILE", "OPTIMIZER_FILE", "STATE_FILE", "LATEST_FILE", "Checkpoint", "save_checkpoint",
@@ -252,7 +252,7 @@ def load_backbone(path: PathLike, *, name: str | None = None, in_chans: int | No
         device: Where to put the backbone.
 
     Returns:
-        The backbone (as :func:`models.backbone.create_backbone` makes it) with the trained weights.
+        The backbone (as :func:`radaudit.models.backbone.create_backbone` makes it) with the trained weights.
 
     Raises:
         FileNotFoundError: Nothing loadable at ``path``.

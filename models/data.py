@@ -1,6 +1,6 @@
 """In-memory image datasets for pretraining, embedding and tests.
 
-Production data comes from the image cache (:mod:`augment.dataset`); :class:`ArrayDataset`
+Production data comes from the image cache (:mod:`radaudit.augment.dataset`); :class:`ArrayDataset`
 wraps arrays already in memory with the same item contract: ``(uint8 tensor (1, H, W), int label)``.
 """
 

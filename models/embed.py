@@ -3,14 +3,14 @@
 Input normalization is the training pipeline's, applied without augmentation
 (:func:`normalize_images`): uint8 -> float / 255, optional bilinear (antialiased) resize to
 ``size`` x ``size``, then ``(x - mean) / std`` with the mean and std of
-:class:`augment.pipeline.ViewConfig` (0.5 and 0.5), the last step of every training view.
+:class:`radaudit.augment.pipeline.ViewConfig` (0.5 and 0.5), the last step of every training view.
 
 Pass ``size`` = the pretraining view size (``PretrainConfig.size``) to embed whole images at the
 scale the backbone was trained at; with ``size=None`` images keep the cache's resolution.
 
 Example::
 
-    backbone = models.checkpoint.load_backbone("data/models/simclr")
+    backbone = radaudit.models.checkpoint.load_backbone("data/models/simclr")
     feats = embed(backbone, dataset, size=224)             # Shape: (N, 512), float32
 """
 
@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from augment.pipeline import ViewConfig
-from models.backbone import feature_dim
-from models.data import ArrayDataset
+from radaudit.augment.pipeline import ViewConfig
+from radaudit.models.backbone import feature_dim
+from radaudit.models.data import ArrayDataset
 
 __all__ = ["embed", "default_workers", "normalize_images", "MEAN", "STD"]
 
@@ -111,7 +111,7 @@ def embed(backbone: nn.Module, data: Dataset | np.ndarray | torch.Tensor, *, bat
     Args:
         backbone: Maps (B, C, H, W) to (B, D).
         data: A dataset of ``(uint8 image (1, H, W), label)`` items (or bare images), or a uint8
-            array of Shape (N, H, W) / (N, 1, H, W). Arrays (and :class:`models.data.ArrayDataset`)
+            array of Shape (N, H, W) / (N, 1, H, W). Arrays (and :class:`radaudit.models.data.ArrayDataset`)
             are sliced into batches directly, without a DataLoader.
         batch_size: Images per forward pass.
         device: Default: CUDA when available, else CPU.

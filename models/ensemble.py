@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from models.heads import check_labels, check_probabilities
+from radaudit.models.heads import check_labels, check_probabilities
 
 __all__ = ["WEIGHTINGS", "ensemble_probabilities", "ensemble_weights"]
 
@@ -125,7 +125,7 @@ def ensemble_probabilities(probs_by_method: Mapping[str, np.ndarray], *, weights
 
     Args:
         probs_by_method: {method: Shape: (N, K) probabilities}, rows aligned across methods
-            (out-of-fold probabilities from :func:`models.heads.oof_probabilities`).
+            (out-of-fold probabilities from :func:`radaudit.models.heads.oof_probabilities`).
         weights: ``"equal"``, ``"accuracy"`` or ``"log_loss"``.
         labels: Shape: (N,), recorded labels (-1 = null); needed for the weighted variants.
         drop_below: See :func:`ensemble_weights`.

@@ -50,7 +50,7 @@ _PROB_ATOL = 1e-3
 
 
 # --------------------------------------------------------------------------------------------
-# Input validation (the one place; models.ensemble and models.audit use these too)
+# Input validation (the one place; radaudit.models.ensemble and radaudit.models.audit use these too)
 # --------------------------------------------------------------------------------------------
 
 

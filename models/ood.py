@@ -92,7 +92,7 @@ def header_evidence(meta: pd.DataFrame, *, modalities: frozenset[str] = RADIOGRA
 
     Besides what the header claims (Modality, SOP Class, colour), it checks what the header cannot
     hide when an image was misfiled or relabelled as "DX knee": attributes of another modality's
-    modules (:data:`pacs.header.OTHER_MODALITY_ATTRIBUTES`: slice geometry, echo time, ultrasound
+    modules (:data:`radaudit.pacs.header.OTHER_MODALITY_ATTRIBUTES`: slice geometry, echo time, ultrasound
     regions, an Image Type of a cross-section or an emission image, ...) and several frames.
 
     Args:

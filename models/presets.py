@@ -2,7 +2,7 @@
 
 One place for both, so ``radaudit demo`` and ``benchmarks/quality.py`` measure the same thing::
 
-    from models.presets import PRESETS
+    from radaudit.models.presets import PRESETS
     preset = PRESETS["cpu-demo"]
     config = preset.pretrain_config("supcon")
 """
@@ -30,9 +30,9 @@ class AuditPreset:
         batch_size: Pretraining batch size.
         tau_base: BYOL's starting target decay.
         num_workers: DataLoader workers per device.
-        supcon_cross_fit: Backbones SupCon is cross-fitted with (see :func:`models.stages.train_backbone`).
+        supcon_cross_fit: Backbones SupCon is cross-fitted with (see :func:`radaudit.models.stages.train_backbone`).
         duplicates: Share of extra duplicate files (and as many hard negatives) in the synthetic
-            export (:func:`pacs.synth.generate_export`).
+            export (:func:`radaudit.pacs.synth.generate_export`).
         note: Why these settings, shown by the demo.
     """
 
@@ -52,13 +52,13 @@ class AuditPreset:
 
     def cross_fit(self, method: str) -> int:
         """Backbones to cross-fit for ``method``: only SupCon trains on labels."""
-        from models import LABEL_TRAINED
+        from radaudit.models import LABEL_TRAINED
 
         return self.supcon_cross_fit if method in LABEL_TRAINED else 1
 
     def pretrain_config(self, method: str, **changes: Any) -> Any:
-        """The :class:`models.train.PretrainConfig` of one method (``changes`` override fields)."""
-        from models.train import PretrainConfig
+        """The :class:`radaudit.models.train.PretrainConfig` of one method (``changes`` override fields)."""
+        from radaudit.models.train import PretrainConfig
 
         settings: dict[str, Any] = dict(method=method, epochs=self.epochs, batch_size=self.batch_size,
                                         size=self.image_size, tau_base=self.tau_base, num_workers=self.num_workers,

@@ -14,7 +14,7 @@ Written under ``<data dir>/reports/``, every file atomically (temp file + rename
   header to sort, type in the box or pick an issue kind to filter, click a thumbnail to see the
   image large (fit to the window, then 2x and 4x on click). Each row has a verdict control; verdicts are kept in the
   browser's local storage and "Save verdicts" downloads them as a review CSV (the report's
-  columns plus ``verdict``, UTF-8 with BOM) that :mod:`pacs.review` reads from ``review/``.
+  columns plus ``verdict``, UTF-8 with BOM) that :mod:`radaudit.pacs.review` reads from ``review/``.
 
 Only the columns listed here ever leave the inputs (an allow-list): patient names, birth dates
 or any other column of ``meta`` are never written.
@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pacs.io import write_bytes, write_text
+from radaudit.pacs.io import write_bytes, write_text
 
 __all__ = ["CSV_COLUMNS", "ReportFiles", "thumbnail_png", "write_report"]
 
@@ -100,7 +100,7 @@ def _defuse(value: str) -> str:
 def _validate(issues: pd.DataFrame, meta: pd.DataFrame, class_names: Sequence[str], include_accession: bool,
               top_html: int, thumbnail: int, delimiter: str) -> list[str]:
     if not isinstance(issues, pd.DataFrame):
-        raise ValueError("issues must be the DataFrame from models.audit.find_issues")
+        raise ValueError("issues must be the DataFrame from radaudit.models.audit.find_issues")
     missing = [c for c in _ISSUE_COLUMNS if c not in issues.columns]
     if missing:
         raise ValueError(f"issues lacks columns {missing}; pass find_issues(..., sop_instance_uids=uids)")
@@ -214,7 +214,7 @@ def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.Pa
     """Write the CSV, the thumbnails and the HTML gallery under ``<data_dir>/reports/``.
 
     Args:
-        issues: :func:`models.audit.find_issues` output with ``sop_instance_uid``.
+        issues: :func:`radaudit.models.audit.find_issues` output with ``sop_instance_uid``.
         meta: One row per instance with ``sop_instance_uid``, ``study_instance_uid``, ``path``
             (relative to the export), ``recorded_raw`` and, with ``include_accession``,
             ``accession_number``: the instance index merged with the region labels. Other
@@ -233,7 +233,7 @@ def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.Pa
     Returns:
         :class:`ReportFiles`.
     """
-    from pacs import cache
+    from radaudit.pacs import cache
 
     names = _validate(issues, meta, class_names, include_accession, top_html, thumbnail, delimiter)
     out_dir = Path(data_dir) / REPORT_DIR

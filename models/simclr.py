@@ -25,8 +25,8 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from torch import nn
 
-from models.backbone import feature_dim
-from models.base import ContrastiveModule
+from radaudit.models.backbone import feature_dim
+from radaudit.models.base import ContrastiveModule
 
 __all__ = ["SimCLRModel"]
 
@@ -35,11 +35,11 @@ class SimCLRModel(ContrastiveModule):
     """Backbone + lightly's ``SimCLRProjectionHead`` + ``NTXentLoss``.
 
     Args:
-        backbone: A backbone module or a timm model name (see :class:`models.base.ContrastiveModule`).
+        backbone: A backbone module or a timm model name (see :class:`radaudit.models.base.ContrastiveModule`).
         temperature: NT-Xent temperature (paper: 0.1 for large batches).
         projection_dim: Output width of the projection head (paper: 128).
         hidden_dim: Hidden width of the projection head; None uses the feature width.
-        **kwargs: Options of :class:`models.base.ContrastiveModule` (``size``, ``batch_size``,
+        **kwargs: Options of :class:`radaudit.models.base.ContrastiveModule` (``size``, ``batch_size``,
             ``lr``, ``optimizer``, ``weight_decay``, ``warmup_epochs``, ``compile``, ``seed``, ...).
 
     Raises:

@@ -2,7 +2,7 @@
 
 These are what the Dagster assets call, and what a notebook calls to run one stage by hand::
 
-    from models import stages
+    from radaudit.models import stages
     ts = stages.load_training_set("data")
     stages.train_backbone("data", "simclr", PretrainConfig(epochs=5))
 
@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pacs import cache
-from pacs import io as pio
-from pacs.cache import MANIFEST_PATH
-from pacs.index import INDEX_PATH
+from radaudit.pacs import cache
+from radaudit.pacs import io as pio
+from radaudit.pacs.cache import MANIFEST_PATH
+from radaudit.pacs.index import INDEX_PATH
 
 LABELS_PATH = Path("labels") / "region_labels.parquet"
 VOCABULARY_PATH = Path("labels") / "vocabulary.json"
@@ -53,10 +53,10 @@ Log = Callable[[str], None]
 LabelFractionScores = dict[str, dict[float, float]]  # {method or "ensemble": {share of labels: accuracy}}
 
 if TYPE_CHECKING:  # the heavy modules load only when a stage runs
-    from augment.dataset import CacheDataset
-    from models.heads import OOFResult
-    from models.report import ReportFiles
-    from models.train import PretrainConfig, PretrainResult
+    from radaudit.augment.dataset import CacheDataset
+    from radaudit.models.heads import OOFResult
+    from radaudit.models.report import ReportFiles
+    from radaudit.models.train import PretrainConfig, PretrainResult
 
 
 @dataclass(frozen=True)
@@ -79,14 +79,14 @@ class TrainingSet:
 
     def dataset(self, data_dir: str | os.PathLike[str]) -> CacheDataset:
         """A Dataset of ``(uint8 image (1, H, W), label)`` over the image cache."""
-        from augment.dataset import CacheDataset
+        from radaudit.augment.dataset import CacheDataset
 
         return CacheDataset.from_reader(functools.partial(cache.read, data_dir), self.uids, self.labels.tolist())
 
 
 def load_overrides(data_dir: str | os.PathLike[str]) -> pd.DataFrame | None:
     """The reviewers' verdicts written by the ``label_overrides`` asset, or None if there are none."""
-    from pacs.review import OVERRIDES_PATH
+    from radaudit.pacs.review import OVERRIDES_PATH
 
     path = Path(data_dir) / OVERRIDES_PATH
     return pd.read_parquet(path) if path.exists() else None
@@ -105,7 +105,7 @@ def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str
     Args:
         data_dir: The pipeline's data dir.
         vocabulary: Region names; default: those of the recorded labels' mapping.
-        overrides: Reviewers' verdicts (:func:`pacs.review.read_reviews`); the label they imply
+        overrides: Reviewers' verdicts (:func:`radaudit.pacs.review.read_reviews`); the label they imply
             replaces the recorded one as ground truth (no label for ``out_of_domain``).
     """
     data_dir = Path(data_dir)
@@ -117,7 +117,7 @@ def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str
     meta = live.merge(labels, on="sop_instance_uid", how="left").sort_values("sop_instance_uid", ignore_index=True)
     region = meta["recorded_region"].astype(object)
     if overrides is not None and not overrides.empty:
-        from pacs.review import label_for_training
+        from radaudit.pacs.review import label_for_training
 
         trusted = label_for_training(overrides, pd.Series(region.to_numpy(), index=meta["sop_instance_uid"]))
         reviewed = meta["sop_instance_uid"].isin(trusted.index).to_numpy()
@@ -192,7 +192,7 @@ def map_labels(data_dir: str | os.PathLike[str], region_map: str | os.PathLike[s
     Returns:
         The region labels (``sop_instance_uid``, ``recorded_region``, ``recorded_raw``, ``recorded_tag``).
     """
-    from pacs.regions import RegionMapper
+    from radaudit.pacs.regions import RegionMapper
 
     data_dir = Path(data_dir)
     live = live_index(data_dir)
@@ -205,7 +205,7 @@ def map_labels(data_dir: str | os.PathLike[str], region_map: str | os.PathLike[s
 
 def read_vocabulary(data_dir: str | os.PathLike[str]) -> tuple[str, ...]:
     """The region vocabulary the recorded labels were mapped with (the default if none was saved)."""
-    from pacs.regions import DEFAULT_REGIONS
+    from radaudit.pacs.regions import DEFAULT_REGIONS
 
     path = Path(data_dir) / VOCABULARY_PATH
     return tuple(json.loads(path.read_text(encoding="utf-8"))) if path.exists() else DEFAULT_REGIONS
@@ -225,9 +225,9 @@ def truth_labels(ts: TrainingSet, truth_path: str | os.PathLike[str] | None) -> 
 def label_folds(ts: TrainingSet, n_folds: int, seed: int = 0) -> np.ndarray:
     """The split of a cross-fitted label-trained method: a fold per labelled image, -1 for null labels.
 
-    Region-stratified and grouped by patient (:func:`models.heads.group_stratified_folds`).
+    Region-stratified and grouped by patient (:func:`radaudit.models.heads.group_stratified_folds`).
     """
-    from models.heads import check_groups, group_stratified_folds
+    from radaudit.models.heads import check_groups, group_stratified_folds
 
     return group_stratified_folds(ts.labels, check_groups(ts.groups, len(ts.uids)), n_splits=n_folds, seed=seed)
 
@@ -238,7 +238,7 @@ def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Pretra
     """Pretrain one method's backbone on the image cache; checkpoints under ``models/<method>/``.
 
     Args:
-        config: A :class:`models.train.PretrainConfig`; its method and checkpoint dir are set here.
+        config: A :class:`radaudit.models.train.PretrainConfig`; its method and checkpoint dir are set here.
         truth_path: Synthetic truth file: kNN accuracy during training is then measured on true
             labels; otherwise on the recorded ones (noisy, so a lower bound).
         from_scratch: Delete the method's checkpoints first; otherwise an interrupted or shorter
@@ -253,14 +253,14 @@ def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Pretra
             label, so the label noise the audit looks for cannot leak into its own scores.
 
     Returns:
-        The :class:`models.train.PretrainResult` (of the last fold's backbone, with the wall
+        The :class:`radaudit.models.train.PretrainResult` (of the last fold's backbone, with the wall
         time and steps of all of them).
     """
     import dataclasses
     import shutil
 
-    from augment.dataset import CacheDataset
-    from models.train import knn_monitor, monitor_options, pretrain
+    from radaudit.augment.dataset import CacheDataset
+    from radaudit.models.train import knn_monitor, monitor_options, pretrain
 
     if isinstance(cross_fit, bool) or not isinstance(cross_fit, int) or cross_fit < 1:
         raise ValueError(f"cross_fit must be an int >= 1 (1: one backbone on all labels), got {cross_fit!r}")
@@ -346,9 +346,9 @@ def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: i
 def _embed_with(data_dir: Path, checkpoints: Path, name: str, ts: TrainingSet, *, size: int | None,
                 batch_size: int, device: str | None, reuse: bool, log: Log | None) -> np.ndarray:
     """Embed ``ts``'s images with the latest backbone under ``checkpoints``; write ``embeddings/<name>.*``."""
-    from augment.dataset import CacheDataset
-    from models.checkpoint import WEIGHTS_FILE, latest_checkpoint, load_backbone, load_checkpoint
-    from models.embed import embed
+    from radaudit.augment.dataset import CacheDataset
+    from radaudit.models.checkpoint import WEIGHTS_FILE, latest_checkpoint, load_backbone, load_checkpoint
+    from radaudit.models.embed import embed
 
     latest = latest_checkpoint(checkpoints)
     if latest is None:
@@ -445,8 +445,8 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
     For a cross-fitted method (see :func:`train_backbone`) each backbone scores only the images
     whose labels it never saw: K-fold heads on backbone ``f``'s features of label fold ``f`` (and
     of the images without a fold, averaged over the backbones). ``l2`` None: chosen by
-    out-of-fold log loss (:func:`models.heads.choose_l2`, on the first backbone's features).
-    ``repeats``: fold splits averaged (:func:`models.heads.oof_probabilities`). An archive with
+    out-of-fold log loss (:func:`radaudit.models.heads.choose_l2`, on the first backbone's features).
+    ``repeats``: fold splits averaged (:func:`radaudit.models.heads.oof_probabilities`). An archive with
     fewer labelled patients than ``n_splits`` gets one fold per patient.
 
     The defaults (10 folds, 3 splits) were measured against one 5-fold split on the 3 CPU-demo
@@ -454,7 +454,7 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
     the same mean (0.72 against 0.71) with less luck of the split; a 10-fold split alone gave
     0.750/0.688/0.703.
     """
-    from models.heads import OOFResult, check_groups, choose_l2, oof_probabilities
+    from radaudit.models.heads import OOFResult, check_groups, choose_l2, oof_probabilities
 
     data_dir = Path(data_dir)
     ts = load_training_set(data_dir, overrides=load_overrides(data_dir))
@@ -510,20 +510,20 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
 
 def find_near_duplicates(data_dir: str | os.PathLike[str], *, log: Log | None = None,
                          **options: Any) -> pd.DataFrame:
-    """Group the cached, live images that are the same radiograph (:mod:`pacs.duplicates`); write
+    """Group the cached, live images that are the same radiograph (:mod:`radaudit.pacs.duplicates`); write
     ``audit/near_duplicates.parquet``.
 
     Near duplicates are looked for among images of the same aspect ratio, and a pair of two
-    patients needs a near-perfect match (see :func:`pacs.duplicates.find_duplicates`). A group's
+    patients needs a near-perfect match (see :func:`radaudit.pacs.duplicates.find_duplicates`). A group's
     original is the member first seen by the index, then the smallest UID.
 
     Args:
-        options: For :func:`pacs.duplicates.find_duplicates` (thresholds, ``k``).
+        options: For :func:`radaudit.pacs.duplicates.find_duplicates` (thresholds, ``k``).
 
     Returns:
-        :func:`pacs.duplicates.duplicate_groups`' rows.
+        :func:`radaudit.pacs.duplicates.duplicate_groups`' rows.
     """
-    from pacs.duplicates import duplicate_groups, find_duplicates
+    from radaudit.pacs.duplicates import duplicate_groups, find_duplicates
 
     uids, geometry, patients, first_seen = duplicate_inputs(data_dir)
     fps, digests = cache_fingerprints(data_dir, uids, geometry, log=log)
@@ -552,7 +552,7 @@ def duplicate_inputs(data_dir: str | os.PathLike[str]) -> tuple[list[str], pd.Da
 
 def cache_fingerprints(data_dir: str | os.PathLike[str], uids: Sequence[str], geometry: pd.DataFrame, *,
                        log: Log | None = None) -> tuple[np.ndarray, list[str]]:
-    """:func:`pacs.duplicates.fingerprint` and :func:`pacs.duplicates.pixel_digest` of each cached image.
+    """:func:`radaudit.pacs.duplicates.fingerprint` and :func:`radaudit.pacs.duplicates.pixel_digest` of each cached image.
 
     Args:
         geometry: One cache manifest row per UID, same order.
@@ -560,7 +560,7 @@ def cache_fingerprints(data_dir: str | os.PathLike[str], uids: Sequence[str], ge
     Returns:
         Shape: (N, S, S) fingerprints and N digests.
     """
-    from pacs.duplicates import FINGERPRINT_SIDE, GEOMETRY, fingerprint, pixel_digest
+    from radaudit.pacs.duplicates import FINGERPRINT_SIDE, GEOMETRY, fingerprint, pixel_digest
 
     fps, digests = [], []
     for i, (uid, facts) in enumerate(zip(uids, geometry[list(GEOMETRY)].to_dict("records"))):
@@ -607,12 +607,12 @@ def combine(data_dir: str | os.PathLike[str], methods: Sequence[str], *, weights
     """Ensemble the methods' probabilities; write ``probabilities/ensemble.npy``.
 
     Returns:
-        The probabilities and each method's weight (see :func:`models.ensemble.ensemble_weights`).
+        The probabilities and each method's weight (see :func:`radaudit.models.ensemble.ensemble_weights`).
 
     Raises:
         ValueError: If the methods' rows differ (one was computed on an older cache).
     """
-    from models.ensemble import ensemble_probabilities, ensemble_weights
+    from radaudit.models.ensemble import ensemble_probabilities, ensemble_weights
 
     data_dir = Path(data_dir)
     loaded = {m: load_probabilities(data_dir, m) for m in methods}
@@ -634,9 +634,9 @@ def combine(data_dir: str | os.PathLike[str], methods: Sequence[str], *, weights
 
 
 def pixel_features(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> pd.DataFrame:
-    """:func:`models.ood.pixel_features` of every cached image in ``uids`` order, inside its content box."""
-    from models.ood import PIXEL_FEATURES
-    from models.ood import pixel_features as features_of
+    """:func:`radaudit.models.ood.pixel_features` of every cached image in ``uids`` order, inside its content box."""
+    from radaudit.models.ood import PIXEL_FEATURES
+    from radaudit.models.ood import pixel_features as features_of
 
     data_dir = Path(data_dir)
     boxes = pd.read_parquet(data_dir / MANIFEST_PATH, columns=["sop_instance_uid", "content_height", "content_width"])
@@ -649,9 +649,9 @@ def pixel_features(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> pd.
 
 
 def issue_inputs(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> dict[str, Any]:
-    """The header and pixel evidence and the near duplicates :func:`models.audit.find_issues` takes,
+    """The header and pixel evidence and the near duplicates :func:`radaudit.models.audit.find_issues` takes,
     in ``uids`` order."""
-    from models.ood import header_evidence
+    from radaudit.models.ood import header_evidence
 
     meta = load_training_set(data_dir).meta.set_index("sop_instance_uid").reindex(list(uids))
     return {"header_reasons": header_evidence(meta), "pixel_feats": pixel_features(data_dir, uids),
@@ -666,9 +666,9 @@ def audit(data_dir: str | os.PathLike[str], methods: Sequence[str], *, members: 
         methods: Whose embeddings feed the out-of-domain evidence.
         members: Whose own probabilities must agree with a mislabel's suggestion (default: the
             methods the ensemble gave a weight, see :func:`combine`).
-        options: For :func:`models.audit.find_issues`.
+        options: For :func:`radaudit.models.audit.find_issues`.
     """
-    from models.audit import combine_embeddings, find_issues
+    from radaudit.models.audit import combine_embeddings, find_issues
 
     data_dir = Path(data_dir)
     probs, rows = load_probabilities(data_dir, "ensemble")
@@ -688,7 +688,7 @@ def audit(data_dir: str | os.PathLike[str], methods: Sequence[str], *, members: 
                          **issue_inputs(data_dir, uids), **options)
     overrides = load_overrides(data_dir)
     if overrides is not None:
-        from pacs.review import apply_to_issues
+        from radaudit.pacs.review import apply_to_issues
 
         attrs = dict(issues.attrs)
         issues = apply_to_issues(issues, overrides)
@@ -708,7 +708,7 @@ def load_audit_summary(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
 def report(data_dir: str | os.PathLike[str], *, vocabulary: Sequence[str] | None = None,
            **options: Any) -> ReportFiles:
     """Write the radiologists' CSV and HTML from the label issues."""
-    from models.report import write_report
+    from radaudit.models.report import write_report
 
     data_dir = Path(data_dir)
     issues = pd.read_parquet(data_dir / ISSUES_PATH)
@@ -776,9 +776,9 @@ def evaluate_method(data_dir: str | os.PathLike[str], truth_path: str | os.PathL
 
     Args:
         evidence: :func:`issue_inputs` for the cached images (computed when None).
-        options: For :func:`models.audit.find_issues`; nothing is written.
+        options: For :func:`radaudit.models.audit.find_issues`; nothing is written.
     """
-    from models.audit import find_issues
+    from radaudit.models.audit import find_issues
 
     data_dir = Path(data_dir)
     ts = load_training_set(data_dir)
@@ -914,7 +914,7 @@ def evaluate_label_fractions(data_dir: str | os.PathLike[str], truth_path: str |
         split's true classes and the ensemble's predictions with the largest fraction, as
         ``(scores, (y_true, y_pred))`` (for a confusion matrix on clean labels).
     """
-    from models.heads import check_groups, group_stratified_folds, label_fraction_probabilities
+    from radaudit.models.heads import check_groups, group_stratified_folds, label_fraction_probabilities
 
     data_dir = Path(data_dir)
     ts = load_training_set(data_dir)

@@ -25,8 +25,8 @@ from lightly.models.modules import SimCLRProjectionHead
 from lightly.utils import dist
 from torch import nn
 
-from models.backbone import feature_dim
-from models.base import ContrastiveModule
+from radaudit.models.backbone import feature_dim
+from radaudit.models.base import ContrastiveModule
 
 __all__ = ["SupConLoss", "SupConModel"]
 
@@ -138,11 +138,11 @@ class SupConModel(ContrastiveModule):
     """Backbone + 2-layer MLP head + :class:`SupConLoss` with recorded labels.
 
     Args:
-        backbone: A backbone module or a timm model name (see :class:`models.base.ContrastiveModule`).
+        backbone: A backbone module or a timm model name (see :class:`radaudit.models.base.ContrastiveModule`).
         temperature: Loss temperature (paper: 0.1).
         projection_dim: Output width of the head (paper: 128).
         hidden_dim: Hidden width of the head; None uses the feature width (paper).
-        **kwargs: Options of :class:`models.base.ContrastiveModule`.
+        **kwargs: Options of :class:`radaudit.models.base.ContrastiveModule`.
 
     Raises:
         ValueError: A bad argument; the message says how to fix it.

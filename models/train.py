@@ -2,7 +2,7 @@
 
 One :class:`PretrainConfig` runs on CPU, one GPU or N GPUs (DDP with SyncBatchNorm and
 negatives gathered across devices; ``batch_size`` is global, so the learning rate and the loss see
-the same batch on 1 or N GPUs). Every epoch ends with a checkpoint (:mod:`models.checkpoint`); a
+the same batch on 1 or N GPUs). Every epoch ends with a checkpoint (:mod:`radaudit.models.checkpoint`); a
 crashed run started again with the same ``checkpoint_dir`` resumes after the last complete epoch,
 with optimizer, schedule, loss history and step count restored.
 
@@ -12,10 +12,10 @@ the settings (:meth:`PretrainConfig.for_cpu`), and either way it logs
 
 Example::
 
-    from augment.dataset import CacheDataset
-    from models.train import PretrainConfig, pretrain
+    from radaudit.augment.dataset import CacheDataset
+    from radaudit.models.train import PretrainConfig, pretrain
 
-    ds = CacheDataset.from_reader(functools.partial(pacs.cache.read, data_dir), uids, labels)
+    ds = CacheDataset.from_reader(functools.partial(radaudit.pacs.cache.read, data_dir), uids, labels)
     result = pretrain(PretrainConfig(method="byol", epochs=100, batch_size=1024,
                                      checkpoint_dir="data/models/byol"), ds, log=print)
     result.backbone        # nn.Module, CPU, eval mode
@@ -42,14 +42,14 @@ from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from torch import nn
 from torch.utils.data import Dataset
 
-from augment.dataset import make_loader
-from models.base import OPTIMIZERS, ContrastiveModule
-from models.byol import BYOLModel
-from models.checkpoint import SafetensorsCheckpointIO, latest_checkpoint, load_checkpoint
-from models.embed import embed
-from models.probe import knn_accuracy, quick_probe_accuracy
-from models.simclr import SimCLRModel
-from models.supcon import SupConModel
+from radaudit.augment.dataset import make_loader
+from radaudit.models.base import OPTIMIZERS, ContrastiveModule
+from radaudit.models.byol import BYOLModel
+from radaudit.models.checkpoint import SafetensorsCheckpointIO, latest_checkpoint, load_checkpoint
+from radaudit.models.embed import embed
+from radaudit.models.probe import knn_accuracy, quick_probe_accuracy
+from radaudit.models.simclr import SimCLRModel
+from radaudit.models.supcon import SupConModel
 
 __all__ = ["METHODS", "MONITOR_MAX_IMAGES", "MONITOR_MAX_IMAGES_CPU", "PRECISIONS", "PretrainConfig", "PretrainResult",
            "build_model", "knn_monitor", "monitor_options", "pretrain"]
@@ -97,8 +97,8 @@ class PretrainConfig:
         on_cpu: Without a GPU: ``shrink`` to :meth:`for_cpu` settings, ``as_is``, or ``fail``.
         progress_bar: Show Lightning's progress bar.
         gauge_dir: A folder of grey crops of real calibration gauges, inserted beside the drawn
-            ones (:meth:`augment.gauges.GaugeBank.from_folder`); None: drawn gauges only.
-        augment: Overrides for :func:`augment.pipeline.make_two_view`, as ``(name, value)`` pairs.
+            ones (:meth:`radaudit.augment.gauges.GaugeBank.from_folder`); None: drawn gauges only.
+        augment: Overrides for :func:`radaudit.augment.pipeline.make_two_view`, as ``(name, value)`` pairs.
 
     Raises:
         ValueError: A bad value; the message says which and how to fix it.
@@ -225,7 +225,7 @@ def build_model(config: PretrainConfig) -> ContrastiveModule:
     """The method's LightningModule for a config (the settings a paper fixes are the defaults)."""
     augment = dict(config.augment)
     if config.gauge_dir is not None and "gauge_bank" not in augment:
-        from augment.gauges import GaugeBank
+        from radaudit.augment.gauges import GaugeBank
 
         augment["gauge_bank"] = GaugeBank.from_folder(config.gauge_dir)
     common: dict[str, Any] = dict(
@@ -300,19 +300,19 @@ def knn_monitor(dataset: Dataset, labels: Sequence[int] | np.ndarray, *, size: i
     at most ``max_images`` labelled images (all of them when there are fewer), read from
     ``dataset`` once, at the first evaluation, and kept in memory as uint8 (``max_images`` x H x W
     bytes). Each evaluation embeds them on the backbone's GPU (a GPU if any, for a CPU backbone;
-    else the CPU, :func:`models.embed.embed`), then runs the kNN and the probe with torch there.
+    else the CPU, :func:`radaudit.models.embed.embed`), then runs the kNN and the probe with torch there.
 
     Args:
         dataset: Images to embed (``(uint8 image, label)`` items); the items' labels are ignored.
         labels: Ground-truth class per image (e.g. the synthetic export's true regions), -1 = none.
-        size: Embedding input size (see :func:`models.embed.embed`); use the pretraining size.
+        size: Embedding input size (see :func:`radaudit.models.embed.embed`); use the pretraining size.
         k: Neighbours.
         test_fraction: Share of each class's sampled images scored; the rest are the kNN memory
             and the probe's training set.
         seed: Seed of the subsample and the split.
         batch_size: Embedding batch size.
         linear_probe: Also fit a logistic-regression probe on the same split with a fixed budget
-            of ``probe_steps`` L-BFGS iterations (:func:`models.probe.quick_probe_accuracy`),
+            of ``probe_steps`` L-BFGS iterations (:func:`radaudit.models.probe.quick_probe_accuracy`),
             the paper's linear evaluation, not fitted to convergence.
         max_images: Labelled images evaluated at most (:func:`monitor_options` gives the number
             for the machine: 2,000 with a GPU, 256 without); None: all of them (slow on large sets:
@@ -474,7 +474,7 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
     Args:
         config: The run's settings.
         dataset: Items ``(uint8 image (1, H, W), int label)`` with -1 for null labels, all the same
-            size, e.g. :class:`augment.dataset.CacheDataset` or :class:`models.data.ArrayDataset`.
+            size, e.g. :class:`radaudit.augment.dataset.CacheDataset` or :class:`radaudit.models.data.ArrayDataset`.
             Only ``supcon`` uses the labels.
         resume: Continue from the latest checkpoint in ``config.checkpoint_dir`` if there is one.
         log: Receives one line per event (device choice, resume, each epoch); default: discard.

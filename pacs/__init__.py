@@ -2,9 +2,9 @@
 
 A plain library (no Dagster), usable from a notebook::
 
-    import pacs
-    img = pacs.read_image("IM0001")              # float32, 2-D, [0, 1], bone bright
-    thumb = pacs.cache.read(data_dir, sop_uid)   # uint8, 2-D
+    from radaudit import pacs
+    img = radaudit.pacs.read_image("IM0001")              # float32, 2-D, [0, 1], bone bright
+    thumb = radaudit.pacs.cache.read(data_dir, sop_uid)   # uint8, 2-D
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ __all__ = ["cache", "read_image"]
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing one submodule (e.g. in a decode worker) does not load them all.
     if name == "read_image":
-        from pacs.pixels import read_image
+        from radaudit.pacs.pixels import read_image
 
         return read_image
     if name == "cache":
-        import pacs.cache as cache
+        import radaudit.pacs.cache as cache
 
         return cache
     raise AttributeError(f"module 'pacs' has no attribute {name!r}")

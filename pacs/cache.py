@@ -118,9 +118,9 @@ def preprocess(path: str | os.PathLike[str], patient_orientation: str | None, pa
     Decoding asks for the lowest resolution that still gives ``size`` pixels on the short side,
     so JPEG 2000 files skip wavelet levels that the resize would throw away.
     """
-    from augment.border import find_exposed_field
-    from augment.orientation import rotation_from_orientation
-    from pacs.pixels import decode_image
+    from radaudit.augment.border import find_exposed_field
+    from radaudit.augment.orientation import rotation_from_orientation
+    from radaudit.pacs.pixels import decode_image
 
     decoded = decode_image(path, min_side=params.size, threads=threads)
     img = decoded.pixels
@@ -175,7 +175,7 @@ def letterbox(img: np.ndarray, size: int) -> np.ndarray:
 
 def write_image(data_dir: str | os.PathLike[str], sop_instance_uid: str, img: np.ndarray) -> Path:
     """Store one cached image atomically."""
-    from pacs.io import atomic_path
+    from radaudit.pacs.io import atomic_path
 
     path = image_path(data_dir, sop_instance_uid)
     with atomic_path(path) as tmp:

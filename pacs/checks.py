@@ -5,7 +5,7 @@ PDFs or a full disk. Each gets an :class:`InputError` whose message is the whole
 prints it as one line (exit code 2) and the Dagster UI shows it as the run's failure message.
 Nothing here creates a file or folder: a check that fails leaves no trace.
 
-    from pacs.checks import check_export, check_data_dir
+    from radaudit.pacs.checks import check_export, check_data_dir
     check_export("export"); check_data_dir("data")
 """
 

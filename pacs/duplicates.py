@@ -7,7 +7,7 @@ training and test splits that radaudit's users build. Images that merely look al
 be grouped: the other side of the same patient (nearly a mirror image), a follow-up of the same
 region (the same anatomy, positioned anew), and other patients' images of the same view.
 
-Detection works on the cached pixels and their geometry (:mod:`pacs.cache`), so it does not
+Detection works on the cached pixels and their geometry (:mod:`radaudit.pacs.cache`), so it does not
 depend on a backbone, and its thresholds do not depend on the cache size:
 
 1. **Exact**: a hash of the cached pixels (:func:`pixel_digest`); equal hashes are one group.

@@ -13,9 +13,9 @@ empty, missing, or one that contradicts the encoding), huge lengths on OB/OW/UN 
 JPEG / JPEG 2000 codestream header that declares a huge image.
 
 Sources: pydicom's test files and pydicom-data (:func:`default_sources`), plus a small synthetic
-export (``pacs.synth.generate_export``). Write a corpus and ingest it::
+export (``radaudit.pacs.synth.generate_export``). Write a corpus and ingest it::
 
-    from pacs.fuzz import write_corpus
+    from radaudit.pacs.fuzz import write_corpus
     corpus = write_corpus("fuzz/export", n=300, seed=0)   # one row per file: path, source, kind, mutation
 
 The benchmark ``python benchmarks/fuzz.py --n 10000`` runs the ingest on such a corpus.
@@ -39,8 +39,8 @@ from pydicom.filereader import data_element_generator
 from pydicom.uid import generate_uid
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
-from pacs import io as pio
-from pacs.discover import Kind, sniff_bytes
+from radaudit.pacs import io as pio
+from radaudit.pacs.discover import Kind, sniff_bytes
 
 __all__ = [
     "KINDS",
@@ -696,7 +696,7 @@ def default_sources(*, max_bytes: int = MAX_SOURCE_BYTES, synth_n: int = 24, syn
 
 
 def _synthetic_sources(n: int, seed: int, where: str | os.PathLike[str] | None) -> list[tuple[str, bytes]]:
-    from pacs.synth import generate_export
+    from radaudit.pacs.synth import generate_export
 
     with tempfile.TemporaryDirectory(dir=where) as tmp:
         export = Path(tmp) / "export"

@@ -28,8 +28,8 @@ from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
-from pacs.discover import Kind, sniff_bytes
-from pacs.pseudo import identifier_tokens, pseudonymize
+from radaudit.pacs.discover import Kind, sniff_bytes
+from radaudit.pacs.pseudo import identifier_tokens, pseudonymize
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
@@ -408,7 +408,7 @@ def _probe_pixel_element(fp: Any, ds: Dataset) -> PixelElement | None:
 
 def _check_pixels(ds: Dataset, pixel: PixelElement, file_size: int, row: dict[str, Any]) -> None:
     """Refuse pixel data whose declared geometry or length cannot be right, before any decode."""
-    from pacs.pixels import PixelDataError, check_pixel_plausibility
+    from radaudit.pacs.pixels import PixelDataError, check_pixel_plausibility
 
     try:
         check_pixel_plausibility(ds, file_size)

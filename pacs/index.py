@@ -23,10 +23,10 @@ import pandas as pd
 import pyarrow as pa
 from pebble import ProcessExpired, ProcessPool
 
-from pacs import io
-from pacs.discover import FoundFile, display_path, walk
-from pacs.header import HEADER_TAGS, IDENTIFIERS, INT_COLUMNS, HeaderError, read_header
-from pacs.pseudo import Redactor, path_key
+from radaudit.pacs import io
+from radaudit.pacs.discover import FoundFile, display_path, walk
+from radaudit.pacs.header import HEADER_TAGS, IDENTIFIERS, INT_COLUMNS, HeaderError, read_header
+from radaudit.pacs.pseudo import Redactor, path_key
 
 INDEX_PATH = Path("index") / "dicom_index.parquet"
 ERRORS_PATH = Path("index") / "ingest_errors.parquet"
@@ -53,7 +53,7 @@ INDEX_SCHEMA = pa.schema(
     + [pa.field(c, pa.int64() if c in INT_COLUMNS else pa.string()) for c in HEADER_TAGS]
     + [
         pa.field("transfer_syntax_uid", pa.string()),
-        # Comma-joined keywords of pacs.header.OTHER_MODALITY_ATTRIBUTES the file carries.
+        # Comma-joined keywords of radaudit.pacs.header.OTHER_MODALITY_ATTRIBUTES the file carries.
         pa.field("other_modality_attributes", pa.string()),
         pa.field("patient_key", pa.string()),
         pa.field("duplicate_of", pa.string()),

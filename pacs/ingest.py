@@ -1,14 +1,14 @@
 """Ingest: export folder -> instance index, ingest errors and image cache, in one incremental pass.
 
 Headers are read first (cheap); then the pixels of new or changed instances are decoded in a pool
-of worker processes, each file under a time limit (``pacs.index.run_isolated``, which large header
+of worker processes, each file under a time limit (``radaudit.pacs.index.run_isolated``, which large header
 runs use too), so a damaged file that hangs or crashes a decoder costs one error row, not the run.
 A file whose pixels fail moves from the index to the errors with stage ``pixels``: every file ends
 in exactly one of the two tables.
 
 Run from a notebook::
 
-    from pacs.ingest import IngestConfig, run_ingest
+    from radaudit.pacs.ingest import IngestConfig, run_ingest
     result = run_ingest(IngestConfig(export_dir="export", data_dir="data"))
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pacs import index as ix
-from pacs import io
-from pacs.cache import MANIFEST_PATH, MANIFEST_SCHEMA, CacheParams, cache_one, cached_uids
-from pacs.pseudo import KEY_ENV, load_or_create_key
+from radaudit.pacs import index as ix
+from radaudit.pacs import io
+from radaudit.pacs.cache import MANIFEST_PATH, MANIFEST_SCHEMA, CacheParams, cache_one, cached_uids
+from radaudit.pacs.pseudo import KEY_ENV, load_or_create_key
 
 log = logging.getLogger(__name__)
 

@@ -64,7 +64,7 @@ def is_temp_name(name: str) -> bool:
 def remove_stale_temps(root: str | os.PathLike[str]) -> list[Path]:
     """Delete the temporary files and folders a killed writer left under ``root``; return them.
 
-    Only safe while holding the data dir's lock (:mod:`pacs.lock`): then no writer is alive to
+    Only safe while holding the data dir's lock (:mod:`radaudit.pacs.lock`): then no writer is alive to
     own them. A process killed between writing a temp file and renaming it leaves one behind.
     """
     removed = []

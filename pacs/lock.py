@@ -12,7 +12,7 @@ keep a killed run's lock. A POSIX lock is also dropped when its process closes *
 of the file, so nothing but this module opens ``.radaudit.lock``; ``.radaudit.holder`` names the
 holder (pid, what, since) for the message a waiting run prints. Re-entrant within one process
 (the CLI's in-process steps; one thread). Taking it removes the temporary files a killed writer
-left (:func:`pacs.io.remove_stale_temps`).
+left (:func:`radaudit.pacs.io.remove_stale_temps`).
 
     with data_dir_lock("data", what="radaudit audit", wait_s=0):
         ...
@@ -29,8 +29,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from pacs.checks import InputError
-from pacs.io import remove_stale_temps, write_text
+from radaudit.pacs.checks import InputError
+from radaudit.pacs.io import remove_stale_temps, write_text
 
 __all__ = ["HOLDER_FILE", "LOCK_FILE", "DataDirBusy", "data_dir_lock"]
 

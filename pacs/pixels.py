@@ -41,7 +41,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_d
 from pydicom.pixels.processing import apply_color_lut, convert_color_space
 from pydicom.uid import UID
 
-from pacs.discover import Kind, sniff
+from radaudit.pacs.discover import Kind, sniff
 
 log = logging.getLogger(__name__)
 

@@ -108,7 +108,7 @@ def _letter_forms(text: str) -> set[str]:
     (macOS file names), "_" for every non-ASCII character ("m_ller", what file-name sanitizers
     write; only where at least ``MIN_TOKEN`` real letters remain, so "Çam" does not make "_am" a
     token) and the escaped Latin-1 bytes of a file name that is not UTF-8 ("m\\xfcller", see
-    ``pacs.discover.display_path``).
+    ``radaudit.pacs.discover.display_path``).
     """
     low = unicodedata.normalize("NFC", text).lower()
     forms = {low, low.casefold(), low.translate(_TRANSLIT)}

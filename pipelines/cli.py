@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def one_line_error(exc: BaseException) -> str | None:
     """The one line to show for a problem the user must fix (also when a Dagster step failed of it),
     or None for anything else (a bug: its traceback is worth having)."""
-    from pacs.checks import InputError, disk_error
+    from radaudit.pacs.checks import InputError, disk_error
 
     while getattr(exc, "user_exception", None) is not None:  # a Dagster step error wraps the step's own
         exc = exc.user_exception  # type: ignore[attr-defined]
@@ -147,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     synth.add_argument("--preview", type=Path, help="write a contact sheet PNG of all regions and artefacts instead")
     synth.set_defaults(func=_cmd_synth)
 
-    from models.presets import PRESETS
+    from radaudit.models.presets import PRESETS
 
     preset = PRESETS["cpu-demo"]
     demo = sub.add_parser("demo", help="make the synthetic demo export if missing and run the pipeline on it")
@@ -194,7 +194,7 @@ def _add_ingest_options(p: argparse.ArgumentParser, default_size: int = 256) -> 
 
 
 def _add_audit_options(p: argparse.ArgumentParser) -> None:
-    from assets.resources import AuditConfig
+    from radaudit.assets.resources import AuditConfig
 
     defaults = AuditConfig()
     p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"pretraining epochs (default {defaults.epochs})")
@@ -215,7 +215,7 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
 
 
 def _audit_config(args: argparse.Namespace) -> Any:
-    from assets.resources import AuditConfig
+    from radaudit.assets.resources import AuditConfig
 
     return AuditConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                        backbone=args.backbone, seed=args.seed, from_scratch=args.from_scratch,
@@ -224,7 +224,7 @@ def _audit_config(args: argparse.Namespace) -> Any:
 
 
 def _resource(export: str | os.PathLike[str], data: str | os.PathLike[str], args: argparse.Namespace) -> Any:
-    from assets.resources import RadauditConfig
+    from radaudit.assets.resources import RadauditConfig
 
     return RadauditConfig(
         export_dir=str(export), data_dir=str(data), cache_size=args.size, workers=args.workers,
@@ -239,17 +239,17 @@ def run_assets(resource: Any, audit: Any = None, selection: Any = None, *, wait_
 
     The paths are checked first (nothing is created for a missing export or an unwritable data
     dir; the export only when the selection ingests), then the data dir's lock is taken
-    (:mod:`pacs.lock`; another run there makes this one wait ``wait_s`` seconds, then fail).
+    (:mod:`radaudit.pacs.lock`; another run there makes this one wait ``wait_s`` seconds, then fail).
 
     ``selection``: a Dagster selection string or ``AssetSelection``; None: every asset.
     """
     import dagster as dg
 
-    from assets.resources import AuditConfig
-    from pacs.checks import check_data_dir, check_export
-    from pacs.lock import data_dir_lock
-    from pipelines.console import step_lines
-    from pipelines.definitions import defs
+    from radaudit.assets.resources import AuditConfig
+    from radaudit.pacs.checks import check_data_dir, check_export
+    from radaudit.pacs.lock import data_dir_lock
+    from radaudit.pipelines.console import step_lines
+    from radaudit.pipelines.definitions import defs
 
     chosen = dg.AssetSelection.from_string(selection) if isinstance(selection, str) else selection
     if chosen is None or dg.AssetKey("dicom_index") in chosen.resolve(defs.resolve_asset_graph()):
@@ -294,7 +294,7 @@ def _reap_killed_runs(instance: Any, tags: dict[str, str]) -> list[str]:
 def data_dir_instance(data_dir: str | os.PathLike[str]) -> Any:
     """The Dagster instance kept under ``<data dir>/dagster`` (SQLite), with the repository's settings.
 
-    ``DAGSTER_HOME=<data dir>/dagster dagster dev -m pipelines.definitions`` then shows these runs.
+    ``DAGSTER_HOME=<data dir>/dagster dagster dev -m radaudit.pipelines.definitions`` then shows these runs.
     """
     import shutil
 
@@ -344,7 +344,7 @@ def _only_methods(methods: Sequence[str]) -> Any:
     """Every asset but the other methods' backbones, embeddings and heads (None: all methods)."""
     import dagster as dg
 
-    from assets.models import METHODS
+    from radaudit.assets.models import METHODS
 
     skipped = [dg.AssetKey([kind, m]) for m in METHODS if m not in methods
                for kind in ("backbone", "embeddings", "oof_probabilities")]
@@ -355,7 +355,7 @@ def _check_selection(selection: str) -> None:
     """Fail with the valid asset keys when ``selection`` is malformed or selects nothing."""
     import dagster as dg
 
-    from pipelines.definitions import defs
+    from radaudit.pipelines.definitions import defs
 
     graph = defs.resolve_asset_graph()
     keys = sorted(k.to_user_string() for k in graph.get_all_asset_keys())
@@ -379,19 +379,19 @@ def _cmd_instance(args: argparse.Namespace) -> int:
     target = home / "dagster.yaml"
     settings = settings_file()
     if target.exists() and target.read_bytes() == settings.read_bytes():
-        print(f"{target} already holds radaudit's settings\nnow: DAGSTER_HOME={home} dagster dev -m pipelines.definitions")
+        print(f"{target} already holds radaudit's settings\nnow: DAGSTER_HOME={home} dagster dev -m radaudit.pipelines.definitions")
         return 0
     if target.exists() and not args.force:
         raise FileExistsError(f"{target} exists and differs from radaudit's settings ({settings}); --force replaces it")
     home.mkdir(parents=True, exist_ok=True)
     shutil.copy(settings, target)
-    print(f"wrote {target}\nnow: DAGSTER_HOME={home} dagster dev -m pipelines.definitions")
+    print(f"wrote {target}\nnow: DAGSTER_HOME={home} dagster dev -m radaudit.pipelines.definitions")
     return 0
 
 
 def _cmd_locate(args: argparse.Namespace) -> int:
-    from pacs.index import locate
-    from pacs.pseudo import KEY_ENV, read_key
+    from radaudit.pacs.index import locate
+    from radaudit.pacs.pseudo import KEY_ENV, read_key
 
     if not args.export or not args.data:
         raise ValueError("give --export and --data (or set RADAUDIT_EXPORT_DIR and RADAUDIT_DATA_DIR)")
@@ -406,7 +406,7 @@ def _cmd_locate(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from pacs.synth import generate_export, render_preview
+    from radaudit.pacs.synth import generate_export, render_preview
 
     if args.preview:
         render_preview(args.preview, seed=args.seed, size=args.size)
@@ -424,10 +424,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import time
 
-    from assets.resources import AuditConfig
-    from models.presets import GPU_REFERENCE, PRESETS
-    from models.stages import evaluate_against_truth, load_audit_summary
-    from pacs.synth import generate_export
+    from radaudit.assets.resources import AuditConfig
+    from radaudit.models.presets import GPU_REFERENCE, PRESETS
+    from radaudit.models.stages import evaluate_against_truth, load_audit_summary
+    from radaudit.pacs.synth import generate_export
 
     t0 = time.perf_counter()
     preset = PRESETS["cpu-demo"]
@@ -470,8 +470,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _print_ingest_summary(data: Path) -> None:
     import pandas as pd
 
-    from assets.labels import LABELS_PATH
-    from pacs.index import ERRORS_PATH, INDEX_PATH
+    from radaudit.assets.labels import LABELS_PATH
+    from radaudit.pacs.index import ERRORS_PATH, INDEX_PATH
 
     index = pd.read_parquet(data / INDEX_PATH)
     errors = pd.read_parquet(data / ERRORS_PATH)

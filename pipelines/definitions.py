@@ -1,15 +1,15 @@
 """The code location: every asset, job, schedule, sensor and resource is wired here and only here.
 
-    dagster dev -m pipelines.definitions     # the UI on http://127.0.0.1:3000
+    dagster dev -m radaudit.pipelines.definitions     # the UI on http://127.0.0.1:3000
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
-from assets import audit, ingest, labels, models
-from assets.resources import AuditConfig, RadauditConfig
-from pipelines.jobs import (
+from radaudit.assets import audit, ingest, labels, models
+from radaudit.assets.resources import AuditConfig, RadauditConfig
+from radaudit.pipelines.jobs import (
     ingest_job,
     new_export_sensor,
     nightly_audit,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.resources import RadauditConfig
+from radaudit.assets.resources import RadauditConfig
 
 BACKBONES = dg.AssetSelection.key_prefixes(["backbone"])
 
@@ -61,7 +61,7 @@ def new_export_sensor(context: dg.SensorEvaluationContext, radaudit: RadauditCon
     Folder names are often patient names, so the cursor, run key and tags hold only keyed hashes
     (the pseudonym key's, as for file paths) and counts of them.
     """
-    from pacs.pseudo import KEY_ENV, load_or_create_key, path_key
+    from radaudit.pacs.pseudo import KEY_ENV, load_or_create_key, path_key
 
     key = load_or_create_key(radaudit.data_dir, radaudit.pseudonym_key or os.environ.get(KEY_ENV))
 
@@ -89,7 +89,7 @@ def _ingested_paths(data_dir: Path) -> frozenset[str]:
     """The path hashes of every file in the index or the errors (empty before the first ingest)."""
     import pandas as pd
 
-    from pacs.index import ERRORS_PATH, INDEX_PATH
+    from radaudit.pacs.index import ERRORS_PATH, INDEX_PATH
 
     hashes: set[str] = set()
     for table in (INDEX_PATH, ERRORS_PATH):
@@ -100,7 +100,7 @@ def _ingested_paths(data_dir: Path) -> frozenset[str]:
 
 def _holds_ingested_file(root: Path, folder: str, known: frozenset[str], key: bytes, *, look_at: int = 20) -> bool:
     """Whether one of the first ``look_at`` files under ``root/folder`` was ingested before."""
-    from pacs.pseudo import path_key
+    from radaudit.pacs.pseudo import path_key
 
     if not known:
         return False

@@ -5,8 +5,8 @@ label noise, out-of-domain images) as DICOM files plus a truth table; ``render_p
 writes a contact sheet of what the generator draws.
 """
 
-from pacs.synth.anatomy import REGIONS
-from pacs.synth.export import SynthSummary, generate_export
-from pacs.synth.preview import render_preview
+from radaudit.pacs.synth.anatomy import REGIONS
+from radaudit.pacs.synth.export import SynthSummary, generate_export
+from radaudit.pacs.synth.preview import render_preview
 
 __all__ = ["REGIONS", "SynthSummary", "generate_export", "render_preview"]

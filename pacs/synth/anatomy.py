@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pacs.synth.canvas import Canvas
+from radaudit.pacs.synth.canvas import Canvas
 
 PI = math.pi
 SOFT = 0.2  # soft-tissue attenuation per cm, relative to cortical bone = 1
@@ -479,7 +479,7 @@ def _pelvis_hip(abduct: tuple[float, float]) -> Draw:
     return lambda cv, rng: draw_pelvis(cv, rng, (rng.uniform(*abduct), rng.uniform(*abduct)))
 
 
-# The region vocabulary (the same names, in the same order, as pacs.regions.DEFAULT_REGIONS; a test checks it).
+# The region vocabulary (the same names, in the same order, as radaudit.pacs.regions.DEFAULT_REGIONS; a test checks it).
 REGIONS: tuple[str, ...] = (
     "skull", "cervical_spine", "thoracic_spine", "lumbar_spine", "chest", "clavicle", "shoulder",
     "elbow", "hand", "pelvis", "hip", "knee", "ankle", "foot",

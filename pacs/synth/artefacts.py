@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from pacs.synth.canvas import F32, Canvas
+from radaudit.pacs.synth.canvas import F32, Canvas
 
 
 @functools.lru_cache(maxsize=32)

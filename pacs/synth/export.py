@@ -2,7 +2,7 @@
 
 Usage::
 
-    from pacs.synth import generate_export
+    from radaudit.pacs.synth import generate_export
     generate_export("demo/export", "demo/truth.parquet", n=500, seed=0, noise=0.08)
 """
 
@@ -34,9 +34,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from pacs.synth import headers as hd
-from pacs.synth.anatomy import LATERAL_REGIONS, REGIONS
-from pacs.synth.render import OOD_KINDS, Rendered, render_ood, render_radiograph
+from radaudit.pacs.synth import headers as hd
+from radaudit.pacs.synth.anatomy import LATERAL_REGIONS, REGIONS
+from radaudit.pacs.synth.render import OOD_KINDS, Rendered, render_ood, render_radiograph
 
 CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 DX_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")  # Digital X-Ray Image Storage - For Presentation

@@ -37,7 +37,7 @@ def add_foreign(export_dir: str | os.PathLike[str], truth_path: str | os.PathLik
     """Copy ``files`` into ``export_dir/<tag>/`` as new instances and append them to the truth table.
 
     Args:
-        export_dir: A synthetic export (:func:`pacs.synth.generate_export`).
+        export_dir: A synthetic export (:func:`radaudit.pacs.synth.generate_export`).
         truth_path: Its truth file (``.parquet``); rewritten atomically with the new rows.
         files: DICOM files with pixel data.
         relabel_as: A region name: the copies claim to be DX radiographs of it.
@@ -51,7 +51,7 @@ def add_foreign(export_dir: str | os.PathLike[str], truth_path: str | os.PathLik
     """
     import pydicom
 
-    from pacs.io import write_parquet_frame
+    from radaudit.pacs.io import write_parquet_frame
 
     out = Path(export_dir) / tag
     out.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pacs.synth.anatomy import REGIONS
-from pacs.synth.render import OOD_KINDS, render_ood, render_radiograph
+from radaudit.pacs.synth.anatomy import REGIONS
+from radaudit.pacs.synth.render import OOD_KINDS, render_ood, render_radiograph
 
 
 def _tile(img: np.ndarray, size: int) -> Image.Image:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pacs.synth import artefacts
-from pacs.synth.anatomy import LATERAL_REGIONS, VIEWS
-from pacs.synth.canvas import F32, Canvas
+from radaudit.pacs.synth import artefacts
+from radaudit.pacs.synth.anatomy import LATERAL_REGIONS, VIEWS
+from radaudit.pacs.synth.canvas import F32, Canvas
 
 # Probability of a calibration gauge per region: mostly hip and pelvis, sometimes knee.
 GAUGE_RATE = {"hip": 0.35, "pelvis": 0.3, "knee": 0.12}

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from assets.resources import AuditConfig, RadauditConfig
-from models import stages
-from pacs.synth import generate_export
-from pipelines.definitions import defs
+from radaudit.assets.resources import AuditConfig, RadauditConfig
+from radaudit.models import stages
+from radaudit.pacs.synth import generate_export
+from radaudit.pipelines.definitions import defs
 
 METHODS = ("simclr", "byol", "supcon")
 

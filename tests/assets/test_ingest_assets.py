@@ -11,12 +11,12 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from assets.ingest import ingest
-from assets.labels import LABELS_PATH, label_overrides, region_labels
-from assets.resources import RadauditConfig
-from pacs import cache
-from pacs.pseudo import load_or_create_key, path_key
-from pacs.index import ERRORS_PATH, INDEX_PATH
+from radaudit.assets.ingest import ingest
+from radaudit.assets.labels import LABELS_PATH, label_overrides, region_labels
+from radaudit.assets.resources import RadauditConfig
+from radaudit.pacs import cache
+from radaudit.pacs.pseudo import load_or_create_key, path_key
+from radaudit.pacs.index import ERRORS_PATH, INDEX_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,7 +73,7 @@ def test_cli_select_works_with_the_installed_antlr(messy_export, tmp_path):
     dagster = Path(sys.executable).with_name("dagster")
     for selection in ("group:ingest", "region_labels"):
         proc = subprocess.run(
-            [str(dagster), "asset", "materialize", "-m", "pipelines.definitions", "--select", selection],
+            [str(dagster), "asset", "materialize", "-m", "radaudit.pipelines.definitions", "--select", selection],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
         )
         assert proc.returncode == 0, proc.stderr[-3000:]

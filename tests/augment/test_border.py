@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from augment.border import find_exposed_field, remove_border
+from radaudit.augment.border import find_exposed_field, remove_border
 
 
 def _read_rg3() -> np.ndarray:
@@ -17,7 +17,7 @@ def _read_rg3() -> np.ndarray:
     if path is None:
         pytest.skip("pydicom-data is not installed (pip install pydicom-data)")
     try:
-        from pacs import read_image
+        from radaudit.pacs import read_image
     except ImportError:
         read_image = None
     if read_image is not None:

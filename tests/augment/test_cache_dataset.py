@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from augment.dataset import CacheDataset, StackedCacheDataset, make_loader
+from radaudit.augment.dataset import CacheDataset, StackedCacheDataset, make_loader
 
 
 @pytest.fixture()
@@ -36,7 +36,7 @@ def test_cache_dataset_from_paths(npy_cache) -> None:
 def test_cache_dataset_from_reader(npy_cache, tmp_path) -> None:
     paths, images = npy_cache
 
-    def read(data_dir, uid: str) -> np.ndarray:  # stands in for pacs.cache.read
+    def read(data_dir, uid: str) -> np.ndarray:  # stands in for radaudit.pacs.cache.read
         return np.load(data_dir / f"{uid}.npy")
 
     ds = CacheDataset.from_reader(functools.partial(read, tmp_path), [f"uid{i}" for i in range(10)])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from augment.gauges import GaugeBank, GaugeInsertion, draw_ball, draw_ring, draw_ruler
+from radaudit.augment.gauges import GaugeBank, GaugeInsertion, draw_ball, draw_ring, draw_ruler
 
 
 def test_drawn_sprites_are_opacity_maps() -> None:

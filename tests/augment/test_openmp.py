@@ -1,4 +1,4 @@
-"""Importing the library makes torch's OpenMP threads wait passively (see augment.passive_openmp)."""
+"""Importing the library makes torch's OpenMP threads wait passively (see radaudit.augment.passive_openmp)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import {module}
 """
 
 
-@pytest.mark.parametrize("module", ["models.data", "augment.dataset"])
+@pytest.mark.parametrize("module", ["radaudit.models.data", "radaudit.augment.dataset"])
 @pytest.mark.parametrize("preset, expected", [
     ({}, "PASSIVE 1000"),
     ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE None"),  # the user's choice is kept

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from augment.orientation import correct_orientation, rotation_from_orientation
+from radaudit.augment.orientation import correct_orientation, rotation_from_orientation
 
 
 def _upright() -> np.ndarray:
@@ -96,15 +96,15 @@ def test_border_and_orientation_do_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, augment, augment.border, augment.orientation; print('torch' in sys.modules)"
+    code = "import sys, augment, radaudit.augment.border, radaudit.augment.orientation; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
 
 def test_package_exposes_the_torch_api_lazily() -> None:
-    import augment
+    from radaudit import augment
 
     assert callable(augment.make_two_view) and augment.GaugeInsertion.__name__ == "GaugeInsertion"
-    assert augment.CacheDataset.__module__ == "augment.dataset"
+    assert augment.CacheDataset.__module__ == "radaudit.augment.dataset"
     with pytest.raises(AttributeError, match="no attribute"):
         augment.not_a_thing  # noqa: B018

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from augment.pipeline import (
+from radaudit.augment.pipeline import (
     METHODS, BYOLTwoViewTransform, RadiographViewTransform, TwoViewTransform, ViewConfig, make_two_view,
 )
-from augment.pipeline import _crop_flip_rotate_theta
+from radaudit.augment.pipeline import _crop_flip_rotate_theta
 
 
 def _batch(b: int = 6, size: int = 48) -> torch.Tensor:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.data import ArrayDataset
+from radaudit.models.data import ArrayDataset
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Tests of models.audit.find_issues: flips found, outliers out of domain, bounded consistent flags, ranking, validation."""
+"""Tests of radaudit.models.audit.find_issues: flips found, outliers out of domain, bounded consistent flags, ranking, validation."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.audit import combine_embeddings, find_issues, flag_fraction
-from models.heads import oof_probabilities
+from radaudit.models.audit import combine_embeddings, find_issues, flag_fraction
+from radaudit.models.heads import oof_probabilities
 
 K = 5
 
@@ -185,7 +185,7 @@ def test_mislabel_needs_half_of_the_members() -> None:
 
 
 def test_header_and_pixel_evidence_make_out_of_domain_with_reason() -> None:
-    from models.ood import PIXEL_FEATURES
+    from radaudit.models.ood import PIXEL_FEATURES
 
     p, labels, _ = _noisy(300, 4, 0.0, 6.0, seed=10)
     x = np.random.default_rng(11).standard_normal((300, 8)).astype(np.float32)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.backbone import create_backbone, feature_dim
+from radaudit.models.backbone import create_backbone, feature_dim
 
 
 def test_resnet18_one_channel_features() -> None:

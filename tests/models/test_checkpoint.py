@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.checkpoint import (
+from radaudit.models.checkpoint import (
     LATEST_FILE, OPTIMIZER_FILE, STATE_FILE, WEIGHTS_FILE, latest_checkpoint, load_backbone, load_checkpoint,
     save_checkpoint,
 )
-from models.simclr import SimCLRModel
+from radaudit.models.simclr import SimCLRModel
 
 
 @pytest.fixture

@@ -15,10 +15,10 @@ import torch
 import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 
-from models.checkpoint import load_backbone
-from models.data import ArrayDataset
-from models.supcon import SupConLoss
-from models.train import PretrainConfig, _bad_input_in_rank, pretrain
+from radaudit.models.checkpoint import load_backbone
+from radaudit.models.data import ArrayDataset
+from radaudit.models.supcon import SupConLoss
+from radaudit.models.train import PretrainConfig, _bad_input_in_rank, pretrain
 
 
 def _free_port() -> int:

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from models.backbone import create_backbone
-from models.data import ArrayDataset
-from models.embed import embed, normalize_images
+from radaudit.models.backbone import create_backbone
+from radaudit.models.data import ArrayDataset
+from radaudit.models.embed import embed, normalize_images
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
-"""Tests of models.ensemble against hand-computed weights."""
+"""Tests of radaudit.models.ensemble against hand-computed weights."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from models.ensemble import ensemble_probabilities, ensemble_weights
+from radaudit.models.ensemble import ensemble_probabilities, ensemble_weights
 
 A = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]])  # right on both labelled rows
 B = np.array([[0.4, 0.6], [0.5, 0.5], [0.5, 0.5]])  # wrong on the first

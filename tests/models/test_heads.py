@@ -1,4 +1,4 @@
-"""Tests of models.heads: out-of-fold probabilities, folds, label fractions, confusion matrix."""
+"""Tests of radaudit.models.heads: out-of-fold probabilities, folds, label fractions, confusion matrix."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.heads import (
+from radaudit.models.heads import (
     LinearHead,
     check_groups,
     confusion_matrix_png,
@@ -177,7 +177,7 @@ def test_confusion_matrix_png() -> None:
 def test_choose_l2_penalises_noise_and_spares_signal() -> None:
     """Labels unrelated to the features: the strongest penalty (near-uniform probabilities) has the
     lowest held-out log loss. Well-separated classes: a weak one (confident probabilities)."""
-    from models.heads import choose_l2
+    from radaudit.models.heads import choose_l2
 
     rng = np.random.default_rng(0)
     n, d, k = 240, 64, 4

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from models.base import build_optimizer, scaled_lr
-from models.byol import BYOLModel
-from models.simclr import SimCLRModel
-from models.supcon import SupConModel
+from radaudit.models.base import build_optimizer, scaled_lr
+from radaudit.models.byol import BYOLModel
+from radaudit.models.simclr import SimCLRModel
+from radaudit.models.supcon import SupConModel
 
 SMALL = {"simclr": {}, "supcon": {}, "byol": {"hidden_dim": 64, "projection_dim": 32}}
 MODELS = {"simclr": SimCLRModel, "byol": BYOLModel, "supcon": SupConModel}

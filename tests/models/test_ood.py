@@ -1,4 +1,4 @@
-"""Tests of models.ood: each piece of out-of-domain evidence on small arrays with known answers."""
+"""Tests of radaudit.models.ood: each piece of out-of-domain evidence on small arrays with known answers."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.ood import (PIXEL_FEATURES, combine_evidence, header_evidence, mahalanobis_evidence, pixel_evidence,
+from radaudit.models.ood import (PIXEL_FEATURES, combine_evidence, header_evidence, mahalanobis_evidence, pixel_evidence,
                         pixel_features)
 
 

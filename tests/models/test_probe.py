@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.probe import knn_accuracy, linear_probe_accuracy, plot_loss_curve, quick_probe_accuracy
+from radaudit.models.probe import knn_accuracy, linear_probe_accuracy, plot_loss_curve, quick_probe_accuracy
 
 
 def clusters(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Tests of models.report.write_report: columns, BOM, quoting, order, self-contained HTML, no PHI."""
+"""Tests of radaudit.models.report.write_report: columns, BOM, quoting, order, self-contained HTML, no PHI."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from models.report import CSV_COLUMNS, write_report
-from pacs.cache import write_image
+from radaudit.models.report import CSV_COLUMNS, write_report
+from radaudit.pacs.cache import write_image
 
 NAMES = ["skull", "chest", "hand", "knee"]
 NASTY = 'HÜFTE "li", a.p.; 2 Ebenen\nseitl. Größe'

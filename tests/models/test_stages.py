@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models import stages
+from radaudit.models import stages
 
 
 def test_an_array_written_without_its_rows_is_detected(tmp_path: Path) -> None:
@@ -64,10 +64,10 @@ def test_a_copy_whose_original_left_the_cache_is_not_reported(tmp_path: Path) ->
 
 
 def test_near_duplicates_of_a_synthetic_export_are_found_and_kept_on_one_side_of_every_fold(tmp_path: Path) -> None:
-    from models.heads import oof_probabilities
-    from pacs.cache import CacheParams
-    from pacs.ingest import IngestConfig, run_ingest
-    from pacs.synth import generate_export
+    from radaudit.models.heads import oof_probabilities
+    from radaudit.pacs.cache import CacheParams
+    from radaudit.pacs.ingest import IngestConfig, run_ingest
+    from radaudit.pacs.synth import generate_export
 
     generate_export(tmp_path / "export", tmp_path / "truth.parquet", n=60, seed=3, size=96, duplicates=0.1)
     data = tmp_path / "data"

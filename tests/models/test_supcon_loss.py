@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightly.loss import NTXentLoss
 
-from models.supcon import SupConLoss
+from radaudit.models.supcon import SupConLoss
 
 
 def reference_supcon(out0: torch.Tensor, out1: torch.Tensor, labels: list[int], temperature: float) -> float:

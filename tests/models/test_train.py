@@ -11,9 +11,9 @@ import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file
 
-from models.checkpoint import WEIGHTS_FILE, backbone_state, latest_checkpoint, load_backbone
-from models.data import ArrayDataset
-from models.train import PretrainConfig, knn_monitor, pretrain
+from radaudit.models.checkpoint import WEIGHTS_FILE, backbone_state, latest_checkpoint, load_backbone
+from radaudit.models.data import ArrayDataset
+from radaudit.models.train import PretrainConfig, knn_monitor, pretrain
 
 TINY = dict(epochs=1, batch_size=8, size=32, warmup_epochs=0, num_workers=0, progress_bar=False)
 
@@ -127,8 +127,8 @@ def test_knn_monitor_during_training(tiny_dataset: ArrayDataset) -> None:
 def test_a_gauge_folder_joins_the_drawn_gauges(tmp_path: Path) -> None:
     from PIL import Image
 
-    from augment.gauges import GaugeBank
-    from models.train import build_model
+    from radaudit.augment.gauges import GaugeBank
+    from radaudit.models.train import build_model
 
     ring = np.zeros((40, 40), np.uint8)
     yy, xx = np.mgrid[:40, :40]
@@ -144,7 +144,7 @@ def test_a_gauge_folder_joins_the_drawn_gauges(tmp_path: Path) -> None:
 def test_compile_is_decided_by_the_run_length(tiny_dataset: ArrayDataset) -> None:
     result = pretrain(PretrainConfig(method="simclr", **TINY), tiny_dataset)
     assert result.config.compile is False  # 2 steps: compiling would not pay
-    from models.train import COMPILE_MIN_STEPS, should_compile
+    from radaudit.models.train import COMPILE_MIN_STEPS, should_compile
 
     assert should_compile(True, COMPILE_MIN_STEPS) and not should_compile(True, COMPILE_MIN_STEPS - 1)
     assert not should_compile(False, 10 * COMPILE_MIN_STEPS)
@@ -170,7 +170,7 @@ class _CountingDataset(ArrayDataset):
 
 
 def test_the_monitor_evaluates_a_bounded_stratified_subsample() -> None:
-    from models.backbone import create_backbone
+    from radaudit.models.backbone import create_backbone
 
     images = np.random.default_rng(0).integers(0, 256, (120, 24, 24), dtype=np.uint8)
     labels = np.repeat([0, 1, 2, -1], [60, 30, 20, 10])
@@ -196,7 +196,7 @@ def test_the_monitor_evaluates_a_bounded_stratified_subsample() -> None:
 
 
 def test_monitor_options_follow_the_run() -> None:
-    from models.train import MONITOR_MAX_IMAGES, MONITOR_MAX_IMAGES_CPU, monitor_options
+    from radaudit.models.train import MONITOR_MAX_IMAGES, MONITOR_MAX_IMAGES_CPU, monitor_options
 
     options = monitor_options(PretrainConfig(size=224))
     if torch.cuda.is_available():
@@ -219,7 +219,7 @@ def test_a_pickled_module_compiles_in_the_process_that_trains() -> None:
     """ddp_spawn pickles the module, which drops a compiled call: compiling happens in configure_model."""
     import pickle
 
-    from models.simclr import SimCLRModel
+    from radaudit.models.simclr import SimCLRModel
 
     module = pickle.loads(pickle.dumps(SimCLRModel("resnet18", size=32, batch_size=4, compile=True)))
     assert getattr(module.backbone, "_compiled_call_impl", None) is None

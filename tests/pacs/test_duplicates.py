@@ -1,4 +1,4 @@
-"""Tests of pacs.duplicates: fingerprints, shift correlation, candidates, verification and groups."""
+"""Tests of radaudit.pacs.duplicates: fingerprints, shift correlation, candidates, verification and groups."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from pacs.cache import letterbox
-from pacs.duplicates import (
+from radaudit.pacs.cache import letterbox
+from radaudit.pacs.duplicates import (
     DuplicatePairs,
     candidate_pairs,
     duplicate_groups,

@@ -9,8 +9,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from pacs.synth import generate_export
-from pacs.synth.foreign import DX_SOP_CLASS, add_foreign
+from radaudit.pacs.synth import generate_export
+from radaudit.pacs.synth.foreign import DX_SOP_CLASS, add_foreign
 
 
 def test_foreign_files_join_the_export_and_its_truth(tmp_path: Path) -> None:
@@ -51,8 +51,8 @@ RELABELLED_FOREIGN = ("CT_small.dcm", "MR_small.dcm", "MR2_UNCR.dcm", "emri_smal
 
 def test_a_foreign_image_relabelled_as_dx_is_still_told_by_its_header(tmp_path: Path) -> None:
     """CT, MR, multi-frame MR, monochrome US and NM files that claim "DX knee" keep tell-tale attributes."""
-    from models.ood import header_evidence
-    from pacs.header import read_header
+    from radaudit.models.ood import header_evidence
+    from radaudit.pacs.header import read_header
 
     export, truth = tmp_path / "export", tmp_path / "truth.parquet"
     generate_export(export, truth, n=12, seed=0, size=32)

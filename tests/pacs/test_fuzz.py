@@ -18,12 +18,12 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from pacs import fuzz
-from pacs import index as ix
-from pacs.cache import CacheParams
-from pacs.ingest import IngestConfig, run_ingest
-from pacs.pixels import PixelDataError, _codestream_size, _first_fragment, decode_image
-from pacs.pseudo import load_or_create_key, path_key
+from radaudit.pacs import fuzz
+from radaudit.pacs import index as ix
+from radaudit.pacs.cache import CacheParams
+from radaudit.pacs.ingest import IngestConfig, run_ingest
+from radaudit.pacs.pixels import PixelDataError, _codestream_size, _first_fragment, decode_image
+from radaudit.pacs.pseudo import load_or_create_key, path_key
 
 TIMEOUT_S = 10.0
 
@@ -304,7 +304,7 @@ def test_jpeg_2000_size_beyond_rows_is_refused_before_any_allocation(tmp_path):
 
 def test_worker_memory_limit_bounds_a_decoder_that_allocates_what_the_codestream_says(tmp_path, monkeypatch):
     # The same file with the codestream check off: the worker's address-space limit stops OpenJPEG.
-    from pacs import pixels
+    from radaudit.pacs import pixels
 
     monkeypatch.setattr(pixels, "_check_codestream_size", lambda ds, ts: None)  # workers are forked: they see it
     _, outcome, grown, _ = _decode_mutated(tmp_path, "MR_small_jp2klossless.dcm", 11, "codestream_size",
@@ -415,7 +415,7 @@ def test_rle_data_that_happens_to_hold_a_jpeg_2000_marker_still_decodes(tmp_path
     JPEG 2000 SOC + SIZ marker was refused as a damaged JPEG 2000 codestream."""
     from pydicom.uid import RLELossless
 
-    from pacs.pixels import read_image
+    from radaudit.pacs.pixels import read_image
 
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 4096, (32, 32), dtype=np.uint16)

@@ -19,14 +19,14 @@ import pydicom
 import pyarrow.parquet as pq
 import pytest
 
-from pacs import cache
-from pacs import index as ix
-from pacs.cache import MANIFEST_SCHEMA, CacheParams
-from pacs.index import ERRORS_PATH, INDEX_PATH
-from pacs.ingest import IngestConfig, _to_cache, run_ingest
-from pacs.pseudo import KEY_FILE, load_or_create_key, path_key, pseudonymize
-from pacs.regions import RegionMapper
-from pacs.synth import generate_export
+from radaudit.pacs import cache
+from radaudit.pacs import index as ix
+from radaudit.pacs.cache import MANIFEST_SCHEMA, CacheParams
+from radaudit.pacs.index import ERRORS_PATH, INDEX_PATH
+from radaudit.pacs.ingest import IngestConfig, _to_cache, run_ingest
+from radaudit.pacs.pseudo import KEY_FILE, load_or_create_key, path_key, pseudonymize
+from radaudit.pacs.regions import RegionMapper
+from radaudit.pacs.synth import generate_export
 
 SIZE = 48
 
@@ -440,8 +440,8 @@ def test_choosing_what_to_cache_emits_no_pandas_warning(tmp_path, good_sources, 
 
 
 def test_error_rows_never_show_a_folder_that_may_be_named_after_a_patient() -> None:
-    from pacs.header import IDENTIFIERS
-    from pacs.pseudo import identifier_tokens
+    from radaudit.pacs.header import IDENTIFIERS
+    from radaudit.pacs.pseudo import identifier_tokens
 
     key, now = b"k", pd.Timestamp("2026-01-01", tz="UTC")
     rows = [{"path": "Mueller Hans/IM1", "patient_key": "abcdef1234",
@@ -477,7 +477,7 @@ def test_an_index_written_before_a_column_existed_is_read_with_it_empty(tmp_path
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pacs.index import INDEX_SCHEMA, read_table
+    from radaudit.pacs.index import INDEX_SCHEMA, read_table
 
     old = pa.schema([f for f in INDEX_SCHEMA if f.name != "other_modality_attributes"])
     rows = pa.Table.from_pylist([{"path": "a.dcm", "sop_instance_uid": "1.2", "rows": 4}], schema=old)

@@ -1,4 +1,4 @@
-"""pacs.pixels on real files: pydicom's test files and pydicom-data's CR radiographs.
+"""radaudit.pacs.pixels on real files: pydicom's test files and pydicom-data's CR radiographs.
 
 Equivalence tolerances: lossless re-encodings (big endian, RLE, JPEG-LS, J2K lossless, deflate,
 MONOCHROME1 vs inverted MONOCHROME2, sign and rescale variants) hold the same modality values,
@@ -20,8 +20,8 @@ from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from pacs import pixels
-from pacs.pixels import (
+from radaudit.pacs import pixels
+from radaudit.pacs.pixels import (
     DecodedImage,
     PixelDataError,
     check_pixel_plausibility,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pacs.discover import display_path
-from pacs.pseudo import Redactor, identifier_tokens, path_key, redact_path
+from radaudit.pacs.discover import display_path
+from radaudit.pacs.pseudo import Redactor, identifier_tokens, path_key, redact_path
 
 KEY = b"test key"
 
@@ -100,7 +100,7 @@ def test_sanitized_form_keeps_enough_real_letters() -> None:
 
 def test_two_processes_creating_the_key_at_once_agree(tmp_path, monkeypatch) -> None:
     """The loser of the race reads the winner's key instead of replacing it."""
-    from pacs import pseudo
+    from radaudit.pacs import pseudo
 
     real_link = os.link
 
@@ -118,7 +118,7 @@ def test_two_processes_creating_the_key_at_once_agree(tmp_path, monkeypatch) -> 
 
 def test_without_hard_links_the_key_is_still_written_atomically(tmp_path, monkeypatch) -> None:
     """SMB shares without Unix extensions and exFAT refuse os.link."""
-    from pacs import pseudo
+    from radaudit.pacs import pseudo
 
     def refuse(src, dst):
         raise PermissionError(1, "Operation not permitted")

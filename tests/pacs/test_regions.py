@@ -1,4 +1,4 @@
-"""Tests for pacs.regions: raw PACS strings -> region vocabulary.
+"""Tests for radaudit.pacs.regions: raw PACS strings -> region vocabulary.
 
 Run: python -m pytest tests/pacs/test_regions.py -q
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pacs.regions import (
+from radaudit.pacs.regions import (
     DEFAULT_REGIONS,
     TAG_PRIORITY,
     RegionLabel,

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from pacs.regions import DEFAULT_REGIONS
-from pacs.review import (ReviewFileError, apply_to_issues, label_for_training, read_review_file, read_reviews,
+from radaudit.pacs.regions import DEFAULT_REGIONS
+from radaudit.pacs.review import (ReviewFileError, apply_to_issues, label_for_training, read_review_file, read_reviews,
                          unknown_uid_warnings)
 
 HEADER = "rank,sop_instance_uid,recorded_region,suggested_region,label_quality,issue,verdict\n"

@@ -12,9 +12,9 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 
-from pacs.synth import REGIONS, generate_export, render_preview
-from pacs.synth.export import NEIGHBOURS, TAGS
-from pacs.synth.headers import UNMAPPABLE, UNMAPPABLE_CS
+from radaudit.pacs.synth import REGIONS, generate_export, render_preview
+from radaudit.pacs.synth.export import NEIGHBOURS, TAGS
+from radaudit.pacs.synth.headers import UNMAPPABLE, UNMAPPABLE_CS
 
 N, SEED, SIZE = 42, 3, 64
 RATES = {"noise": 0.1, "missing": 0.1, "ood": 0.05}
@@ -171,7 +171,7 @@ def test_preview_shows_every_region(tmp_path: Path) -> None:
 
 
 def test_region_mapper_reads_the_recorded_labels(export) -> None:
-    from pacs import regions
+    from radaudit.pacs import regions
 
     _, truth, _ = export
     mapper = regions.RegionMapper.from_file()
@@ -184,7 +184,7 @@ def test_region_mapper_reads_the_recorded_labels(export) -> None:
 def test_every_in_domain_radiograph_shows_anatomy_through_its_own_window(tmp_path: Path) -> None:
     """The stored window covers the stored values: a window shifted by an intercept that the file
     does not carry (no Rescale Intercept written) turned whole radiographs white."""
-    from pacs import read_image
+    from radaudit.pacs import read_image
 
     out, truth = tmp_path / "export", tmp_path / "truth.parquet"
     generate_export(out, truth, n=150, seed=5, size=48, noise=0, missing=0, ood=0)
@@ -200,7 +200,7 @@ def test_every_in_domain_radiograph_shows_anatomy_through_its_own_window(tmp_pat
 def test_hard_negatives_are_the_other_side_or_a_follow_up_of_one_original_each(tmp_path):
     """Issue 16's hard negatives: the same patient's other side (mirrored, other laterality) and a
     follow-up of the same region (moved, later date); not duplicates, one per original."""
-    from pacs.synth.export import HARD_NEGATIVE_KINDS
+    from radaudit.pacs.synth.export import HARD_NEGATIVE_KINDS
 
     generate_export(tmp_path / "e", tmp_path / "t.parquet", n=60, seed=2, size=64, duplicates=0.1)
     t = pd.read_parquet(tmp_path / "t.parquet").set_index("sop_instance_uid")
@@ -230,7 +230,7 @@ def test_duplicates_of_each_kind_are_written_with_their_truth(tmp_path):
     """Issue 16's synthetic duplicates: a copy under new UIDs, a re-encoded copy (other transfer syntax
     and bit depth, same modality values up to the lost bits), a re-exposure (shifted, new noise), and a
     copy under another patient."""
-    from pacs.synth.export import DUPLICATE_KINDS
+    from radaudit.pacs.synth.export import DUPLICATE_KINDS
 
     s = generate_export(tmp_path / "e", tmp_path / "t.parquet", n=40, seed=1, size=64, duplicates=0.1)
     t = pd.read_parquet(tmp_path / "t.parquet").set_index("sop_instance_uid")

@@ -14,9 +14,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pacs import io
-from pacs.lock import HOLDER_FILE, LOCK_FILE, DataDirBusy, data_dir_lock
-from pipelines.cli import main
+from radaudit.pacs import io
+from radaudit.pacs.lock import HOLDER_FILE, LOCK_FILE, DataDirBusy, data_dir_lock
+from radaudit.pipelines.cli import main
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -111,8 +111,8 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, 
 
 def test_the_dagster_ui_shows_the_same_line_as_the_step_failure(tmp_path):
     """A run started from the UI fails its step with the line the CLI prints, and is not retried."""
-    from assets.ingest import ingest
-    from assets.resources import RadauditConfig
+    from radaudit.assets.ingest import ingest
+    from radaudit.assets.resources import RadauditConfig
 
     export = tmp_path / "export"
     export.mkdir()
@@ -130,7 +130,7 @@ def test_the_dagster_ui_shows_the_same_line_as_the_step_failure(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from pacs.lock import data_dir_lock
+    from radaudit.pacs.lock import data_dir_lock
     with data_dir_lock(sys.argv[1], what="radaudit audit"):
         print("held", flush=True)
         time.sleep(float(sys.argv[2]))
@@ -182,7 +182,7 @@ def test_a_run_that_may_wait_goes_ahead_when_the_holder_ends(tmp_path):
 
 PROBE = textwrap.dedent("""
     import sys
-    from pacs.lock import DataDirBusy, data_dir_lock
+    from radaudit.pacs.lock import DataDirBusy, data_dir_lock
     try:
         with data_dir_lock(sys.argv[1], what="probe"):
             print("free")
@@ -224,8 +224,8 @@ def test_taking_the_lock_sweeps_what_a_killed_writer_left(tmp_path):
 def test_a_step_from_the_ui_waits_for_the_cli_run_then_fails_with_who_holds_it(tmp_path):
     """A steward materializes from the UI while a CLI run holds the data dir: the step waits
     ``lock_wait_s``, then fails (not retried) naming the holder."""
-    from assets.labels import region_labels
-    from assets.resources import RadauditConfig
+    from radaudit.assets.labels import region_labels
+    from radaudit.assets.resources import RadauditConfig
 
     (tmp_path / "export").mkdir()
     holder = hold_lock(tmp_path / "data", 30)
@@ -245,9 +245,9 @@ def test_a_step_from_the_ui_waits_for_the_cli_run_then_fails_with_who_holds_it(t
 def test_a_gpu_step_gives_its_pool_slot_back_while_the_data_dir_is_busy(tmp_path, monkeypatch):
     """A UI step of the GPU pool must not sit on its slot waiting for a CLI run that needs the slot:
     it asks to be retried (slot released), and fails with the holder's line once lock_wait_s is used."""
-    import assets.guard as guard
-    from assets.models import method_assets
-    from assets.resources import AuditConfig, RadauditConfig
+    import radaudit.assets.guard as guard
+    from radaudit.assets.models import method_assets
+    from radaudit.assets.resources import AuditConfig, RadauditConfig
 
     monkeypatch.setattr(guard, "POOL_RETRY_S", 0.2)
     (tmp_path / "export").mkdir()

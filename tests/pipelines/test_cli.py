@@ -5,9 +5,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pacs.index import ERRORS_PATH, INDEX_PATH
-from models.presets import PRESETS
-from pipelines.cli import main
+from radaudit.pacs.index import ERRORS_PATH, INDEX_PATH
+from radaudit.models.presets import PRESETS
+from radaudit.pipelines.cli import main
 
 
 def test_synth_rejects_bad_arguments_with_a_message(tmp_path, capsys):
@@ -52,7 +52,7 @@ def test_cli_runs_are_recorded_under_the_data_dir(messy_export, tmp_path, monkey
 
 
 def test_audit_then_rematerialize_one_backbone_from_scratch(tmp_path, capsys, monkeypatch):
-    from pacs.synth import generate_export
+    from radaudit.pacs.synth import generate_export
 
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     export, data = tmp_path / "export", tmp_path / "data"
@@ -97,7 +97,7 @@ def test_materialize_names_the_assets_when_the_selection_is_wrong(tmp_path, caps
 
 
 def test_instance_without_a_checkout_uses_the_installed_settings(tmp_path, monkeypatch, capsys):
-    from pipelines import cli
+    from radaudit.pipelines import cli
 
     installed = tmp_path / "share" / "dagster.yaml"
     installed.parent.mkdir()
@@ -120,7 +120,7 @@ def test_the_install_record_names_the_installed_settings(tmp_path, monkeypatch):
     relative to site-packages; the CLI finds it from that record."""
     from importlib import metadata
 
-    from pipelines import cli
+    from radaudit.pipelines import cli
 
     site = tmp_path / "lib" / "python3.11" / "site-packages"
     info = site / "radaudit-0.1.0.dist-info"
@@ -137,7 +137,7 @@ def test_the_install_record_names_the_installed_settings(tmp_path, monkeypatch):
 
 
 def test_an_old_copy_of_the_settings_in_the_data_dir_is_reported(tmp_path, caplog):
-    from pipelines.cli import data_dir_instance, settings_file
+    from radaudit.pipelines.cli import data_dir_instance, settings_file
 
     (tmp_path / "dagster").mkdir()
     (tmp_path / "dagster" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")  # before the GPU pool
@@ -153,7 +153,7 @@ def test_an_old_copy_of_the_settings_in_the_data_dir_is_reported(tmp_path, caplo
 
 
 def test_locate_prints_the_real_path_behind_a_hash(tmp_path, capsys, monkeypatch):
-    from pacs.pseudo import load_or_create_key, path_key
+    from radaudit.pacs.pseudo import load_or_create_key, path_key
 
     monkeypatch.delenv("RADAUDIT_PSEUDONYM_KEY", raising=False)
     export, data = tmp_path / "export", tmp_path / "data"

@@ -5,9 +5,9 @@ import os
 
 import dagster as dg
 
-from assets.resources import RadauditConfig
-from pipelines.definitions import defs
-from pipelines.jobs import new_export_sensor
+from radaudit.assets.resources import RadauditConfig
+from radaudit.pipelines.definitions import defs
+from radaudit.pipelines.jobs import new_export_sensor
 
 
 def _keys(job_name: str) -> set[str]:
@@ -84,9 +84,9 @@ def test_a_retried_backbone_step_resumes_and_bad_input_is_not_retried(tmp_path, 
     """Attempt 1 (from scratch) dies of a lost device; attempt 2 names the same request, so it resumes
     instead of wiping what attempt 1 wrote (tests/assets: the same token does not wipe again); a
     ValueError (bad input) then fails the step at once instead of using up retries."""
-    import assets.models as asset_models
-    from assets.resources import AuditConfig
-    from models import stages
+    import radaudit.assets.models as asset_models
+    from radaudit.assets.resources import AuditConfig
+    from radaudit.models import stages
 
     calls: list[tuple[bool, str]] = []
 
@@ -124,9 +124,9 @@ def test_sensor_copes_with_a_folder_name_that_is_not_utf8(tmp_path):
 
 def test_sensor_on_an_ingested_export_starts_nothing_until_a_new_folder_comes(tmp_path):
     """`dagster dev` on an export ingested before (e.g. by the CLI) must not ingest it all again."""
-    from pacs.cache import CacheParams
-    from pacs.ingest import IngestConfig, run_ingest
-    from pacs.synth import generate_export
+    from radaudit.pacs.cache import CacheParams
+    from radaudit.pacs.ingest import IngestConfig, run_ingest
+    from radaudit.pacs.synth import generate_export
 
     export, data = tmp_path / "export", tmp_path / "data"
     generate_export(export, tmp_path / "truth.parquet", n=12, seed=1, size=32)

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pacs.io import is_temp_name
-from pacs.synth import generate_export
+from radaudit.pacs.io import is_temp_name
+from radaudit.pacs.synth import generate_export
 
 ROOT = Path(__file__).resolve().parents[2]
 # (step, text of its progress line): the run is killed as soon as the line appears.
@@ -38,7 +38,7 @@ KILL_POINTS = [
 
 
 def audit_command(export: Path, data: Path) -> list[str]:
-    return [sys.executable, "-m", "pipelines.cli", "audit", "--export", str(export), "--data", str(data),
+    return [sys.executable, "-m", "radaudit.pipelines.cli", "audit", "--export", str(export), "--data", str(data),
             "--size", "32", "--workers", "1", "--epochs", "2", "--batch-size", "16", "--image-size", "32",
             "--methods", "simclr"]
 

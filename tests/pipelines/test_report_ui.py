@@ -23,8 +23,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pacs.review import read_reviews
-from pacs.synth import generate_export
+from radaudit.pacs.review import read_reviews
+from radaudit.pacs.synth import generate_export
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -75,7 +75,7 @@ class Page:
 
 
 def _audit(export: Path, data: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "audit", "--export", str(export), "--data", str(data),
+    done = subprocess.run([sys.executable, "-m", "radaudit.pipelines.cli", "audit", "--export", str(export), "--data", str(data),
                            "--size", "64", "--workers", "1", "--epochs", "1", "--batch-size", "16",
                            "--image-size", "32", "--methods", "simclr"],
                           cwd=REPO, env={k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"},

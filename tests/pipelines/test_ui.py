@@ -16,9 +16,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from assets.resources import AuditConfig, RadauditConfig
-from pacs.synth import generate_export
-from pipelines.definitions import defs
+from radaudit.assets.resources import AuditConfig, RadauditConfig
+from radaudit.pacs.synth import generate_export
+from radaudit.pipelines.definitions import defs
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -56,7 +56,7 @@ def test_asset_graph_and_report_page_render(tmp_path):
 
     port = _free_port()
     env = {**os.environ, "DAGSTER_HOME": str(home), "RADAUDIT_EXPORT_DIR": str(export), "RADAUDIT_DATA_DIR": str(data)}
-    web = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-m", "pipelines.definitions",
+    web = subprocess.Popen([str(Path(sys.executable).with_name("dagster-webserver")), "-m", "radaudit.pipelines.definitions",
                             "-h", "127.0.0.1", "-p", str(port)], cwd=REPO, env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -71,7 +71,7 @@ def test_asset_graph_and_report_page_render(tmp_path):
             pytest.fail("the Dagster webserver did not answer within 60 s")
         shots = Path(os.environ.get("RADAUDIT_SCREENSHOT_DIR", tmp_path / "shots"))
         shots.mkdir(parents=True, exist_ok=True)
-        group = "/locations/__repository__@pipelines.definitions/asset-groups/{}"
+        group = "/locations/__repository__@radaudit.pipelines.definitions/asset-groups/{}"
         # page -> what a steward must see there (metadata keys, descriptions, asset names)
         pages = {
             "asset_graph": ("/asset-groups", ["ingest", "labels", "pretrain", "audit"]),
