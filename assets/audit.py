@@ -10,7 +10,8 @@ import pandas as pd
 from radaudit.assets.guard import guarded
 from radaudit.assets.models import METHODS, _png_markdown
 from radaudit.assets.resources import AuditConfig, RadauditConfig
-from radaudit.models import stages
+from radaudit.pacs.layout import ISSUES_PATH
+from radaudit.pipelines import stages
 
 
 def oof_asset(method: str) -> dg.AssetsDefinition:
@@ -146,7 +147,7 @@ def mislabel_report(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
 
         files = stages.report(radaudit.data_dir, include_accession=audit.include_accession, top_html=audit.report_top_html)
         csv = pd.read_csv(files.csv_path, encoding="utf-8-sig")
-        issues = pd.read_parquet(radaudit.data_path / stages.ISSUES_PATH)
+        issues = pd.read_parquet(radaudit.data_path / ISSUES_PATH)
         fraction = flag_fraction(issues)
         preview = csv.head(15)[[c for c in ("rank", "recorded_region", "suggested_region", "suggested_probability",
                                             "label_quality", "issue") if c in csv.columns]]

@@ -5,11 +5,10 @@ import dagster as dg
 import pandas as pd
 
 from radaudit.pacs import io
-from radaudit.pacs.index import INDEX_PATH
+from radaudit.pacs.layout import INDEX_PATH, OVERRIDES_PATH, REVIEW_DIR
 from radaudit.pacs.regions import RegionMapper
-from radaudit.pacs.review import OVERRIDES_PATH, REVIEW_DIR, read_reviews, unknown_uid_warnings
-from radaudit.models import stages
-from radaudit.models.stages import LABELS_PATH
+from radaudit.pacs.review import read_reviews, unknown_uid_warnings
+from radaudit.pipelines import stages
 from radaudit.assets.guard import guarded
 from radaudit.assets.resources import RadauditConfig
 

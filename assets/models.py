@@ -6,10 +6,8 @@ import dagster as dg
 
 from radaudit.assets.guard import guarded
 from radaudit.assets.resources import AuditConfig, RadauditConfig
-from radaudit.models import stages
-from radaudit.models import LABEL_TRAINED
-
-METHODS = ("simclr", "byol", "supcon")
+from radaudit.models.methods import LABEL_TRAINED, METHODS
+from radaudit.pipelines import stages
 # The concurrency pool of every step that holds the GPU: dagster.yaml limits each pool to one
 # step at a time, across all runs, whether a job or a steward's single materialization started it.
 GPU_POOL = "radaudit_gpu"

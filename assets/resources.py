@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
+from radaudit.models.methods import DEFAULT_IMAGE_SIZE, DEFAULT_METHODS, LABEL_TRAINED
 from radaudit.pacs.cache import CacheParams
 from radaudit.pacs.ingest import IngestConfig
 
@@ -72,7 +73,7 @@ class AuditConfig(dg.ConfigurableResource):
     (1: one backbone on all labels, which lets label noise leak into its own scores).
     """
 
-    methods: list[str] = ["simclr", "byol", "supcon"]
+    methods: list[str] = list(DEFAULT_METHODS)
     backbone: str = "resnet18"
     devices: int = 1
     compile: bool | None = None
@@ -81,13 +82,13 @@ class AuditConfig(dg.ConfigurableResource):
     epochs: int = 100
     batch_size: int = 1024
     tau_base: float = 0.9995
-    image_size: int = 224
+    image_size: int = DEFAULT_IMAGE_SIZE
     on_cpu: str = "shrink"
     from_scratch: bool = False
     num_workers: int = 8
     seed: int = 0
     supcon_cross_fit: int = 2
-    # The heads' cross-fitting: folds, and fold splits averaged (radaudit.models.stages.compute_oof).
+    # The heads' cross-fitting: folds, and fold splits averaged (radaudit.pipelines.stages.compute_oof).
     n_splits: int = 10
     head_repeats: int = 3
     # The heads' L2 weight; None: chosen per method by out-of-fold log loss (radaudit.models.heads.choose_l2).
@@ -106,8 +107,6 @@ class AuditConfig(dg.ConfigurableResource):
 
     def cross_fit(self, method: str) -> int:
         """Backbones to cross-fit for ``method``: only SupCon trains on labels."""
-        from radaudit.models import LABEL_TRAINED
-
         return self.supcon_cross_fit if method in LABEL_TRAINED else 1
 
     def pretrain_config(self, method: str) -> "PretrainConfig":

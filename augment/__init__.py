@@ -1,8 +1,9 @@
-"""Radiograph transforms and the two-view SSL augmentation pipeline.
+"""Radiograph augmentations and the two-view SSL augmentation pipeline.
 
-``border`` and ``orientation`` import numpy only, for CPU decode workers; the torch modules
-(``gauges``, ``pipeline``, ``dataset``) load on first attribute access, so ``import augment``
-stays cheap.
+The torch modules (``gauges``, ``pipeline``, ``dataset``) load on first attribute access, so
+``from radaudit import augment`` stays cheap. The ingest's preprocessing (border removal,
+orientation) is :mod:`radaudit.pacs.border` and :mod:`radaudit.pacs.orientation`; which view
+transform each SSL method uses is :mod:`radaudit.models.methods`.
 
 Importing this package (``models`` imports it first) makes torch's OpenMP threads wait
 passively after a short spin, unless the environment already chooses: see :func:`passive_openmp`.
@@ -38,19 +39,18 @@ def passive_openmp() -> bool:
 
 passive_openmp()
 
-from radaudit.augment.border import find_exposed_field, remove_border  # noqa: E402
-from radaudit.augment.orientation import correct_orientation, rotation_from_orientation  # noqa: E402
+# Side of the training views and of the embedding input, unless a run says otherwise.
+DEFAULT_IMAGE_SIZE = 224
 
 _LAZY = {
     **dict.fromkeys(["GaugeBank", "GaugeInsertion", "draw_ball", "draw_ring", "draw_ruler"], "radaudit.augment.gauges"),
     **dict.fromkeys(["ViewConfig", "RadiographViewTransform", "TwoViewTransform", "SimCLRTwoViewTransform",
-                     "BYOLTwoViewTransform", "SupConTwoViewTransform", "METHODS", "make_two_view"],
+                     "BYOLTwoViewTransform", "SupConTwoViewTransform"],
                     "radaudit.augment.pipeline"),
     **dict.fromkeys(["CacheDataset", "StackedCacheDataset", "make_loader"], "radaudit.augment.dataset"),
 }
 
-__all__ = ["find_exposed_field", "remove_border", "correct_orientation", "rotation_from_orientation",
-           "passive_openmp", *_LAZY]
+__all__ = ["DEFAULT_IMAGE_SIZE", "passive_openmp", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

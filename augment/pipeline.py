@@ -34,7 +34,7 @@ device generator seeded from it: reproducible per device). kornia supplies the p
 Gaussian kernels and the separable filter. ``benchmarks/augment.py`` also times the equivalent
 ``kornia.augmentation`` chain (measured on 2 CPU cores at 224 px: this pipeline 1.56x faster).
 
-Defaults per method (:func:`make_two_view`), adapted to radiographs: crop area from 20 % (the
+Defaults per method (:func:`radaudit.models.methods.make_two_view`), adapted to radiographs: crop area from 20 % (the
 cache letterboxes images on black, so smaller crops are often empty; SimCLR used 8 %), rotation
 within 10 degrees, jitter strength 0.4 as in SupCon's SimCLR augmentation, gamma 0.7 to 1.4.
 
@@ -50,6 +50,8 @@ All methods add noise (p = 0.5, std up to 0.03) and gauges (0, 1, 2 per view wit
 0.3, 0.2); inversion is available (``invert_p``) but off by default.
 
 Example::
+
+    from radaudit.models.methods import make_two_view   # the registry picks each method's transform
 
     two_view = make_two_view("byol", size=224, seed=0).to("cuda")
     for images, labels in loader:            # uint8, Shape: (B, 1, 256, 256)
@@ -69,12 +71,13 @@ import torch.nn.functional as F
 from kornia.filters import filter2d_separable, get_gaussian_kernel1d
 from torch import nn
 
+from radaudit.augment import DEFAULT_IMAGE_SIZE
 from radaudit.augment._warp import affine_grid
 from radaudit.augment.gauges import GaugeBank, GaugeInsertion
 
 __all__ = [
     "ViewConfig", "RadiographViewTransform", "TwoViewTransform", "SimCLRTwoViewTransform",
-    "BYOLTwoViewTransform", "SupConTwoViewTransform", "METHODS", "make_two_view",
+    "BYOLTwoViewTransform", "SupConTwoViewTransform",
 ]
 
 
@@ -115,7 +118,7 @@ class ViewConfig:
         std: Divides after subtracting ``mean``.
     """
 
-    size: int = 224
+    size: int = DEFAULT_IMAGE_SIZE
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip_p: float = 0.5
@@ -396,7 +399,7 @@ class SimCLRTwoViewTransform(TwoViewTransform):
     VIEW1: dict[str, Any] = {"blur_p": 0.5}
     VIEW2: dict[str, Any] = {"blur_p": 0.5}
 
-    def __init__(self, *, size: int = 224, seed: int | None = None, gauge_bank: GaugeBank | None = None,
+    def __init__(self, *, size: int = DEFAULT_IMAGE_SIZE, seed: int | None = None, gauge_bank: GaugeBank | None = None,
                  view1: Mapping[str, Any] | None = None, view2: Mapping[str, Any] | None = None,
                  **overrides: Any) -> None:
         v1, v2 = _method_views(ViewConfig(), {**self.VIEW1, **(view1 or {})}, {**self.VIEW2, **(view2 or {})},
@@ -416,29 +419,3 @@ class SupConTwoViewTransform(SimCLRTwoViewTransform):
 
     VIEW1 = {"blur_p": 0.0}
     VIEW2 = {"blur_p": 0.0}
-
-
-METHODS: dict[str, type[SimCLRTwoViewTransform]] = {
-    "simclr": SimCLRTwoViewTransform,
-    "byol": BYOLTwoViewTransform,
-    "supcon": SupConTwoViewTransform,
-}
-
-
-def make_two_view(method: str, *, size: int = 224, **overrides: Any) -> TwoViewTransform:
-    """The two-view transform of an SSL method with its documented defaults.
-
-    Args:
-        method: One of ``simclr``, ``byol``, ``supcon`` (case-insensitive).
-        size: Output side in pixels.
-        **overrides: ``seed``, ``gauge_bank``, ``view1`` / ``view2`` (dicts of per-view changes),
-            or any :class:`ViewConfig` field, changed in both views.
-
-    Raises:
-        ValueError: Unknown method (the message lists the valid ones) or a bad option value.
-        TypeError: Unknown option name (the message lists the valid ones).
-    """
-    key = method.lower() if isinstance(method, str) else method
-    if key not in METHODS:
-        raise ValueError(f"unknown SSL method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
-    return METHODS[key](size=size, **overrides)

@@ -39,8 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from radaudit.models.audit import combine_embeddings, find_issues  # noqa: E402
 from radaudit.models.ensemble import ensemble_probabilities  # noqa: E402
 from radaudit.models.heads import oof_probabilities  # noqa: E402
-
-METHODS = ("simclr", "byol", "supcon")
+from radaudit.models.methods import DEFAULT_METHODS  # noqa: E402
 K = 14
 
 
@@ -59,7 +58,7 @@ def make_embeddings(n: int, dim: int, *, flip: float = 0.08, missing: float = 0.
     latent = np.concatenate([centres[y_true] + rng.standard_normal((n_in, 64)),
                              ood_centres[ood_kind] + rng.standard_normal((n_ood, 64))])
     embs = {}
-    for m in METHODS:
+    for m in DEFAULT_METHODS:
         proj = rng.standard_normal((64, dim)) / 8
         embs[m] = (latent @ proj + 0.5 * rng.standard_normal((n, dim))).astype(np.float32)
     labels = np.concatenate([y_true, np.full(n_ood, -1)])
@@ -109,10 +108,10 @@ def score_pipeline_run(data_dir: Path, truth: Path) -> None:
     cleanlab scoring) and for the ensemble the pipeline wrote, against the truth file; then the
     label-fraction linear evaluation on true regions. Baseline: the issue's targets.
     """
-    from radaudit.models.stages import evaluate_label_fractions, evaluate_methods
+    from radaudit.pipelines.stages import evaluate_label_fractions, evaluate_methods
 
     print(f"(3) pipeline run in {data_dir}, truth {truth}")
-    scores = evaluate_methods(data_dir, truth, METHODS)
+    scores = evaluate_methods(data_dir, truth, DEFAULT_METHODS)
     first = scores["ensemble"]
     print(f"    {first['images']} images: {first['truly_mislabelled']} recorded labels truly wrong, "
           f"{first['out_of_domain']} out of domain, {first['missing_labels']} missing")
@@ -122,7 +121,7 @@ def score_pipeline_run(data_dir: Path, truth: Path) -> None:
               f"{sc['mislabel_recall']:11.3f}  {sc['ood_auroc']:9.3f}  {sc['missing_suggestion_accuracy']:.3f}")
     print("    targets:  precision@k >= 0.9, recall >= 0.9, OOD AUROC >= 0.95")
     print("    linear-eval accuracy on true regions (held-out, patient-grouped), by share of labels:")
-    for name, by in evaluate_label_fractions(data_dir, truth, METHODS).items():
+    for name, by in evaluate_label_fractions(data_dir, truth, DEFAULT_METHODS).items():
         print(f"    {name:8s}  " + "  ".join(f"{int(f * 100):3d}%: {a:.3f}" for f, a in by.items()))
     print("    targets (ensemble): >= 0.98 with 100 %, >= 0.93 with 1 %")
 
@@ -144,7 +143,7 @@ def main() -> None:
         return
     import torch
 
-    print(f"audit benchmark: n={args.n} dim={args.dim} methods={len(METHODS)} torch threads={torch.get_num_threads()} "
+    print(f"audit benchmark: n={args.n} dim={args.dim} methods={len(DEFAULT_METHODS)} torch threads={torch.get_num_threads()} "
           f"load average={os.getloadavg()[0]:.1f}")
     data = make_embeddings(args.n, args.dim)
     import cleanlab.filter  # noqa: F401  (import once, outside the timing, as a running pipeline would)
@@ -153,7 +152,7 @@ def main() -> None:
     t0 = time.perf_counter()
     oof = {}
     times = {}
-    for m in METHODS:
+    for m in DEFAULT_METHODS:
         t = time.perf_counter()
         oof[m] = oof_probabilities(data["embs"][m], labels, groups, n_classes=K, seed=0, n_splits=args.n_splits,
                                    repeats=args.repeats)
@@ -167,7 +166,7 @@ def main() -> None:
     t_issues = time.perf_counter() - t
     total = time.perf_counter() - t0
     print("(1) speed, seconds")
-    for m in METHODS:
+    for m in DEFAULT_METHODS:
         print(f"    heads {m:7s} ({args.n_splits} folds x {args.repeats} splits + full head): {times[m]:6.1f}")
     print(f"    ensemble:                          {t_ens:6.1f}")
     print(f"    find_issues (cleanlab + OOD):      {t_issues:6.1f}")
@@ -199,7 +198,7 @@ def main() -> None:
           f"({int(data['is_flip'].sum())} flipped, {int((labels < 0).sum())} null, {int(data['is_ood'].sum())} OOD)")
     print("    source    precision@k  flag precision  flag recall  acc(clean labels)")
     in_domain = data["y_true"] >= 0
-    for m in METHODS:
+    for m in DEFAULT_METHODS:
         per = find_issues(oof[m].probabilities, labels, data["embs"][m], seed=0)
         pk, pr, rc = flip_quality(per, data["is_flip"], data["is_ood"])
         acc = float((oof[m].probabilities.argmax(1)[in_domain] == data["y_true"][in_domain]).mean())

@@ -3,7 +3,7 @@
 Both run in one process on the same synthetic 256 x 256 radiograph-like images, at the same
 output size and batch size, fed by a DataLoader with the same number of CPU workers:
 
-- ours, augmentation only: :func:`radaudit.augment.make_two_view` ("simclr") on a batch already on
+- ours, augmentation only: :func:`radaudit.models.methods.make_two_view` ("simclr") on a batch already on
   ``--device`` (the cheapest figure, measured first);
 - on CUDA: a ResNet18 (timm, 1 input channel) SimCLR training step (forward, NT-Xent loss,
   backward, SGD) on both views of the same batch, fp32 and bf16, and the augmentation's share
@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from radaudit.augment.dataset import CacheDataset, StackedCacheDataset, make_loader  # noqa: E402
-from radaudit.augment.pipeline import make_two_view  # noqa: E402
+from radaudit.models.methods import make_two_view  # noqa: E402
 from benchmarks._figures import Figures  # noqa: E402
 
 

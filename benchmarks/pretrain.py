@@ -59,13 +59,14 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from radaudit.augment.dataset import CacheDataset, make_loader  # noqa: E402
-from radaudit.augment.pipeline import make_two_view  # noqa: E402
+from radaudit.models.methods import make_two_view  # noqa: E402
 from benchmarks._figures import Figures  # noqa: E402
 from radaudit.models.backbone import create_backbone  # noqa: E402
 from radaudit.models.base import ContrastiveModule, build_optimizer  # noqa: E402
 from radaudit.models.embed import embed  # noqa: E402
 from radaudit.models.probe import knn_accuracy, linear_probe_accuracy  # noqa: E402
-from radaudit.models.train import METHODS, PretrainConfig, build_model, pretrain  # noqa: E402
+from radaudit.models.methods import METHODS  # noqa: E402
+from radaudit.models.train import PretrainConfig, build_model, pretrain  # noqa: E402
 
 # Without --gpu: small settings that finish on 2 CPU cores in well under a minute (without the probe).
 CPU_DEFAULTS: dict[str, Any] = dict(size=64, compute_sizes=None, batch_size=32, precision="auto", cache_size=80,

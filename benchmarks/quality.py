@@ -42,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from radaudit.models import stages  # noqa: E402
+from radaudit.pipelines import stages  # noqa: E402
 from radaudit.models.presets import PRESETS, AuditPreset  # noqa: E402
 from radaudit.pacs.io import write_text  # noqa: E402
+from radaudit.pacs.layout import EMBED_DIR  # noqa: E402
 
 FIGURES = ("mislabel_precision_at_k", "flagged_mislabel", "truly_mislabelled", "top20_precision", "ood_auroc",
            "ood_recall", "ood_precision", "flagged_out_of_domain", "out_of_domain", "missing_suggestion_accuracy",
@@ -202,7 +203,7 @@ def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed:
     if args.save_embeddings:
         dest = Path(args.save_embeddings) / f"seed{seed}"
         dest.mkdir(parents=True, exist_ok=True)
-        for f in (data / stages.EMBED_DIR).glob("*"):
+        for f in (data / EMBED_DIR).glob("*"):
             shutil.copy2(f, dest / f.name)
         shutil.copy2(truth, dest / "truth.parquet")
 

@@ -1,19 +1,23 @@
 """Contrastive pretraining (SimCLR, BYOL, SupCon), embeddings, evaluation and checkpoints.
 
-Modules load on first attribute access, so ``import models`` stays cheap::
+Modules load on first attribute access, so ``from radaudit import models`` stays cheap::
 
     from radaudit.models import PretrainConfig, pretrain, embed, load_backbone
 
 - :mod:`radaudit.models.backbone`: ``create_backbone`` (timm), ``feature_dim``
+- :mod:`radaudit.models.methods`: the registry of the SSL methods (``METHODS``, ``make_two_view``)
 - :mod:`radaudit.models.simclr`, :mod:`radaudit.models.byol`, :mod:`radaudit.models.supcon`: one LightningModule per method
   (and ``SupConLoss``)
 - :mod:`radaudit.models.train`: ``PretrainConfig``, ``pretrain``
 - :mod:`radaudit.models.checkpoint`: safetensors checkpoints, ``load_backbone``
 - :mod:`radaudit.models.embed`: ``embed``; :mod:`radaudit.models.probe`: kNN / linear-probe accuracy, loss-curve PNG
+- :mod:`radaudit.models.heads`, :mod:`radaudit.models.ensemble`, :mod:`radaudit.models.ood`,
+  :mod:`radaudit.models.audit`: linear heads, ensemble, out-of-domain evidence, the cleanlab audit
+- :mod:`radaudit.models.validation`: the input checks all of them share
 
-No module here imports dagster. Importing the package imports :mod:`augment` first, which sets
-torch's OpenMP threads to wait passively (after a short spin) before torch loads
-(:func:`radaudit.augment.passive_openmp`).
+No module here imports dagster or reads the data dir (:mod:`radaudit.pipelines.stages` does).
+Importing the package imports :mod:`radaudit.augment` first, which sets torch's OpenMP threads
+to wait passively (after a short spin) before torch loads (:func:`radaudit.augment.passive_openmp`).
 """
 
 from __future__ import annotations
@@ -44,11 +48,7 @@ _LAZY = {
     "ArrayDataset": "radaudit.models.data",
 }
 
-# Methods that learn from the recorded labels: cross-fitted by patient fold, whose folds keep
-# near-duplicate groups on one side.
-LABEL_TRAINED: tuple[str, ...] = ("supcon",)
-
-__all__ = [*_LAZY, "LABEL_TRAINED"]
+__all__ = [*_LAZY]
 
 
 def __getattr__(name: str) -> Any:

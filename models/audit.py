@@ -54,7 +54,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from radaudit.models.heads import check_embeddings, check_labels, check_probabilities
+from radaudit.models.validation import check_embeddings, check_labels, check_positive_number, check_probabilities
 
 __all__ = [
     "FILTER_BY",
@@ -122,14 +122,6 @@ def combine_embeddings(embeddings_by_method: Mapping[str, np.ndarray]) -> np.nda
     return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
 
-def _check_positive_number(value: object, name: str, example: str, upper: float | None = None) -> float:
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
-            or (upper is not None and value >= upper)):
-        bound = f" and < {upper}" if upper is not None else ""
-        raise ValueError(f"{name} must be a number > 0{bound}, e.g. {example}; got {value!r}")
-    return float(value)
-
-
 def _consistent(suggested: np.ndarray, member_probs: Mapping[str, np.ndarray] | None, n: int, k: int) -> np.ndarray:
     """Rows where at least half of the members' own argmax equals the ensemble's suggestion."""
     if not member_probs:
@@ -193,7 +185,7 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
             the features are too weak to audit.
         duplicates: N rows, columns ``DUPLICATE_COLUMNS``: the original's UID (None: no
             duplicate), the similarity in [0, 1] and whether the copy is under another patient
-            (:func:`radaudit.models.stages.load_near_duplicates`).
+            (:func:`radaudit.pipelines.stages.load_near_duplicates`).
         seed: Fold split of the Mahalanobis reference.
 
     Returns:
@@ -230,11 +222,11 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     dup_of, dup_sim, dup_other = _check_duplicates(duplicates, n)
     filter_by = _lookup(FILTER_BY, filter_by, "filter_by")
     quality_method = _lookup(QUALITY_METHODS, quality_method, "quality_method")
-    threshold = 0.5 if ood_threshold is None else _check_positive_number(ood_threshold, "ood_threshold", "0.5", 1.0)
-    ood_z = _check_positive_number(ood_z, "ood_z", "6.0")
-    pixel_z = _check_positive_number(pixel_z, "pixel_z", "7.0")
-    max_mislabel_fraction = _check_positive_number(max_mislabel_fraction, "max_mislabel_fraction", "0.25", 1.0)
-    min_confidence = _check_positive_number(min_confidence, "min_confidence", "0.5", 1.0)
+    threshold = 0.5 if ood_threshold is None else check_positive_number(ood_threshold, "ood_threshold", "0.5", 1.0)
+    ood_z = check_positive_number(ood_z, "ood_z", "6.0")
+    pixel_z = check_positive_number(pixel_z, "pixel_z", "7.0")
+    max_mislabel_fraction = check_positive_number(max_mislabel_fraction, "max_mislabel_fraction", "0.25", 1.0)
+    min_confidence = check_positive_number(min_confidence, "min_confidence", "0.5", 1.0)
     if isinstance(ood_dim, bool) or not isinstance(ood_dim, (int, np.integer)) or ood_dim < 1:
         raise ValueError(f"ood_dim must be a positive integer, e.g. 32; got {ood_dim!r}")
     suggested = p.argmax(axis=1)

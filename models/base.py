@@ -3,7 +3,7 @@
 A method (:mod:`radaudit.models.simclr`, :mod:`radaudit.models.byol`, :mod:`radaudit.models.supcon`) subclasses
 :class:`ContrastiveModule` and implements :meth:`ContrastiveModule.compute_loss` on two float
 views. ``training_step`` receives the DataLoader's uint8 batch already on the device, makes both
-views there (:func:`radaudit.augment.pipeline.make_two_view`), and calls ``compute_loss``: the loader
+views there (:func:`radaudit.models.methods.make_two_view`), and calls ``compute_loss``: the loader
 moves one byte per pixel, the GPU does every augmentation.
 
 Learning rate: ``lr`` is the base rate per 256 images and scales linearly with the global batch
@@ -30,8 +30,9 @@ from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import nn
 
-from radaudit.augment.pipeline import make_two_view
+from radaudit.augment import DEFAULT_IMAGE_SIZE
 from radaudit.models.backbone import create_backbone
+from radaudit.models.methods import make_two_view
 
 __all__ = ["ContrastiveModule", "OPTIMIZERS", "build_optimizer", "scaled_lr"]
 
@@ -111,7 +112,7 @@ class ContrastiveModule(pl.LightningModule):
         seed: Seed of the augmentation's parameter generator; reseeded every epoch with
             ``(seed, epoch, rank)`` so a resumed run draws the same views as an uninterrupted one
             would from that epoch on. None draws from torch's global generator.
-        augment: Overrides for :func:`radaudit.augment.pipeline.make_two_view` (ViewConfig fields,
+        augment: Overrides for :func:`radaudit.models.methods.make_two_view` (ViewConfig fields,
             ``view1``/``view2`` dicts, ``gauge_bank``).
 
     Raises:
@@ -119,11 +120,13 @@ class ContrastiveModule(pl.LightningModule):
     """
 
     METHOD: ClassVar[str] = ""
+    # The PretrainConfig fields this method takes beside the common ones (radaudit.models.train.build_model).
+    CONFIG_FIELDS: ClassVar[tuple[str, ...]] = ()
     DEFAULT_OPTIMIZER: ClassVar[str] = "lars"
     DEFAULT_LR: ClassVar[float] = 0.3
     DEFAULT_WEIGHT_DECAY: ClassVar[float] = 1e-6
 
-    def __init__(self, backbone: nn.Module | str = "resnet18", *, in_chans: int = 1, size: int = 224,
+    def __init__(self, backbone: nn.Module | str = "resnet18", *, in_chans: int = 1, size: int = DEFAULT_IMAGE_SIZE,
                  batch_size: int = 256, lr: float | None = None, optimizer: str | None = None,
                  weight_decay: float | None = None, warmup_epochs: float = 10.0, channels_last: bool = True,
                  compile: bool = False, seed: int | None = 0,

@@ -49,6 +49,7 @@ class BYOLModel(ContrastiveModule):
     """
 
     METHOD = "byol"
+    CONFIG_FIELDS = ("tau_base",)
     DEFAULT_OPTIMIZER = "lars"
     DEFAULT_LR = 0.2
     DEFAULT_WEIGHT_DECAY = 1.5e-6

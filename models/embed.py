@@ -10,7 +10,9 @@ scale the backbone was trained at; with ``size=None`` images keep the cache's re
 
 Example::
 
-    backbone = radaudit.models.checkpoint.load_backbone("data/models/simclr")
+    from radaudit.models.checkpoint import load_backbone
+
+    backbone = load_backbone("runs/simclr")                # a checkpoint dir
     feats = embed(backbone, dataset, size=224)             # Shape: (N, 512), float32
 """
 

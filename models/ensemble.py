@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from radaudit.models.heads import check_labels, check_probabilities
+from radaudit.models.validation import check_labels, check_probabilities
 
 __all__ = ["WEIGHTINGS", "ensemble_probabilities", "ensemble_weights"]
 

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from radaudit.models.validation import check_embeddings, check_groups, check_int, check_labels, check_non_negative
+
 __all__ = [
     "LinearHead",
     "OOFResult",
@@ -45,83 +47,6 @@ __all__ = [
     "label_fraction_probabilities",
     "oof_probabilities",
 ]
-
-_PROB_ATOL = 1e-3
-
-
-# --------------------------------------------------------------------------------------------
-# Input validation (the one place; radaudit.models.ensemble and radaudit.models.audit use these too)
-# --------------------------------------------------------------------------------------------
-
-
-def check_embeddings(x: np.ndarray, name: str = "embeddings") -> np.ndarray:
-    """Return ``x`` as a float32 (N, D) array, or raise ValueError saying what to fix."""
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} must be a non-empty 2-D array, Shape: (n_images, dim); got shape {x.shape}")
-    if x.dtype.kind not in "fiu":
-        raise ValueError(f"{name} must be numeric, got dtype {x.dtype}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or inf; re-run the embedding step (a diverged backbone gives NaN)")
-    return x
-
-
-def check_labels(labels: np.ndarray, n: int, n_classes: int | None = None, name: str = "labels") -> np.ndarray:
-    """Return ``labels`` as int64 (N,) with values in [-1, n_classes), or raise ValueError."""
-    y = np.asarray(labels)
-    if y.ndim != 1 or y.shape[0] != n:
-        raise ValueError(f"{name} must have one entry per image, Shape: ({n},); got shape {y.shape} "
-                         "(are the labels aligned with the embedding/probability rows?)")
-    if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-        y = y.astype(np.int64)
-    if y.dtype.kind not in "iu":
-        raise ValueError(f"{name} must be integer region indices with -1 for a null label, got dtype {y.dtype}")
-    y = y.astype(np.int64)
-    if (y < -1).any():
-        raise ValueError(f"{name} contains {int(y.min())}: use -1 for a null label and 0..K-1 for regions")
-    if n_classes is not None and (y >= n_classes).any():
-        raise ValueError(f"{name} contains {int(y.max())} but there are only {n_classes} classes; "
-                         f"pass n_classes=len(vocabulary) or fix the label indices")
-    return y
-
-
-def check_probabilities(probs: np.ndarray, n: int | None = None, name: str = "probs") -> np.ndarray:
-    """Return ``probs`` as float64 (N, K) rows on the simplex, or raise ValueError."""
-    p = np.asarray(probs)
-    if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] < 2:
-        raise ValueError(f"{name} must be a 2-D array of class probabilities, Shape: (n_images, n_classes >= 2); "
-                         f"got shape {p.shape}")
-    if n is not None and p.shape[0] != n:
-        raise ValueError(f"{name} has {p.shape[0]} rows but there are {n} images; align the rows before calling")
-    p = p.astype(np.float64)
-    if not np.isfinite(p).all() or (p < 0).any():
-        raise ValueError(f"{name} must be finite and non-negative (probabilities, not logits: apply softmax first)")
-    sums = p.sum(axis=1)
-    bad = np.flatnonzero(np.abs(sums - 1.0) > _PROB_ATOL)
-    if bad.size:
-        raise ValueError(f"{name} rows must sum to 1 (row {int(bad[0])} sums to {sums[bad[0]]:.4g}, "
-                         f"{bad.size} rows off); pass probabilities, e.g. softmax(logits), not scores")
-    return p / sums[:, None]
-
-
-def check_groups(groups: Sequence[object] | np.ndarray | None, n: int) -> np.ndarray:
-    """Return integer group ids (N,); each None/NaN key becomes a group of its own."""
-    if groups is None:
-        return np.arange(n, dtype=np.int64)
-    g = list(groups)
-    if len(g) != n:
-        raise ValueError(f"groups must have one patient key per image ({n}), got {len(g)}")
-    ids: dict[object, int] = {}
-    out = np.empty(n, dtype=np.int64)
-    for i, key in enumerate(g):
-        if key is None or (isinstance(key, float) and math.isnan(key)):
-            out[i] = -1 - i  # its own group
-        else:
-            out[i] = ids.setdefault(key, len(ids))
-    solo = out < 0
-    out[solo] = len(ids) + np.arange(int(solo.sum()))
-    return out
 
 
 @contextlib.contextmanager
@@ -136,23 +61,11 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(_check_int(n, "threads", 1))
+    torch.set_num_threads(check_int(n, "threads", 1))
     try:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _check_int(value: object, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
-
-
-def _check_positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,8 +290,8 @@ def _fit_heads(xs: np.ndarray, y: np.ndarray, train_mask: np.ndarray, n_classes:
 
 
 def _check_train_opts(l2: float, steps: int, batch_size: int, lr: float) -> dict[str, float]:
-    return {"l2": _check_positive(l2, "l2"), "steps": _check_int(steps, "steps", 1),
-            "batch_size": _check_int(batch_size, "batch_size", 1), "lr": _check_positive(lr, "lr")}
+    return {"l2": check_non_negative(l2, "l2"), "steps": check_int(steps, "steps", 1),
+            "batch_size": check_int(batch_size, "batch_size", 1), "lr": check_non_negative(lr, "lr")}
 
 
 def fit_linear_head(embeddings: np.ndarray, labels: np.ndarray, *, n_classes: int | None = None,
@@ -461,7 +374,7 @@ def oof_probabilities(embeddings: np.ndarray, labels: np.ndarray, groups: Sequen
     n = x.shape[0]
     y = check_labels(labels, n, n_classes)
     g = check_groups(groups, n)
-    n_splits = _check_int(n_splits, "n_splits", 2)
+    n_splits = check_int(n_splits, "n_splits", 2)
     opts = _check_train_opts(l2, steps, batch_size, lr)
     lab = np.flatnonzero(y >= 0)
     if lab.size == 0:
@@ -471,7 +384,7 @@ def oof_probabilities(embeddings: np.ndarray, labels: np.ndarray, groups: Sequen
     if n_patients < n_splits:
         raise ValueError(f"only {n_patients} labelled patients for n_splits={n_splits}; "
                          f"lower n_splits to at most {n_patients} (and at least 2)")
-    repeats = _check_int(repeats, "repeats", 1)
+    repeats = check_int(repeats, "repeats", 1)
     folds = [group_stratified_folds(y, g, n_splits=n_splits, seed=seed + r) for r in range(repeats)]
     mean, scale = _standardize_stats(x)
     xs = (x[lab] - mean) / scale  # (n_lab, D)

@@ -10,7 +10,10 @@ One place for both, so ``radaudit demo`` and ``benchmarks/quality.py`` measure t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from radaudit.models.train import PretrainConfig
 
 __all__ = ["AuditPreset", "GPU_REFERENCE", "PRESETS"]
 
@@ -30,7 +33,7 @@ class AuditPreset:
         batch_size: Pretraining batch size.
         tau_base: BYOL's starting target decay.
         num_workers: DataLoader workers per device.
-        supcon_cross_fit: Backbones SupCon is cross-fitted with (see :func:`radaudit.models.stages.train_backbone`).
+        supcon_cross_fit: Backbones SupCon is cross-fitted with (see :func:`radaudit.pipelines.stages.train_backbone`).
         duplicates: Share of extra duplicate files (and as many hard negatives) in the synthetic
             export (:func:`radaudit.pacs.synth.generate_export`).
         note: Why these settings, shown by the demo.
@@ -52,11 +55,11 @@ class AuditPreset:
 
     def cross_fit(self, method: str) -> int:
         """Backbones to cross-fit for ``method``: only SupCon trains on labels."""
-        from radaudit.models import LABEL_TRAINED
+        from radaudit.models.methods import LABEL_TRAINED
 
         return self.supcon_cross_fit if method in LABEL_TRAINED else 1
 
-    def pretrain_config(self, method: str, **changes: Any) -> Any:
+    def pretrain_config(self, method: str, **changes: Any) -> PretrainConfig:
         """The :class:`radaudit.models.train.PretrainConfig` of one method (``changes`` override fields)."""
         from radaudit.models.train import PretrainConfig
 

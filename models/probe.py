@@ -25,23 +25,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from radaudit.models.validation import check_embeddings, check_labels
+
 __all__ = ["knn_accuracy", "linear_probe_accuracy", "plot_loss_curve", "quick_probe_accuracy"]
 
 
 def _check(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
            test_y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Validate shapes, drop null-labelled rows; the one place inputs are checked."""
+    """Validate (:mod:`radaudit.models.validation`), drop null-labelled rows."""
     arrays = []
     for name, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
-        x, y = np.asarray(x), np.asarray(y)
-        if x.ndim != 2:
-            raise ValueError(f"{name}_x must have Shape (n, dim), got {x.shape}")
-        if y.shape != (x.shape[0],):
-            raise ValueError(f"{name}_y must have one label per row of {name}_x ({x.shape[0]}), got Shape {y.shape}")
-        if y.dtype.kind not in "iu":
-            raise ValueError(f"{name}_y must be integer class indices (-1 for null), got dtype {y.dtype}")
-        if not np.isfinite(x).all():
-            raise ValueError(f"{name}_x contains NaN or inf; check the backbone's training loss")
+        x = check_embeddings(x, f"{name}_x")
+        y = check_labels(y, x.shape[0], name=f"{name}_y")
         keep = y >= 0
         if not keep.any():
             raise ValueError(f"{name}_y has no non-null label (all -1): nothing to {'fit' if name == 'train' else 'score'}")

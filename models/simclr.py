@@ -47,6 +47,7 @@ class SimCLRModel(ContrastiveModule):
     """
 
     METHOD = "simclr"
+    CONFIG_FIELDS = ("temperature",)
     DEFAULT_OPTIMIZER = "lars"
     DEFAULT_LR = 0.3
     DEFAULT_WEIGHT_DECAY = 1e-6

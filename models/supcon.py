@@ -149,6 +149,7 @@ class SupConModel(ContrastiveModule):
     """
 
     METHOD = "supcon"
+    CONFIG_FIELDS = ("temperature",)
     DEFAULT_OPTIMIZER = "sgd"
     DEFAULT_LR = 0.125
     DEFAULT_WEIGHT_DECAY = 1e-4

@@ -12,12 +12,12 @@ the settings (:meth:`PretrainConfig.for_cpu`), and either way it logs
 
 Example::
 
-    from radaudit.augment.dataset import CacheDataset
+    from radaudit.models.data import ArrayDataset
     from radaudit.models.train import PretrainConfig, pretrain
 
-    ds = CacheDataset.from_reader(functools.partial(radaudit.pacs.cache.read, data_dir), uids, labels)
+    ds = ArrayDataset(images, labels)   # uint8 (N, H, W); the stages pass a dataset over the image cache
     result = pretrain(PretrainConfig(method="byol", epochs=100, batch_size=1024,
-                                     checkpoint_dir="data/models/byol"), ds, log=print)
+                                     checkpoint_dir="runs/byol"), ds, log=print)
     result.backbone        # nn.Module, CPU, eval mode
     result.history         # mean loss per epoch
 """
@@ -42,22 +42,20 @@ from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from torch import nn
 from torch.utils.data import Dataset
 
+from radaudit.augment import DEFAULT_IMAGE_SIZE
 from radaudit.augment.dataset import make_loader
 from radaudit.models.base import OPTIMIZERS, ContrastiveModule
-from radaudit.models.byol import BYOLModel
 from radaudit.models.checkpoint import SafetensorsCheckpointIO, latest_checkpoint, load_checkpoint
 from radaudit.models.embed import embed
+from radaudit.models.methods import method
 from radaudit.models.probe import knn_accuracy, quick_probe_accuracy
-from radaudit.models.simclr import SimCLRModel
-from radaudit.models.supcon import SupConModel
 
-__all__ = ["METHODS", "MONITOR_MAX_IMAGES", "MONITOR_MAX_IMAGES_CPU", "PRECISIONS", "PretrainConfig", "PretrainResult",
+__all__ = ["MONITOR_MAX_IMAGES", "MONITOR_MAX_IMAGES_CPU", "PRECISIONS", "PretrainConfig", "PretrainResult",
            "build_model", "knn_monitor", "monitor_options", "pretrain"]
 
 # torch.compile costs about a minute up front; below this many steps it does not pay back.
 COMPILE_MIN_STEPS = 2000
 
-METHODS: dict[str, type[ContrastiveModule]] = {"simclr": SimCLRModel, "byol": BYOLModel, "supcon": SupConModel}
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 ON_CPU = ("shrink", "as_is", "fail")
 
@@ -98,7 +96,7 @@ class PretrainConfig:
         progress_bar: Show Lightning's progress bar.
         gauge_dir: A folder of grey crops of real calibration gauges, inserted beside the drawn
             ones (:meth:`radaudit.augment.gauges.GaugeBank.from_folder`); None: drawn gauges only.
-        augment: Overrides for :func:`radaudit.augment.pipeline.make_two_view`, as ``(name, value)`` pairs.
+        augment: Overrides for :func:`radaudit.models.methods.make_two_view`, as ``(name, value)`` pairs.
 
     Raises:
         ValueError: A bad value; the message says which and how to fix it.
@@ -112,7 +110,7 @@ class PretrainConfig:
     lr: float | None = None
     optimizer: str | None = None
     weight_decay: float | None = None
-    size: int = 224
+    size: int = DEFAULT_IMAGE_SIZE
     warmup_epochs: float = 10.0
     tau_base: float = 0.9995
     temperature: float | None = None
@@ -136,8 +134,7 @@ class PretrainConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
 
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(METHODS)}")
+        method(self.method)  # raises for an unknown one, listing the valid ones
         for name in ("in_chans", "epochs", "devices", "keep_checkpoints"):
             positive_int(name)
         positive_int("batch_size", 2)
@@ -233,9 +230,9 @@ def build_model(config: PretrainConfig) -> ContrastiveModule:
         optimizer=config.optimizer, weight_decay=config.weight_decay, warmup_epochs=config.warmup_epochs,
         channels_last=config.channels_last, compile=bool(config.compile), seed=config.seed, augment=augment,
     )
-    if config.method == "byol":
-        return BYOLModel(config.backbone, tau_base=config.tau_base, **common)
-    return METHODS[config.method](config.backbone, temperature=config.temperature, **common)
+    cls = method(config.method).model_class()
+    own = {name: getattr(config, name) for name in cls.CONFIG_FIELDS}
+    return cls(config.backbone, **own, **common)
 
 
 EvalFn = Callable[[nn.Module], dict[str, float]]

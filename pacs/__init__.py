@@ -1,10 +1,11 @@
-"""DICOM side of radaudit: discovery, headers, pixels, pseudonymization, regions, image cache.
+"""DICOM side of radaudit: discovery, headers, pixels, ingest preprocessing (border removal,
+orientation), pseudonymization, regions, image cache, near duplicates, and the data dir's layout.
 
-A plain library (no Dagster), usable from a notebook::
+A plain library (no Dagster, no other part of radaudit), usable from a notebook::
 
     from radaudit import pacs
-    img = radaudit.pacs.read_image("IM0001")              # float32, 2-D, [0, 1], bone bright
-    thumb = radaudit.pacs.cache.read(data_dir, sop_uid)   # uint8, 2-D
+    img = pacs.read_image("IM0001")              # float32, 2-D, [0, 1], bone bright
+    thumb = pacs.cache.read(data_dir, sop_uid)   # uint8, 2-D
 """
 
 from __future__ import annotations

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-CACHE_DIR = Path("cache")
-MANIFEST_PATH = CACHE_DIR / "manifest.parquet"
+from radaudit.pacs.layout import CACHE_IMAGES_DIR
+
 CACHE_VERSION = 1
 
 MANIFEST_SCHEMA = pa.schema(
@@ -81,13 +81,13 @@ class CacheParams:
 def image_path(data_dir: str | os.PathLike[str], sop_instance_uid: str) -> Path:
     """Where the cached image of one instance lives."""
     shard = hashlib.sha1(sop_instance_uid.encode("ascii")).hexdigest()[:2]
-    return Path(data_dir) / CACHE_DIR / "images" / shard / f"{sop_instance_uid}.npy"
+    return Path(data_dir) / CACHE_IMAGES_DIR / shard / f"{sop_instance_uid}.npy"
 
 
 def cached_uids(data_dir: str | os.PathLike[str]) -> set[str]:
     """The SOP Instance UIDs that have a cached image file, from one listing of each shard folder
     (at 100,000 images, asking :func:`image_path` for each took a third of a nightly rerun)."""
-    root = Path(data_dir) / CACHE_DIR / "images"
+    root = Path(data_dir) / CACHE_IMAGES_DIR
     uids: set[str] = set()
     if not root.is_dir():
         return uids
@@ -118,8 +118,8 @@ def preprocess(path: str | os.PathLike[str], patient_orientation: str | None, pa
     Decoding asks for the lowest resolution that still gives ``size`` pixels on the short side,
     so JPEG 2000 files skip wavelet levels that the resize would throw away.
     """
-    from radaudit.augment.border import find_exposed_field
-    from radaudit.augment.orientation import rotation_from_orientation
+    from radaudit.pacs.border import find_exposed_field
+    from radaudit.pacs.orientation import rotation_from_orientation
     from radaudit.pacs.pixels import decode_image
 
     decoded = decode_image(path, min_side=params.size, threads=threads)

@@ -26,10 +26,9 @@ from pebble import ProcessExpired, ProcessPool
 from radaudit.pacs import io
 from radaudit.pacs.discover import FoundFile, display_path, walk
 from radaudit.pacs.header import HEADER_TAGS, IDENTIFIERS, INT_COLUMNS, HeaderError, read_header
+from radaudit.pacs.layout import ERRORS_PATH, INDEX_PATH
 from radaudit.pacs.pseudo import Redactor, path_key
 
-INDEX_PATH = Path("index") / "dicom_index.parquet"
-ERRORS_PATH = Path("index") / "ingest_errors.parquet"
 
 STAGES = ("discover", "header", "pixels")
 # Fewer files than this are read in this process: a worker pool costs more than it saves.
@@ -523,6 +522,14 @@ def _signal_note(exitcode: int | None) -> str:
     except ValueError:
         return f": killed by signal {-exitcode}"
     return f": killed by {name}" + (", e.g. by the out-of-memory killer" if name == "SIGKILL" else "")
+
+
+def live_rows(index: pd.DataFrame) -> pd.DataFrame:
+    """The index rows the pipeline works on: files still present, not a second export of an instance.
+
+    The one live-instance filter: the ingest caches these, the stages train and audit on them.
+    """
+    return index[index["present"].astype(bool) & index["duplicate_of"].isna()]
 
 
 def mark_duplicates(index: pd.DataFrame) -> pd.DataFrame:

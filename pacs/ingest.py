@@ -26,7 +26,8 @@ import pandas as pd
 
 from radaudit.pacs import index as ix
 from radaudit.pacs import io
-from radaudit.pacs.cache import MANIFEST_PATH, MANIFEST_SCHEMA, CacheParams, cache_one, cached_uids
+from radaudit.pacs.cache import MANIFEST_SCHEMA, CacheParams, cache_one, cached_uids
+from radaudit.pacs.layout import MANIFEST_PATH
 from radaudit.pacs.pseudo import KEY_ENV, load_or_create_key
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def run_ingest(config: IngestConfig, *, progress: Callable[[int, int], None] | N
 
 def _to_cache(index: pd.DataFrame, manifest: pd.DataFrame, fingerprint: str, data_dir: Path) -> pd.DataFrame:
     """Index rows whose cached image is missing, stale or made with other parameters."""
-    live = index[index["present"].astype(bool) & index["duplicate_of"].isna()]
+    live = ix.live_rows(index)
     current = manifest[["sop_instance_uid", "path_hash", "file_size", "mtime_ns", "params"]].rename(
         columns={"path_hash": "path_hash_cached", "file_size": "file_size_cached", "mtime_ns": "mtime_ns_cached"}
     )

@@ -31,11 +31,10 @@ from pathlib import Path
 
 from radaudit.pacs.checks import InputError
 from radaudit.pacs.io import remove_stale_temps, write_text
+from radaudit.pacs.layout import HOLDER_FILE, LOCK_FILE
 
 __all__ = ["HOLDER_FILE", "LOCK_FILE", "DataDirBusy", "data_dir_lock"]
 
-LOCK_FILE = ".radaudit.lock"
-HOLDER_FILE = ".radaudit.holder"
 log = logging.getLogger(__name__)
 _held: dict[str, int] = {}  # resolved lock path -> depth, in this process
 _guard = threading.Lock()

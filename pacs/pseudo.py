@@ -17,8 +17,9 @@ import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 
+from radaudit.pacs.layout import KEY_FILE
+
 KEY_ENV = "RADAUDIT_PSEUDONYM_KEY"
-KEY_FILE = Path("secrets") / "pseudonym.key"
 
 
 def read_key(data_dir: str | os.PathLike[str], configured: str | None = None) -> bytes | None:

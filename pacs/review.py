@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REVIEW_DIR = Path("review")
-OVERRIDES_PATH = Path("labels") / "label_overrides.parquet"
+from radaudit.pacs.layout import REVIEW_DIR
+
 REFLAG_FACTOR = 0.5
 SPECIAL_VERDICTS = ("confirm", "reject", "out_of_domain")
 OVERRIDE_COLUMNS = ["sop_instance_uid", "verdict", "region", "reviewed_quality", "source", "row"]

@@ -24,6 +24,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from radaudit.models.methods import METHODS
+from radaudit.pacs.layout import DAGSTER_DIR, REPORT_CSV, REPORT_HTML
+
 log = logging.getLogger("radaudit")
 REPO_SETTINGS = Path(__file__).resolve().parents[1] / "dagster.yaml"
 
@@ -157,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duplicates", type=float, default=preset.duplicates,
                       help=f"share of extra duplicate files in a new demo export, and as many look-alikes that are "
                       f"not duplicates (default {preset.duplicates})")
-    demo.add_argument("--methods", nargs="+", default=list(preset.methods), choices=["simclr", "byol", "supcon"],
+    demo.add_argument("--methods", nargs="+", default=list(preset.methods), choices=list(METHODS),
                       help=f"methods to pretrain and ensemble (default: {' '.join(preset.methods)})")
     demo.add_argument("--epochs", type=int, default=preset.epochs,
                       help=f"pretraining epochs per method (default {preset.epochs})")
@@ -210,7 +213,7 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-scratch", action="store_true",
                    help="train selected backbones anew instead of resuming or keeping their last checkpoint")
     p.add_argument("--no-accession", action="store_true", help="leave the Accession Number out of the report")
-    p.add_argument("--methods", nargs="+", default=list(defaults.methods), choices=["simclr", "byol", "supcon"],
+    p.add_argument("--methods", nargs="+", default=list(defaults.methods), choices=list(METHODS),
                    help=f"methods to pretrain and ensemble (default: {' '.join(defaults.methods)})")
 
 
@@ -300,7 +303,7 @@ def data_dir_instance(data_dir: str | os.PathLike[str]) -> Any:
 
     import dagster as dg
 
-    home = Path(data_dir) / "dagster"
+    home = Path(data_dir) / DAGSTER_DIR
     home.mkdir(parents=True, exist_ok=True)
     copy = home / "dagster.yaml"
     if not copy.exists():
@@ -334,7 +337,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                         wait_s=args.wait, what=f"radaudit {args.command}")
     done = sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()})
     print(f"materialized {len(done)} assets: {', '.join(done)}")
-    report = Path(args.data).resolve() / "reports" / "mislabel_report.csv"
+    report = Path(args.data).resolve() / REPORT_CSV
     if report.exists():
         print(f"report: {report}\n        {report.with_suffix('.html')}")
     return 0
@@ -344,7 +347,6 @@ def _only_methods(methods: Sequence[str]) -> Any:
     """Every asset but the other methods' backbones, embeddings and heads (None: all methods)."""
     import dagster as dg
 
-    from radaudit.assets.models import METHODS
 
     skipped = [dg.AssetKey([kind, m]) for m in METHODS if m not in methods
                for kind in ("backbone", "embeddings", "oof_probabilities")]
@@ -373,7 +375,7 @@ def _cmd_instance(args: argparse.Namespace) -> int:
     if os.environ.get("DAGSTER_HOME"):
         home = Path(os.environ["DAGSTER_HOME"])
     elif args.data:
-        home = Path(args.data) / "dagster"
+        home = Path(args.data) / DAGSTER_DIR
     else:
         raise ValueError("set DAGSTER_HOME, or give --data (or set RADAUDIT_DATA_DIR)")
     target = home / "dagster.yaml"
@@ -426,7 +428,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from radaudit.assets.resources import AuditConfig
     from radaudit.models.presets import GPU_REFERENCE, PRESETS
-    from radaudit.models.stages import evaluate_against_truth, load_audit_summary
+    from radaudit.pipelines.stages import evaluate_against_truth, load_audit_summary
     from radaudit.pacs.synth import generate_export
 
     t0 = time.perf_counter()
@@ -444,8 +446,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_assets(_resource(export, data, args), audit, _only_methods(methods), wait_s=args.wait,
                         what="radaudit demo")
     _print_ingest_summary(data)
-    print(f"report: {data.resolve() / 'reports' / 'mislabel_report.csv'}")
-    print(f"        {data.resolve() / 'reports' / 'mislabel_report.html'}")
+    print(f"report: {data.resolve() / REPORT_CSV}")
+    print(f"        {data.resolve() / REPORT_HTML}")
     for warning in load_audit_summary(data).get("warnings", []):
         print(f"WARNING: {warning}")
     scores = evaluate_against_truth(data, truth)
@@ -470,8 +472,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _print_ingest_summary(data: Path) -> None:
     import pandas as pd
 
-    from radaudit.assets.labels import LABELS_PATH
-    from radaudit.pacs.index import ERRORS_PATH, INDEX_PATH
+    from radaudit.pacs.layout import LABELS_PATH
+    from radaudit.pacs.layout import ERRORS_PATH, INDEX_PATH
 
     index = pd.read_parquet(data / INDEX_PATH)
     errors = pd.read_parquet(data / ERRORS_PATH)

@@ -89,7 +89,7 @@ def _ingested_paths(data_dir: Path) -> frozenset[str]:
     """The path hashes of every file in the index or the errors (empty before the first ingest)."""
     import pandas as pd
 
-    from radaudit.pacs.index import ERRORS_PATH, INDEX_PATH
+    from radaudit.pacs.layout import ERRORS_PATH, INDEX_PATH
 
     hashes: set[str] = set()
     for table in (INDEX_PATH, ERRORS_PATH):

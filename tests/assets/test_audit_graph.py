@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from radaudit.assets.resources import AuditConfig, RadauditConfig
-from radaudit.models import stages
+from radaudit.pipelines import stages
 from radaudit.pacs.synth import generate_export
 from radaudit.pipelines.definitions import defs
 

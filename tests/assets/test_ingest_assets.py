@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 
 from radaudit.assets.ingest import ingest
-from radaudit.assets.labels import LABELS_PATH, label_overrides, region_labels
+from radaudit.assets.labels import label_overrides, region_labels
+from radaudit.pacs.layout import LABELS_PATH
 from radaudit.assets.resources import RadauditConfig
 from radaudit.pacs import cache
 from radaudit.pacs.pseudo import load_or_create_key, path_key
-from radaudit.pacs.index import ERRORS_PATH, INDEX_PATH
+from radaudit.pacs.layout import ERRORS_PATH, INDEX_PATH
 
 REPO = Path(__file__).resolve().parents[2]
 

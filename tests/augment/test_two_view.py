@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from radaudit.augment.pipeline import (
-    METHODS, BYOLTwoViewTransform, RadiographViewTransform, TwoViewTransform, ViewConfig, make_two_view,
+    BYOLTwoViewTransform, RadiographViewTransform, TwoViewTransform, ViewConfig, _crop_flip_rotate_theta,
 )
-from radaudit.augment.pipeline import _crop_flip_rotate_theta
+from radaudit.models.methods import METHODS, make_two_view
 
 
 def _batch(b: int = 6, size: int = 48) -> torch.Tensor:
@@ -112,7 +112,7 @@ def test_inversion_inverts() -> None:
 
 
 def test_unknown_method_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match="byol, simclr, supcon"):
+    with pytest.raises(ValueError, match="simclr, byol, supcon"):
         make_two_view("moco")
     assert isinstance(make_two_view("SimCLR", size=32), TwoViewTransform)
 
@@ -150,3 +150,12 @@ def test_cuda_matches_cpu_geometry() -> None:
     cpu = RadiographViewTransform(cfg, seed=0)(x)
     gpu = RadiographViewTransform(cfg, seed=0).cuda()(x.cuda())
     assert torch.allclose(cpu, gpu.cpu(), atol=1e-3)
+
+
+def test_augment_exposes_the_torch_api_lazily() -> None:
+    from radaudit import augment
+
+    assert augment.GaugeInsertion.__name__ == "GaugeInsertion"
+    assert augment.CacheDataset.__module__ == "radaudit.augment.dataset"
+    with pytest.raises(AttributeError, match="no attribute"):
+        augment.not_a_thing  # noqa: B018

@@ -11,13 +11,13 @@ from PIL import Image
 
 from radaudit.models.heads import (
     LinearHead,
-    check_groups,
     confusion_matrix_png,
     fit_linear_head,
     group_stratified_folds,
     label_fraction_accuracy,
     oof_probabilities,
 )
+from radaudit.models.validation import check_groups
 
 K = 4
 

@@ -71,10 +71,11 @@ def test_quick_probe_tracks_the_converged_probe() -> None:
 
 
 @pytest.mark.parametrize("args, match", [
-    ((np.zeros((4, 2)), np.zeros(3, int), np.zeros((4, 2)), np.zeros(4, int)), "one label per row"),
+    ((np.zeros((4, 2)), np.zeros(3, int), np.zeros((4, 2)), np.zeros(4, int)), "one entry per image"),
     ((np.zeros((4, 2)), np.zeros(4, int), np.zeros((4, 3)), np.zeros(4, int)), "different widths"),
     ((np.zeros((4, 2)), -np.ones(4, int), np.zeros((4, 2)), np.zeros(4, int)), "no non-null label"),
-    ((np.zeros((4, 2)), np.zeros(4), np.zeros((4, 2)), np.zeros(4, int)), "integer"),
+    ((np.zeros((4, 2)), np.full(4, 0.5), np.zeros((4, 2)), np.zeros(4, int)), "integer"),
+    ((np.full((4, 2), np.nan), np.zeros(4, int), np.zeros((4, 2)), np.zeros(4, int)), "NaN"),
 ])
 def test_validation(args: tuple, match: str) -> None:
     with pytest.raises(ValueError, match=match):

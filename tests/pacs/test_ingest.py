@@ -22,9 +22,10 @@ import pytest
 from radaudit.pacs import cache
 from radaudit.pacs import index as ix
 from radaudit.pacs.cache import MANIFEST_SCHEMA, CacheParams
-from radaudit.pacs.index import ERRORS_PATH, INDEX_PATH
+from radaudit.pacs.layout import ERRORS_PATH, INDEX_PATH
 from radaudit.pacs.ingest import IngestConfig, _to_cache, run_ingest
-from radaudit.pacs.pseudo import KEY_FILE, load_or_create_key, path_key, pseudonymize
+from radaudit.pacs.layout import KEY_FILE
+from radaudit.pacs.pseudo import load_or_create_key, path_key, pseudonymize
 from radaudit.pacs.regions import RegionMapper
 from radaudit.pacs.synth import generate_export
 
@@ -486,3 +487,11 @@ def test_an_index_written_before_a_column_existed_is_read_with_it_empty(tmp_path
     assert list(df["sop_instance_uid"]) == ["1.2"] and df["other_modality_attributes"].isna().all()
     assert set(INDEX_SCHEMA.names) <= set(df.columns)
     assert pa.Table.from_pandas(df[INDEX_SCHEMA.names], schema=INDEX_SCHEMA).num_rows == 1
+
+
+def test_live_rows_keep_present_files_that_are_no_second_export() -> None:
+    from radaudit.pacs.index import live_rows
+
+    index = pd.DataFrame({"sop_instance_uid": ["a", "a", "b", "c"], "present": [True, True, False, True],
+                          "duplicate_of": [None, "PAT/a.dcm", None, None]})
+    assert live_rows(index)["sop_instance_uid"].tolist() == ["a", "c"]

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from radaudit.pacs.discover import display_path
+from radaudit.pacs.layout import KEY_FILE
 from radaudit.pacs.pseudo import Redactor, identifier_tokens, path_key, redact_path
 
 KEY = b"test key"
@@ -125,8 +126,8 @@ def test_without_hard_links_the_key_is_still_written_atomically(tmp_path, monkey
 
     monkeypatch.setattr(pseudo.os, "link", refuse)
     key = pseudo.load_or_create_key(tmp_path)
-    assert len(key) == 64 and (tmp_path / pseudo.KEY_FILE).read_bytes() == key
-    assert (tmp_path / pseudo.KEY_FILE).stat().st_mode & 0o777 == 0o600
+    assert len(key) == 64 and (tmp_path / KEY_FILE).read_bytes() == key
+    assert (tmp_path / KEY_FILE).stat().st_mode & 0o777 == 0o600
     assert [p.name for p in (tmp_path / "secrets").iterdir()] == ["pseudonym.key"]
     assert pseudo.load_or_create_key(tmp_path) == key
 

@@ -15,7 +15,8 @@ import dagster as dg
 import pytest
 
 from radaudit.pacs import io
-from radaudit.pacs.lock import HOLDER_FILE, LOCK_FILE, DataDirBusy, data_dir_lock
+from radaudit.pacs.layout import HOLDER_FILE, LOCK_FILE
+from radaudit.pacs.lock import DataDirBusy, data_dir_lock
 from radaudit.pipelines.cli import main
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from radaudit.pacs.index import ERRORS_PATH, INDEX_PATH
+from radaudit.pacs.layout import ERRORS_PATH, INDEX_PATH
 from radaudit.models.presets import PRESETS
 from radaudit.pipelines.cli import main
 

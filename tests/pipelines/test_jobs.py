@@ -86,7 +86,7 @@ def test_a_retried_backbone_step_resumes_and_bad_input_is_not_retried(tmp_path, 
     ValueError (bad input) then fails the step at once instead of using up retries."""
     import radaudit.assets.models as asset_models
     from radaudit.assets.resources import AuditConfig
-    from radaudit.models import stages
+    from radaudit.pipelines import stages
 
     calls: list[tuple[bool, str]] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radaudit.augment.border import find_exposed_field, remove_border
+from radaudit.pacs.border import find_exposed_field, remove_border
 
 
 def _read_rg3() -> np.ndarray:

@@ -6,34 +6,36 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radaudit.models import stages
+from radaudit.pipelines import stages
+from radaudit.pacs.layout import DUPLICATES_PATH, EMBED_DIR
+from radaudit.pipelines.stages import store
 
 
 def test_an_array_written_without_its_rows_is_detected(tmp_path: Path) -> None:
     """A crash between the two renames leaves a new array beside the old rows: same length, wrong images."""
     npy, rows = tmp_path / "simclr.npy", tmp_path / "simclr.uids.parquet"
     first = np.arange(12, dtype=np.float32).reshape(3, 4)
-    stages._save_rows(first, npy, pd.DataFrame({"sop_instance_uid": ["1.1", "1.2", "1.3"]}), rows)
-    array, table = stages._load_rows(npy, rows)
+    store.save_rows(first, npy, pd.DataFrame({"sop_instance_uid": ["1.1", "1.2", "1.3"]}), rows)
+    array, table = store.load_rows(npy, rows)
     np.testing.assert_array_equal(array, first)
     assert table.columns.tolist() == ["sop_instance_uid"]
 
-    stages._save_array(first[::-1].copy(), npy)  # the next run's array landed, its rows did not
+    store.save_array(first[::-1].copy(), npy)  # the next run's array landed, its rows did not
     with pytest.raises(ValueError, match="different runs"):
-        stages._load_rows(npy, rows)
+        store.load_rows(npy, rows)
 
 
 def test_reuse_of_embeddings_falls_back_to_embedding_everything_on_a_torn_pair(tmp_path: Path) -> None:
-    embed_dir = tmp_path / stages.EMBED_DIR
+    embed_dir = tmp_path / EMBED_DIR
     old = np.ones((2, 4), np.float32)
-    stages._save_rows(old, embed_dir / "byol.npy",
+    store.save_rows(old, embed_dir / "byol.npy",
                       pd.DataFrame({"sop_instance_uid": ["1.1", "1.2"], "cache_key": ["a", "b"], "model_key": "m"}),
                       embed_dir / "byol.uids.parquet")
-    kept = stages._previous_rows(tmp_path, "byol", "m", ["1.2", "1.3"], ["b", "c"])
+    kept = store.previous_rows(tmp_path, "byol", "m", ["1.2", "1.3"], ["b", "c"])
     np.testing.assert_array_equal(kept[0], old[1])
     assert np.isnan(kept[1]).all()
-    stages._save_array(np.zeros((2, 4), np.float32), embed_dir / "byol.npy")
-    assert stages._previous_rows(tmp_path, "byol", "m", ["1.2", "1.3"], ["b", "c"]) is None
+    store.save_array(np.zeros((2, 4), np.float32), embed_dir / "byol.npy")
+    assert store.previous_rows(tmp_path, "byol", "m", ["1.2", "1.3"], ["b", "c"]) is None
 
 
 def test_fold_groups_tie_the_patients_of_a_copy_together() -> None:
@@ -57,7 +59,7 @@ def test_a_copy_whose_original_left_the_cache_is_not_reported(tmp_path: Path) ->
     pd.DataFrame({"group": [1, 1, 2, 2], "sop_instance_uid": ["a", "b", "c", "d"],
                   "duplicate_of": [None, "a", None, "c"], "similarity": [1.0, 0.97, 1.0, 1.0],
                   "cross_patient": [False, False, True, True], "other_patient": [False, False, False, True]}
-                 ).to_parquet(tmp_path / stages.DUPLICATES_PATH)
+                 ).to_parquet(tmp_path / DUPLICATES_PATH)
     rows = stages.load_near_duplicates(tmp_path, ["b", "d", "c", "x"])
     assert rows["duplicate_of"].tolist() == [None, "c", None, None]  # "a" is gone: "b" is no copy now
     assert rows["other_patient"].tolist() == [False, True, False, False]
@@ -74,7 +76,7 @@ def test_near_duplicates_of_a_synthetic_export_are_found_and_kept_on_one_side_of
     run_ingest(IngestConfig(export_dir=tmp_path / "export", data_dir=data, cache=CacheParams(size=48), workers=1))
     stages.map_labels(data)
     groups = stages.find_near_duplicates(data)
-    assert (data / stages.DUPLICATES_PATH).is_file()
+    assert (data / DUPLICATES_PATH).is_file()
     truth = pd.read_parquet(tmp_path / "truth.parquet").set_index("sop_instance_uid")
     root = dict(zip(groups["sop_instance_uid"], groups["duplicate_of"].where(groups["duplicate_of"].notna(),
                                                                              groups["sop_instance_uid"])))

@@ -21,7 +21,7 @@ or any other column of ``meta`` are never written.
 
 Run the tests with::
 
-    python -m pytest tests/models/test_report.py -q
+    python -m pytest tests/pipelines/test_report.py -q
 """
 
 from __future__ import annotations
@@ -43,13 +43,10 @@ import numpy as np
 import pandas as pd
 
 from radaudit.pacs.io import write_bytes, write_text
+from radaudit.pacs.layout import REPORT_CSV, REPORT_DIR, REPORT_HTML, REVIEW_DIR, THUMB_DIR
 
 __all__ = ["CSV_COLUMNS", "ReportFiles", "thumbnail_png", "write_report"]
 
-REPORT_DIR = Path("reports")
-CSV_NAME = "mislabel_report.csv"
-HTML_NAME = "mislabel_report.html"
-THUMB_DIR = "thumbnails"
 
 CSV_COLUMNS: tuple[str, ...] = (
     "rank", "sop_instance_uid", "study_instance_uid", "accession_number", "recorded_region",
@@ -236,7 +233,8 @@ def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.Pa
     from radaudit.pacs import cache
 
     names = _validate(issues, meta, class_names, include_accession, top_html, thumbnail, delimiter)
-    out_dir = Path(data_dir) / REPORT_DIR
+    data_dir = Path(data_dir)
+    out_dir = data_dir / REPORT_DIR
     rows = _rows(issues, meta, names, include_all)
     pngs: dict[int, bytes] = {}
     if thumbnail:
@@ -246,21 +244,21 @@ def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.Pa
             except KeyError:
                 continue  # not cached (e.g. undecodable): no thumbnail
             png = thumbnail_png(img, thumbnail)
-            rel = f"{THUMB_DIR}/{_thumb_name(uid)}"
+            rel = f"{THUMB_DIR.relative_to(REPORT_DIR).as_posix()}/{_thumb_name(uid)}"
             write_bytes(out_dir / rel, png)
             rows.at[i, "thumbnail"] = rel
             if i < top_html:  # the HTML shows the cached image at its full resolution when clicked
                 pngs[i] = thumbnail_png(img, max(img.shape))
     columns = [c for c in CSV_COLUMNS if include_accession or c != "accession_number"]
-    csv_path = out_dir / CSV_NAME
+    csv_path = data_dir / REPORT_CSV
     write_text(csv_path, _csv_text(rows, columns, delimiter, defuse_formulas))
     html_rows = rows.head(top_html)
-    html_path = out_dir / HTML_NAME
-    review = Review(folder=str(Path(data_dir).resolve() / "review"), columns=columns,
+    html_path = data_dir / REPORT_HTML
+    review = Review(folder=str(data_dir.resolve() / REVIEW_DIR), columns=columns,
                     cells=_csv_cells(html_rows, columns, defuse_formulas), regions=names,
-                    store=hashlib.sha1(str(Path(data_dir).resolve()).encode()).hexdigest()[:12])
+                    store=hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:12])
     write_text(html_path, _html(html_rows, pngs, columns, issues, [str(w) for w in warnings], review))
-    return ReportFiles(csv_path, html_path, out_dir / THUMB_DIR, len(rows), len(html_rows))
+    return ReportFiles(csv_path, html_path, data_dir / THUMB_DIR, len(rows), len(html_rows))
 
 
 _CSS = """

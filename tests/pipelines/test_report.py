@@ -1,4 +1,4 @@
-"""Tests of radaudit.models.report.write_report: columns, BOM, quoting, order, self-contained HTML, no PHI."""
+"""Tests of radaudit.pipelines.stages.reports.write_report: columns, BOM, quoting, order, self-contained HTML, no PHI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from radaudit.models.report import CSV_COLUMNS, write_report
+from radaudit.pipelines.stages.reports import CSV_COLUMNS, write_report
 from radaudit.pacs.cache import write_image
 
 NAMES = ["skull", "chest", "hand", "knee"]

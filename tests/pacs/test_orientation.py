@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radaudit.augment.orientation import correct_orientation, rotation_from_orientation
+from radaudit.pacs.orientation import correct_orientation, rotation_from_orientation
 
 
 def _upright() -> np.ndarray:
@@ -92,19 +92,12 @@ def test_works_on_channels_last_images() -> None:
     np.testing.assert_array_equal(correct_orientation(stored, ["H", "L"]), up)
 
 
-def test_border_and_orientation_do_not_import_torch() -> None:
+def test_border_and_orientation_do_not_import_torch(tmp_path) -> None:
+    """The ingest's decode workers crop borders and turn images upright without loading torch."""
     import subprocess
     import sys
 
-    code = "import sys, augment, radaudit.augment.border, radaudit.augment.orientation; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = ("import sys, radaudit.pacs.border, radaudit.pacs.orientation, radaudit.pacs.cache; "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "False"
-
-
-def test_package_exposes_the_torch_api_lazily() -> None:
-    from radaudit import augment
-
-    assert callable(augment.make_two_view) and augment.GaugeInsertion.__name__ == "GaugeInsertion"
-    assert augment.CacheDataset.__module__ == "radaudit.augment.dataset"
-    with pytest.raises(AttributeError, match="no attribute"):
-        augment.not_a_thing  # noqa: B018
