@@ -56,9 +56,11 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
         description=f"Frozen {method} backbone features of every cached image "
         f"(embeddings/{method}.npy, rows in embeddings/{method}.uids.parquet).",
     )
-    def embeddings(context: dg.AssetExecutionContext, radaudit: RadauditConfig) -> dg.MaterializeResult:
+    def embeddings(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
+                   audit: AuditConfig) -> dg.MaterializeResult:
         with guarded(radaudit, f"embeddings/{method}", pool_retry_number=context.retry_number):
-            features = stages.compute_embeddings(radaudit.data_dir, method, log=context.log.info)
+            features = stages.compute_embeddings(radaudit.data_dir, method, crop=audit.embed_crop,
+                                                 log=context.log.info)
         return dg.MaterializeResult(metadata={"dagster/row_count": int(features.shape[0]), "dim": int(features.shape[1])})
 
     return [backbone, embeddings]

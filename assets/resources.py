@@ -88,6 +88,9 @@ class AuditConfig(dg.ConfigurableResource):
     num_workers: int = 8
     seed: int = 0
     supcon_cross_fit: int = 2
+    # Embeddings as the mean over ten crops of this share of each image's side (test-time
+    # augmentation, radaudit.models.embed.embed); None: the whole image. The CPU demo uses 0.875.
+    embed_crop: float | None = None
     # The heads' cross-fitting: folds, and fold splits averaged (radaudit.pipelines.stages.compute_oof).
     n_splits: int = 10
     head_repeats: int = 3

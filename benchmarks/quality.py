@@ -186,7 +186,7 @@ def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed:
         rec.add(seed, f"pretrain/{method}", seconds=round(train_s, 1), epochs=len(result.history),
                 steps=result.steps, **{f"monitor_{k}": v for k, v in monitor.items() if k != "epoch"})
         t = time.perf_counter()
-        stages.compute_embeddings(data, method, reuse=False)
+        stages.compute_embeddings(data, method, reuse=False, crop=preset.embed_crop)
         stages.compute_oof(data, method, seed=seed)
         evaluate(rec, seed, data, truth, method, evidence, time.perf_counter() - t)
     t = time.perf_counter()

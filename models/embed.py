@@ -14,6 +14,7 @@ Example::
 
     backbone = load_backbone("runs/simclr")                # a checkpoint dir
     feats = embed(backbone, dataset, size=224)             # Shape: (N, 512), float32
+    feats = embed(backbone, dataset, size=32, crop=0.875)  # the mean over ten crops (test-time augmentation)
 """
 
 from __future__ import annotations
@@ -27,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms.v2.functional import ten_crop
 
 from radaudit.augment.pipeline import ViewConfig
 from radaudit.models.backbone import feature_dim
 from radaudit.models.data import ArrayDataset
+from radaudit.models.validation import check_share
 
 __all__ = ["embed", "default_workers", "normalize_images", "MEAN", "STD"]
 
@@ -101,7 +104,7 @@ _FLUSH_BATCHES = 32
 @torch.no_grad()
 def embed(backbone: nn.Module, data: Dataset | np.ndarray | torch.Tensor, *, batch_size: int = 256,
           device: str | torch.device | None = None, size: int | None = None, num_workers: int | None = None,
-          in_chans: int | None = None) -> np.ndarray:
+          in_chans: int | None = None, crop: float | None = None) -> np.ndarray:
     """Features of every image from a frozen backbone, in dataset order.
 
     The backbone runs in eval mode (BatchNorm uses its running statistics) and is put back in
@@ -121,18 +124,25 @@ def embed(backbone: nn.Module, data: Dataset | np.ndarray | torch.Tensor, *, bat
         num_workers: DataLoader workers reading a dataset; None: :func:`default_workers`.
         in_chans: Input channels of the backbone; grey images are repeated to fill them.
             Default: the first convolution's input channels.
+        crop: Test-time augmentation: each image's features are the mean over its ten crops
+            (torchvision's ``ten_crop``: the centre and the four corners, and the same of the
+            mirror image) of this share of its side, each resized to ``size``; ten forward
+            passes per image. The backbone was trained on random crops (20-100% of the area)
+            and mirror images, so such crops are closer to its training views than the whole
+            image. None: the whole image.
 
     Returns:
         Shape: (N, D), float32.
 
     Raises:
-        ValueError: ``batch_size`` < 1 or ``num_workers`` < 0.
+        ValueError: ``batch_size`` < 1, ``num_workers`` < 0 or ``crop`` outside (0, 1].
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int)
                                     or num_workers < 0):
         raise ValueError(f"num_workers must be an int >= 0 or None (default for the device), got {num_workers!r}")
+    crop = None if crop is None else check_share(crop, "crop (of the image side)", "0.875")
     dataset = _as_dataset(data)
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cuda = dev.type == "cuda"
@@ -147,19 +157,27 @@ def embed(backbone: nn.Module, data: Dataset | np.ndarray | torch.Tensor, *, bat
     pad = cuda and len(dataset) > batch_size  # type: ignore[arg-type]
     out: list[np.ndarray] = []
     pending: list[torch.Tensor] = []
+
+    def features(x: torch.Tensor) -> torch.Tensor:
+        x = normalize_images(x, size=size)  # (B, 1, S, S)
+        if in_chans != 1:
+            x = x.expand(-1, in_chans, -1, -1)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
+            return backbone(x).float()  # (B, D)
+
     try:
         for images in _batches(dataset, batch_size, workers, pin_memory=cuda):
             n = images.shape[0]
             x = images.to(dev, non_blocking=True)
             if pad and n < batch_size:
                 x = torch.cat([x, x.new_zeros((batch_size - n, *x.shape[1:]))])  # (batch_size, 1, H, W)
-            x = normalize_images(x, size=size)  # (B, 1, S, S)
-            if in_chans != 1:
-                x = x.expand(-1, in_chans, -1, -1)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-                pending.append(backbone(x)[:n].float())  # (n, D)
+            if crop is None:
+                pending.append(features(x)[:n])  # (n, D)
+            else:
+                side = [max(1, round(crop * s)) for s in x.shape[-2:]]
+                pending.append(torch.stack([features(v) for v in ten_crop(x, side)]).mean(0)[:n])  # (n, D)
             if len(pending) >= _FLUSH_BATCHES:
                 out.append(torch.cat(pending).cpu().numpy())
                 pending.clear()

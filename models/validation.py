@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = ["check_embeddings", "check_groups", "check_int", "check_labels", "check_non_negative",
-           "check_positive_number", "check_probabilities"]
+           "check_positive_number", "check_probabilities", "check_share"]
 
 PROB_ATOL = 1e-3
 
@@ -108,4 +108,11 @@ def check_positive_number(value: object, name: str, example: str, upper: float |
             or (upper is not None and value >= upper)):
         bound = f" and < {upper}" if upper is not None else ""
         raise ValueError(f"{name} must be a number > 0{bound}, e.g. {example}; got {value!r}")
+    return float(value)
+
+
+def check_share(value: object, name: str, example: str) -> float:
+    """Return ``value`` as a float, or raise ValueError (with ``example``) unless it is in (0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a share in (0, 1], e.g. {example}; got {value!r}")
     return float(value)

@@ -196,6 +196,16 @@ def _add_ingest_options(p: argparse.ArgumentParser, default_size: int = 256) -> 
     p.add_argument("--region-map", help="region mapping file (TOML or YAML); default: the packaged one")
 
 
+def _share(text: str) -> float:
+    """An argument that must be a share in (0, 1]."""
+    from radaudit.models.validation import check_share
+
+    try:
+        return check_share(float(text), "the value", "0.875")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_audit_options(p: argparse.ArgumentParser) -> None:
     from radaudit.assets.resources import AuditConfig
 
@@ -215,6 +225,9 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-accession", action="store_true", help="leave the Accession Number out of the report")
     p.add_argument("--methods", nargs="+", default=list(defaults.methods), choices=list(METHODS),
                    help=f"methods to pretrain and ensemble (default: {' '.join(defaults.methods)})")
+    p.add_argument("--embed-crop", type=_share, default=defaults.embed_crop, metavar="SHARE",
+                   help="embed each image as the mean over ten crops of this share of its side, e.g. 0.875 "
+                        "(default: the whole image)")
 
 
 def _audit_config(args: argparse.Namespace) -> Any:
@@ -223,7 +236,8 @@ def _audit_config(args: argparse.Namespace) -> Any:
     return AuditConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                        backbone=args.backbone, seed=args.seed, from_scratch=args.from_scratch,
                        devices=args.devices, gauge_dir=args.gauge_dir,
-                       include_accession=not args.no_accession, methods=list(dict.fromkeys(args.methods)))
+                       include_accession=not args.no_accession, methods=list(dict.fromkeys(args.methods)),
+                       embed_crop=args.embed_crop)
 
 
 def _resource(export: str | os.PathLike[str], data: str | os.PathLike[str], args: argparse.Namespace) -> Any:
@@ -442,7 +456,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     audit = AuditConfig(methods=methods, epochs=args.epochs, batch_size=args.batch_size,
                         image_size=min(args.image_size, args.size), supcon_cross_fit=preset.supcon_cross_fit,
                         on_cpu="as_is", tau_base=preset.tau_base, num_workers=min(preset.num_workers, os.cpu_count() or 1),
-                        seed=args.seed, truth_path=str(truth))
+                        seed=args.seed, truth_path=str(truth), embed_crop=preset.embed_crop)
     result = run_assets(_resource(export, data, args), audit, _only_methods(methods), wait_s=args.wait,
                         what="radaudit demo")
     _print_ingest_summary(data)

@@ -115,12 +115,14 @@ def train_backbone(data_dir: str | os.PathLike[str], method: str, config: Pretra
 
 def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: int | None = None,
                        batch_size: int = 256, device: str | None = None, reuse: bool = True,
-                       log: Log | None = None) -> np.ndarray:
+                       crop: float | None = None, log: Log | None = None) -> np.ndarray:
     """Embed every cached image with the method's latest backbone; write ``embeddings/<method>.*``.
 
-    ``size`` defaults to the image size the backbone was trained at (from its checkpoint). With
-    ``reuse``, an image embedded before by the same weights at the same size, whose cached pixels
-    have not changed since, keeps its row: a nightly run embeds only the night's new images.
+    ``size`` defaults to the image size the backbone was trained at (from its checkpoint).
+    ``crop``: each image's features are the mean over its ten crops of this share of its side
+    (:func:`radaudit.models.embed.embed`); None: the whole image. With ``reuse``, an image embedded
+    before by the same weights at the same size and crop, whose cached pixels have not changed
+    since, keeps its row: a nightly run embeds only the night's new images.
     A cross-fitted method (see :func:`train_backbone`) also writes ``<method>.fold<f>`` for each
     backbone; ``<method>`` itself holds fold 0's features (for the out-of-domain evidence).
     """
@@ -129,9 +131,9 @@ def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: i
     folds = cross_fit_folds(data_dir, method)
     if folds is None:
         return _embed_with(data_dir, checkpoint_dir(data_dir, method), method, ts,
-                           size=size, batch_size=batch_size, device=device, reuse=reuse, log=log)
+                           size=size, batch_size=batch_size, device=device, reuse=reuse, crop=crop, log=log)
     features = [_embed_with(data_dir, checkpoint_dir(data_dir, method, f), f"{method}.fold{f}", ts,
-                            size=size, batch_size=batch_size, device=device, reuse=reuse, log=log)
+                            size=size, batch_size=batch_size, device=device, reuse=reuse, crop=crop, log=log)
                 for f in range(int(folds["fold"].max()) + 1)][0]
     save_rows(features, data_dir / EMBED_DIR / f"{method}.npy",
                pd.read_parquet(data_dir / EMBED_DIR / f"{method}.fold0.uids.parquet").drop(columns="array_digest"),
@@ -140,7 +142,8 @@ def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: i
 
 
 def _embed_with(data_dir: Path, checkpoints: Path, name: str, ts: TrainingSet, *, size: int | None,
-                batch_size: int, device: str | None, reuse: bool, log: Log | None) -> np.ndarray:
+                batch_size: int, device: str | None, reuse: bool, crop: float | None,
+                log: Log | None) -> np.ndarray:
     """Embed ``ts``'s images with the latest backbone under ``checkpoints``; write ``embeddings/<name>.*``."""
     from radaudit.augment.dataset import CacheDataset
     from radaudit.models.checkpoint import WEIGHTS_FILE, latest_checkpoint, load_backbone, load_checkpoint
@@ -152,14 +155,14 @@ def _embed_with(data_dir: Path, checkpoints: Path, name: str, ts: TrainingSet, *
         raise FileNotFoundError(f"no {method} backbone under {checkpoints}: materialize backbone/{method} first")
     if size is None:
         size = load_checkpoint(latest).state.get("size")
-    model_key = f"{file_digest(latest / WEIGHTS_FILE)}:{size}"
+    model_key = f"{file_digest(latest / WEIGHTS_FILE)}:{size}" + ("" if crop is None else f":crop{crop:g}")
     keys = cache_keys(data_dir, ts.uids)
     features = previous_rows(data_dir, name, model_key, ts.uids, keys) if reuse else None
     todo = np.arange(len(ts.uids)) if features is None else np.flatnonzero(np.isnan(features[:, 0]))
     if len(todo):
         read = functools.partial(cache.read, data_dir)
         new = embed(load_backbone(checkpoints), CacheDataset.from_reader(read, [ts.uids[i] for i in todo]),
-                    batch_size=batch_size, device=device, size=size).astype(np.float32)  # (len(todo), D)
+                    batch_size=batch_size, device=device, size=size, crop=crop).astype(np.float32)  # (len(todo), D)
         if features is None or features.shape[1] != new.shape[1]:
             features = np.full((len(ts.uids), new.shape[1]), np.nan, np.float32)
         features[todo] = new

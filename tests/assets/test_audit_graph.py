@@ -230,6 +230,12 @@ def test_nightly_audit_embeds_the_new_files_of_the_night(audited, tmp_path):
     lines: list[str] = []
     stages.compute_embeddings(night, "byol", log=lines.append)
     assert lines == [f"byol embeddings: 0 images embedded, {len(uids)} kept from the last run"]
+    # Ten-crop features are other features: the first run with a crop embeds everything again, the next none.
+    lines.clear()
+    stages.compute_embeddings(night, "byol", crop=0.875, log=lines.append)
+    stages.compute_embeddings(night, "byol", crop=0.875, log=lines.append)
+    assert lines == [f"byol embeddings: {len(uids)} images embedded, 0 kept from the last run",
+                     f"byol embeddings: 0 images embedded, {len(uids)} kept from the last run"]
 
 
 def _rematerialize(data: Path, truth: Path, selection: list[dg.AssetKey]) -> dg.ExecuteInProcessResult:

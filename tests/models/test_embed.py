@@ -66,3 +66,35 @@ def test_rejects_bad_input(backbone: torch.nn.Module) -> None:
         embed(backbone, np.zeros((2, 8, 8), dtype=np.uint8), batch_size=0)
     with pytest.raises(ValueError, match="num_workers"):
         embed(backbone, np.zeros((2, 8, 8), dtype=np.uint8), num_workers=-1)
+
+
+class _TopLeft(torch.nn.Module):
+    """A 'backbone' whose one feature is the top-left pixel of its input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1, 0, 0]
+
+
+def test_ten_crop_features_are_the_mean_over_the_crops_and_their_mirrors() -> None:
+    image = np.arange(16, dtype=np.uint8).reshape(1, 4, 4)  # rows 0-3, 4-7, 8-11, 12-15
+    # Crops of side 2: centre [5 6; 9 10], corners [0 1; ..], [2 3; ..], [8 9; ..], [10 11; ..];
+    # their top-left pixels 5, 0, 2, 8, 10, and of their mirror images 6, 1, 3, 9, 11: mean 5.5.
+    got = embed(_TopLeft(), image, crop=0.5, in_chans=1)
+    np.testing.assert_allclose(got, [[(5.5 / 255 - 0.5) / 0.5]], rtol=1e-6)
+    np.testing.assert_allclose(embed(_TopLeft(), image, in_chans=1), [[(0 / 255 - 0.5) / 0.5]], rtol=1e-6)
+
+
+def test_ten_crop_embedding_equals_the_mean_of_each_crops_embedding(backbone: torch.nn.Module,
+                                                                     tiny_images: np.ndarray) -> None:
+    n, h, w = tiny_images.shape
+    s = round(0.75 * h)
+    corners = [((h - s) // 2, (w - s) // 2), (0, 0), (0, w - s), (h - s, 0), (h - s, w - s)]
+    crops = [tiny_images[:, y:y + s, x:x + s] for y, x in corners]
+    crops += [c[:, :, ::-1] for c in crops]
+    by_crop = [embed(backbone, np.ascontiguousarray(c), batch_size=8, size=32) for c in crops]
+    got = embed(backbone, tiny_images, batch_size=8, size=32, crop=0.75)
+    np.testing.assert_allclose(got, np.mean(by_crop, axis=0), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got, embed(backbone, tiny_images, batch_size=8, size=32), atol=1e-3)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="crop"):
+            embed(backbone, tiny_images, crop=bad)

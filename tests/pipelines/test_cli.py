@@ -190,3 +190,11 @@ def test_demo_runs_the_whole_audit_and_scores_it_against_the_truth(tmp_path, cap
     for row in accuracy:
         assert row[1:] == ["1%:", row[2], "10%:", row[4], "100%:", row[6]]
         assert all(0.0 <= float(v) <= 1.0 for v in row[2::2])
+
+
+def test_embed_crop_outside_zero_to_one_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", "--export", str(tmp_path), "--data", str(tmp_path / "data"), "--embed-crop", "2"])
+    assert exc.value.code == 2
+    assert "--embed-crop: the value must be a share in (0, 1], e.g. 0.875; got 2.0" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
