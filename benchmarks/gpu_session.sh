@@ -29,7 +29,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee
 #   QUALITY_ARGS="--n 150 --epochs 1 --methods simclr" bash benchmarks/gpu_session.sh
 PRETRAIN_ARGS=${PRETRAIN_ARGS:---gpu}
 AUGMENT_ARGS=${AUGMENT_ARGS:---device cuda --workers 16 --batch 256}
-QUALITY_ARGS=${QUALITY_ARGS:---gpu --shards 16}
+QUALITY_ARGS=${QUALITY_ARGS:---gpu --shards 16 --crop-ablation 0.875}
 # Seconds per benchmark: step rates first (cheap, most wanted), then the whole audit.
 timeout 120 python3 benchmarks/pretrain.py $PRETRAIN_ARGS --json "$out/pretrain.json" 2>&1 | tee "$out/pretrain.log"
 timeout 50 python3 benchmarks/augment.py $AUGMENT_ARGS --json "$out/augment.json" 2>&1 | tee "$out/augment.log"

@@ -139,11 +139,12 @@ def random_baseline(data: Path, size: int, backbone: str) -> None:
 
 
 def evaluate(rec: Recorder, seed: int, data: Path, truth: Path, name: str, evidence: dict[str, Any],
-             seconds: float) -> None:
+             seconds: float, label: str | None = None) -> None:
+    """Record one method's own audit figures and linear-eval accuracies (as ``label``, default its name)."""
     scores = stages.evaluate_method(data, truth, name, evidence=evidence)
-    rec.add(seed, f"audit/{name}", seconds=round(seconds, 1), **{k: scores[k] for k in FIGURES})
+    rec.add(seed, f"audit/{label or name}", seconds=round(seconds, 1), **{k: scores[k] for k in FIGURES})
     acc = stages.evaluate_label_fractions(data, truth, [name])[name]
-    rec.add(seed, f"linear_eval/{name}", **{f"acc@{int(f * 100)}%": a for f, a in acc.items()})
+    rec.add(seed, f"linear_eval/{label or name}", **{f"acc@{int(f * 100)}%": a for f, a in acc.items()})
 
 
 def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed: int, root: Path) -> None:
@@ -206,6 +207,14 @@ def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed:
         for f in (data / EMBED_DIR).glob("*"):
             shutil.copy2(f, dest / f.name)
         shutil.copy2(truth, dest / "truth.parquet")
+    if args.crop_ablation is not None and args.crop_ablation != preset.embed_crop:
+        # The same backbones embedded the other way (ten crops, or the whole image), each method alone.
+        for method in preset.methods:
+            t = time.perf_counter()
+            stages.compute_embeddings(data, method, reuse=False, crop=args.crop_ablation)
+            stages.compute_oof(data, method, seed=seed)
+            evaluate(rec, seed, data, truth, method, evidence, time.perf_counter() - t,
+                     label=f"{method}+crop{args.crop_ablation:g}")
 
 
 def summarize(rec: Recorder) -> None:
@@ -248,6 +257,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, help="figures file (see the module docstring)")
     ap.add_argument("--save-embeddings", type=Path, help="copy each seed's embeddings and truth here")
     ap.add_argument("--verbose", action="store_true", help="print the pretraining log")
+    ap.add_argument("--crop-ablation", type=float, metavar="SHARE",
+                    help="at the end, embed again with ten crops of this share of the side and score each method "
+                    "alone: the same backbones, embedded the other way (e.g. 0.875 beside the GPU preset's whole images)")
     args = ap.parse_args(argv)
     preset = PRESETS["gpu" if args.gpu else "cpu-demo"]
     changes = {k: v for k, v in (("n", args.n), ("epochs", args.epochs), ("image_size", args.size),
