@@ -136,8 +136,8 @@ def compute_embeddings(data_dir: str | os.PathLike[str], method: str, *, size: i
                             size=size, batch_size=batch_size, device=device, reuse=reuse, crop=crop, log=log)
                 for f in range(int(folds["fold"].max()) + 1)][0]
     save_rows(features, data_dir / EMBED_DIR / f"{method}.npy",
-               pd.read_parquet(data_dir / EMBED_DIR / f"{method}.fold0.uids.parquet").drop(columns="array_digest"),
-               data_dir / EMBED_DIR / f"{method}.uids.parquet")
+              pd.read_parquet(data_dir / EMBED_DIR / f"{method}.fold0.uids.parquet").drop(columns="array_digest"),
+              data_dir / EMBED_DIR / f"{method}.uids.parquet")
     return features
 
 
@@ -169,8 +169,8 @@ def _embed_with(data_dir: Path, checkpoints: Path, name: str, ts: TrainingSet, *
     if log is not None:
         log(f"{name} embeddings: {len(todo)} images embedded, {len(ts.uids) - len(todo)} kept from the last run")
     save_rows(features, data_dir / EMBED_DIR / f"{name}.npy",
-               pd.DataFrame({"sop_instance_uid": ts.uids, "cache_key": keys, "model_key": model_key}),
-               data_dir / EMBED_DIR / f"{name}.uids.parquet")
+              pd.DataFrame({"sop_instance_uid": ts.uids, "cache_key": keys, "model_key": model_key}),
+              data_dir / EMBED_DIR / f"{name}.uids.parquet")
     return features
 
 
@@ -238,9 +238,9 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
         out_of_fold &= ts.labels >= 0
         result = OOFResult(probs, fold, out_of_fold, heads[0])
     save_rows(result.probabilities.astype(np.float32), data_dir / PROB_DIR / f"{method}.npy",
-               pd.DataFrame({"sop_instance_uid": ts.uids, "label": ts.labels, "fold": result.fold,
-                             "out_of_fold": result.out_of_fold}),
-               data_dir / PROB_DIR / f"{method}.rows.parquet")
+              pd.DataFrame({"sop_instance_uid": ts.uids, "label": ts.labels, "fold": result.fold,
+                            "out_of_fold": result.out_of_fold}),
+              data_dir / PROB_DIR / f"{method}.rows.parquet")
     pio.write_text(data_dir / PROB_DIR / f"{method}.heads.json",
                    json.dumps({"l2": l2, "log_loss_by_l2": {f"{k2:g}": v for k2, v in losses.items()}}, indent=1))
     return result
@@ -337,7 +337,7 @@ def combine(data_dir: str | os.PathLike[str], methods: Sequence[str], *, weights
     probs = ensemble_probabilities(by_method, weights=weights, labels=labels, drop_below=drop_below)
     out_of_fold = np.logical_and.reduce([rows["out_of_fold"].to_numpy() for _, rows in loaded.values()])
     save_rows(probs.astype(np.float32), data_dir / PROB_DIR / "ensemble.npy",
-               first_rows.assign(out_of_fold=out_of_fold), data_dir / PROB_DIR / "ensemble.rows.parquet")
+              first_rows.assign(out_of_fold=out_of_fold), data_dir / PROB_DIR / "ensemble.rows.parquet")
     pio.write_text(data_dir / WEIGHTS_PATH, json.dumps(w, indent=1))
     return probs, w
 
