@@ -54,11 +54,6 @@ class MethodSpec:
         """The two-view transform class (imports torch)."""
         return _load(self.transform)
 
-    def defaults(self) -> dict[str, Any]:
-        """The paper settings its model uses when a config leaves them None."""
-        cls = self.model_class()
-        return {"optimizer": cls.DEFAULT_OPTIMIZER, "lr": cls.DEFAULT_LR, "weight_decay": cls.DEFAULT_WEIGHT_DECAY}
-
 
 def _load(target: str) -> Any:
     module, _, name = target.partition(":")

@@ -35,11 +35,13 @@ def read_truth(truth_path: str | os.PathLike[str]) -> pd.DataFrame:
     return truth.set_index("sop_instance_uid")
 
 
-def truth_labels(ts: TrainingSet, truth_path: str | os.PathLike[str] | None) -> np.ndarray | None:
-    """True region per instance from a synthetic export's truth file (-1 for out-of-domain), or None."""
-    if not truth_path:
+def truth_labels(ts: TrainingSet, truth: str | os.PathLike[str] | pd.DataFrame | None) -> np.ndarray | None:
+    """True region per instance from a synthetic export's truth file, or the :func:`read_truth`
+    frame already read (-1 for out-of-domain), or None without one."""
+    if truth is None or (not isinstance(truth, pd.DataFrame) and not truth):
         return None
-    region = pd.Series(ts.uids).map(read_truth(truth_path)["true_region"])
+    frame = truth if isinstance(truth, pd.DataFrame) else read_truth(truth)
+    region = pd.Series(ts.uids).map(frame["true_region"])
     lookup = {name: i for i, name in enumerate(ts.vocabulary)}
     return np.array([lookup.get(r, -1) if isinstance(r, str) else -1 for r in region], dtype=np.int64)
 
@@ -108,7 +110,7 @@ def score_issues(issues: pd.DataFrame, ts: TrainingSet, truth_path: str | os.Pat
 
     truth = read_truth(truth_path)
     issues = issues.set_index("sop_instance_uid").loc[ts.uids]
-    true_idx = truth_labels(ts, truth_path)
+    true_idx = truth_labels(ts, truth)
     is_ood = pd.Series(ts.uids).map(truth["is_ood"]).fillna(False).to_numpy(dtype=bool)
     labelled = (ts.labels >= 0) & ~is_ood
     wrong = labelled & (ts.labels != true_idx)
