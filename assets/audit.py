@@ -117,13 +117,14 @@ def label_issues(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
 
         issues = stages.audit(radaudit.data_dir, _methods(audit), ood_threshold=audit.ood_threshold, seed=audit.seed,
                               max_mislabel_fraction=audit.max_mislabel_fraction,
-                              min_confidence=audit.min_mislabel_confidence)
+                              flag_count=audit.flag_count)
         counts = issues["issue"].value_counts().to_dict()
         for warning in issues.attrs["warnings"]:
             context.log.warning(warning)
         return dg.MaterializeResult(metadata={
             "dagster/row_count": len(issues), **{f"n_{k}": int(counts.get(k, 0)) for k in ISSUE_KINDS},
             "cleanlab_issues": issues.attrs["cleanlab_issues"],
+            "estimated_wrong_labels": issues.attrs["estimated_wrong_labels"],
             "heads_agreement": round(float(issues.attrs["heads_agreement"]), 4),
             "warnings": "\n".join(issues.attrs["warnings"]) or "none",
         })

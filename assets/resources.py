@@ -100,8 +100,8 @@ class AuditConfig(dg.ConfigurableResource):
     ensemble_drop_below: float | None = 0.05
     ood_threshold: float | None = None
     max_mislabel_fraction: float = 0.25
-    # A mislabel flag needs the ensemble's probability of its suggested region to reach this.
-    min_mislabel_confidence: float = 0.5
+    # How the length of the mislabel list is estimated (radaudit.models.audit.FLAG_COUNTS).
+    flag_count: str = "off_diagonal"
     include_accession: bool = True
     report_top_html: int = 500
     min_flag_fraction: float = 0.0

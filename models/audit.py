@@ -14,15 +14,20 @@ header and pixel facts of :mod:`radaudit.models.ood`, and returns one row per im
   probability of the recorded label; low = suspect); NaN for null labels and out-of-domain images.
 - ``is_label_issue``: cleanlab's ``filter.find_label_issues`` on the labelled rows without
   header or pixel evidence of being out of domain (Northcutt, Jiang and Chuang, 2021,
-  "Confident Learning", JAIR 70): the confident joint estimates how many images of each
-  recorded class really belong to each other class.
-- ``issue == "mislabel"``: a *confident, consistent* disagreement: cleanlab flags it, the image
-  is in domain, the ensemble's suggestion differs from the recorded label with a probability of
-  at least ``min_confidence``, and at least half of the members (each method alone) suggest the
-  same region. At most ``max_mislabel_fraction`` of
-  the labelled images are flagged (the lowest label quality first): with weak features the
-  confident joint over-estimates the noise, and a list of 40% of an archive helps no one.
-- ``suggested_region`` / ``suggested_probability``: the argmax of the probabilities.
+  "Confident Learning", JAIR 70). It only decides which rows are *trusted* references of the
+  embedding evidence; it does not decide the mislabel flags.
+- ``issue == "mislabel"``: the list is a *prefix of the label-quality order*: of the labelled
+  in-domain images (copies under another patient are reported as such), the ``n`` with the
+  lowest ``label_quality``, where ``n`` is cleanlab's estimate of how many labels are wrong
+  (:data:`FLAG_COUNTS`), at most ``max_mislabel_fraction`` of them. The list therefore ranks
+  exactly as the plain self-confidence order of the probabilities; earlier rules that dropped
+  rows from it (a 0.5 floor on the suggestion's probability, cleanlab's filter, a vote of the
+  ensemble's members) cost precision@k of the wrong labels on held-out seeds and are gone: a
+  row whose suggestion is uncertain is still flagged, and shows its two most likely regions.
+- ``members_agree``: share of the ensemble's members whose own most likely region is the
+  ensemble's suggestion (NaN without members): shown to reviewers, never a filter.
+- ``suggested_region`` / ``suggested_probability``: the argmax of the probabilities;
+  ``second_region`` / ``second_probability``: the next most likely region.
 - ``duplicate_of``: the SOP Instance UID of the image this one is a copy of (``duplicates``,
   from :mod:`radaudit.pacs.duplicates`), else None.
 - ``issue``: ``"out_of_domain"``; else ``"near_duplicate"`` for a copy under another patient;
@@ -35,9 +40,9 @@ header and pixel facts of :mod:`radaudit.models.ood`, and returns one row per im
   under the same patient by descending similarity; then the unflagged rows by ascending
   ``label_quality``.
 
-``df.attrs`` carries ``ood_threshold``, ``cleanlab_issues`` (cleanlab's count before the
-rules above), ``heads_agreement`` (share of labelled in-domain images whose out-of-fold
-prediction equals the recorded label) and ``warnings``: when that agreement is below
+``df.attrs`` carries ``ood_threshold``, ``cleanlab_issues`` (rows cleanlab's filter flags),
+``estimated_wrong_labels`` (the flag count before the cap), ``heads_agreement`` (share of
+labelled in-domain images whose out-of-fold prediction equals the recorded label) and ``warnings``: when that agreement is below
 ``min_agreement`` the features are too weak to audit, and every caller (run log, report header,
 Dagster metadata) shows the warning with the figure.
 
@@ -58,9 +63,11 @@ from radaudit.models.validation import check_embeddings, check_labels, check_pos
 
 __all__ = [
     "FILTER_BY",
+    "FLAG_COUNTS",
     "ISSUE_KINDS",
     "QUALITY_METHODS",
     "combine_embeddings",
+    "estimate_wrong_labels",
     "find_issues",
     "flag_fraction",
 ]
@@ -85,9 +92,16 @@ QUALITY_METHODS: dict[str, str] = {
     "confidence_weighted_entropy": "confidence_weighted_entropy",
 }
 
+# cleanlab.count.num_label_issues(estimation_method=...): how many labels are wrong, hence how
+# long the mislabel list is (cleanlab's own advice for a ranked review list).
+FLAG_COUNTS: dict[str, str] = {
+    "off_diagonal": "off_diagonal",
+    "off_diagonal_calibrated": "off_diagonal_calibrated",
+}
+
 COLUMNS: tuple[str, ...] = (
     "label", "label_quality", "is_label_issue", "suggested_region", "suggested_probability",
-    "ood_score", "is_out_of_domain", "ood_reason", "out_of_fold", "duplicate_of", "issue", "suspicion", "rank",
+    "second_region", "second_probability", "members_agree", "ood_score", "is_out_of_domain", "ood_reason", "out_of_fold", "duplicate_of", "issue", "suspicion", "rank",
 )
 DUPLICATE_COLUMNS: tuple[str, ...] = ("duplicate_of", "similarity", "other_patient")
 
@@ -122,17 +136,43 @@ def combine_embeddings(embeddings_by_method: Mapping[str, np.ndarray]) -> np.nda
     return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
 
 
-def _consistent(suggested: np.ndarray, member_probs: Mapping[str, np.ndarray] | None, n: int, k: int) -> np.ndarray:
-    """Rows where at least half of the members' own argmax equals the ensemble's suggestion."""
+def _members_agree(suggested: np.ndarray, member_probs: Mapping[str, np.ndarray] | None, n: int,
+                   k: int) -> np.ndarray:
+    """Per row, the share of members whose own argmax is the ensemble's suggestion (NaN without members)."""
     if not member_probs:
-        return np.ones(n, dtype=bool)
+        return np.full(n, np.nan)
     votes = np.zeros(n, dtype=np.int64)
     for name, p in member_probs.items():
         p = check_probabilities(p, n, name=f"member_probs[{name!r}]")
         if p.shape[1] != k:
             raise ValueError(f"member_probs[{name!r}] has {p.shape[1]} classes, probs {k}")
         votes += p.argmax(axis=1) == suggested
-    return 2 * votes >= len(member_probs)
+    return votes / len(member_probs)
+
+
+def estimate_wrong_labels(probs: np.ndarray, labels: np.ndarray, *, method: str = "off_diagonal") -> int:
+    """How many of ``labels`` are wrong: cleanlab's ``count.num_label_issues``.
+
+    Args:
+        probs: Shape: (N, K), out-of-sample probabilities of the rows to count over.
+        labels: Shape: (N,), their recorded labels (all >= 0).
+        method: One of :data:`FLAG_COUNTS`.
+
+    Returns:
+        An integer in [0, N]; 0 when fewer than two classes are recorded.
+    """
+    from cleanlab.count import num_label_issues
+
+    method = _lookup(FLAG_COUNTS, method, "flag_count")
+    y = np.asarray(labels, dtype=np.int64)
+    if y.size == 0 or np.unique(y).size < 2:
+        return 0
+    p = np.asarray(probs, dtype=np.float64)
+    # cleanlab wants every class of the columns recorded at least once; count over the classes present.
+    present = np.unique(y)
+    sub = p[:, present]
+    sub = sub / np.maximum(sub.sum(axis=1, keepdims=True), 1e-12)
+    return int(min(y.size, num_label_issues(np.searchsorted(present, y), sub, estimation_method=method)))
 
 
 def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *,
@@ -148,7 +188,7 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
                 pixel_z: float = 7.0,
                 ood_dim: int = 32,
                 max_mislabel_fraction: float = 0.25,
-                min_confidence: float = 0.5,
+                flag_count: str = "off_diagonal",
                 min_agreement: float = 0.75,
                 duplicates: pd.DataFrame | None = None,
                 seed: int = 0) -> pd.DataFrame:
@@ -163,8 +203,8 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         out_of_fold: Shape: (N,) bool from :class:`radaudit.models.heads.OOFResult`; rows marked False
             (in-sample probabilities) are kept in the column ``out_of_fold`` so a reviewer can
             discount them. Default: all True.
-        member_probs: {method: Shape: (N, K)}, each ensemble member's own probabilities; a
-            mislabel needs at least half of them to agree with the ensemble's suggestion.
+        member_probs: {method: Shape: (N, K)}, each ensemble member's own probabilities; the
+            column ``members_agree`` says how many of them suggest the ensemble's region.
         header_reasons: N strings from :func:`radaudit.models.ood.header_evidence` ("" = none).
         pixel_feats: N rows of :func:`radaudit.models.ood.pixel_features` (columns ``PIXEL_FEATURES``).
         filter_by: cleanlab ``find_label_issues`` method, one of ``FILTER_BY``.
@@ -174,13 +214,9 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         ood_z: Robust z-score of the embedding evidence that flags an image.
         pixel_z: The same for the pixel evidence (see :func:`radaudit.models.ood.combine_evidence`).
         ood_dim: Principal axes of the Mahalanobis evidence.
-        max_mislabel_fraction: Most labelled images flagged ``mislabel``, in (0, 1).
-        min_confidence: A mislabel needs the ensemble's probability of its suggested region to
-            reach this, in (0, 1): a flag is a confident disagreement; 0.5, "more likely than
-            all other regions together". On 4 CPU-demo-sized exports (weak features, heads
-            with the L2 weight :func:`radaudit.models.heads.choose_l2` picks) it cut the flags from
-            157-191 to 95-111 (64 true), precision 0.28-0.32 to 0.36-0.40, keeping 59-70% of
-            the true ones; strong features put most true mislabels far above it.
+        max_mislabel_fraction: Most labelled images flagged ``mislabel``, in (0, 1): a guard
+            against a count estimate gone wild on very weak features.
+        flag_count: How the length of the mislabel list is estimated, one of :data:`FLAG_COUNTS`.
         min_agreement: Heads' agreement with the recorded labels below which the run warns that
             the features are too weak to audit.
         duplicates: N rows, columns ``DUPLICATE_COLUMNS``: the original's UID (None: no
@@ -226,11 +262,12 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     ood_z = check_positive_number(ood_z, "ood_z", "6.0")
     pixel_z = check_positive_number(pixel_z, "pixel_z", "7.0")
     max_mislabel_fraction = check_positive_number(max_mislabel_fraction, "max_mislabel_fraction", "0.25", 1.0)
-    min_confidence = check_positive_number(min_confidence, "min_confidence", "0.5", 1.0)
+    flag_count = _lookup(FLAG_COUNTS, flag_count, "flag_count")
     if isinstance(ood_dim, bool) or not isinstance(ood_dim, (int, np.integer)) or ood_dim < 1:
         raise ValueError(f"ood_dim must be a positive integer, e.g. 32; got {ood_dim!r}")
-    suggested = p.argmax(axis=1)
-    suggested_p = p[np.arange(n), suggested]
+    top2 = np.argsort(-p, axis=1, kind="stable")[:, :2]
+    suggested, second = top2[:, 0], top2[:, min(1, k - 1)]
+    suggested_p, second_p = p[np.arange(n), suggested], p[np.arange(n), second]
 
     # 1. Evidence that needs no label: the header, then the pixels against the rows the header clears.
     has_header = np.array([bool(h) for h in header])
@@ -265,16 +302,16 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     is_ood = ood > threshold
     quality[is_ood] = np.nan
 
-    # 4. Mislabels: confident, consistent, in domain, bounded.
+    # 4. Mislabels: a prefix of the label-quality order, as long as cleanlab's count of wrong labels.
     is_copy = np.array([d is not None for d in dup_of], dtype=bool)
-    # A copy under another patient is reported as such; it must not take a mislabel's place under the cap.
-    candidate = issue_mask & ~is_ood & (suggested != y) & (suggested_p >= min_confidence) \
-        & _consistent(suggested, member_probs, n, k) & ~(is_copy & dup_other)
-    labelled_in = int(((y >= 0) & ~is_ood).sum())
-    cap = int(math.floor(max_mislabel_fraction * labelled_in))
+    labelled_in = np.flatnonzero((y >= 0) & ~is_ood)
+    estimated = estimate_wrong_labels(p[labelled_in], y[labelled_in], method=flag_count)
+    cap = int(math.floor(max_mislabel_fraction * labelled_in.size))
+    # A copy under another patient is reported as such, outside the list.
+    listed = labelled_in[~(is_copy & dup_other)[labelled_in]]
+    listed = listed[np.argsort(quality[listed], kind="stable")][:min(estimated, cap)]
     mislabel = np.zeros(n, dtype=bool)
-    rows = np.flatnonzero(candidate)
-    mislabel[rows[np.argsort(quality[rows], kind="stable")[:cap]]] = True
+    mislabel[listed[suggested[listed] != y[listed]]] = True
 
     issue = np.full(n, None, dtype=object)
     issue[is_copy] = "near_duplicate"
@@ -299,6 +336,9 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         "is_label_issue": issue_mask,
         "suggested_region": suggested.astype(np.int64),
         "suggested_probability": suggested_p,
+        "second_region": second.astype(np.int64),
+        "second_probability": second_p,
+        "members_agree": _members_agree(suggested, member_probs, n, k),
         "ood_score": ood,
         "is_out_of_domain": is_ood,
         "ood_reason": [r if f else "" for r, f in zip(evidence.reason, is_ood)],
@@ -319,7 +359,7 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
             f"recorded labels (expected >= {min_agreement:.0%} where most labels are right); treat the mislabel "
             "flags as a worklist, not findings, and train the backbones longer or on a GPU")
     df.attrs.update(ood_threshold=threshold, heads_agreement=agreement, warnings=warnings_,
-                    cleanlab_issues=int(issue_mask.sum()))
+                    cleanlab_issues=int(issue_mask.sum()), estimated_wrong_labels=int(estimated))
     return df
 
 
