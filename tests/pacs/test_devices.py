@@ -16,7 +16,7 @@ from scipy import ndimage
 from radaudit.pacs import read_image
 from radaudit.pacs.cache import CacheParams, letterbox, read
 from radaudit.pacs.ingest import IngestConfig, run_ingest
-from radaudit.pacs.synth import REGIONS, generate_export
+from radaudit.pacs.synth import REGIONS, generate_export, render_preview
 from radaudit.pacs.synth import artefacts
 from radaudit.pacs.synth.canvas import Canvas
 from radaudit.pacs.synth.devices import LEGACY, MIXED, MIXES, PROFILES, assign_devices, region_preferences
@@ -326,6 +326,17 @@ def test_legacy_acquisition_is_the_default() -> None:
     a = render_radiograph("knee", np.random.default_rng(4), 48, 48)
     b = render_radiograph("knee", np.random.default_rng(4), 48, 48, acquisition=LEGACY_ACQUISITION)
     assert np.array_equal(a.pixels, b.pixels)
+
+
+def test_preview_ends_with_a_row_of_devices(tmp_path: Path) -> None:
+    from PIL import Image
+
+    size = 48
+    sheet = np.asarray(Image.open(render_preview(tmp_path / "sheet.png", seed=2, size=size, per_region=1)))
+    last = sheet[-size:].astype(float)
+    tiles = [last[14:, i * size:(i + 1) * size] for i in range(1 + len(PROFILES))]  # below the label band
+    assert all(t.std() > 10 for t in tiles)
+    assert min(np.abs(a - b).mean() for i, a in enumerate(tiles) for b in tiles[i + 1:]) > 3
 
 
 @pytest.mark.parametrize(
