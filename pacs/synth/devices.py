@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -88,7 +88,7 @@ class DeviceProfile:
     resolution: float = 1.0
     field_mm: float = 0.15 * 2048
     spacing_tags: tuple[str, ...] = ("ImagerPixelSpacing",)
-    text: tuple[str, ...] = field(default=("ST-RAD1", "CR-2", "DX ROOM 3", "Unfall"))
+    text: tuple[str, ...] = ("ST-RAD1", "CR-2", "DX ROOM 3", "Unfall")
 
     @property
     def bits_range(self) -> tuple[int, int]:
