@@ -56,6 +56,10 @@ HEADER_TAGS: dict[str, str] = {
     "image_laterality": "ImageLaterality",
     "patient_orientation": "PatientOrientation",
     "manufacturer": "Manufacturer",
+    # With the manufacturer they name the acquisition device, so the audit can group images by device.
+    "manufacturer_model_name": "ManufacturerModelName",
+    "station_name": "StationName",
+    "device_serial_number": "DeviceSerialNumber",
     "accession_number": "AccessionNumber",
     "series_number": "SeriesNumber",
     "instance_number": "InstanceNumber",

@@ -7,6 +7,7 @@
     radaudit instance                               # set up $DAGSTER_HOME with radaudit's dagster.yaml
     radaudit locate PATH_HASH ...                   # the real file behind a redacted path
     radaudit synth --out EXPORT --truth truth.parquet --n 500 --seed 0
+    radaudit synth --out EXPORT --truth truth.parquet --n 500 --devices mixed
     radaudit synth --preview sheet.png
 
 Runs execute in-process through Dagster and are recorded in the instance at ``DAGSTER_HOME``, or
@@ -146,6 +147,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="extra files that duplicate in-domain images, as a fraction of --n (default 0.03): "
                        "copies under new UIDs, re-encoded copies, re-exposures and copies under another patient")
     synth.add_argument("--size", type=int, default=256, help="image side in pixels")
+    synth.add_argument("--devices", default=None, metavar="MIX",
+                       help="acquisition devices: 'mixed' (CR reader, DR room, bedside unit, digitised film and "
+                       "a minority CR with 3.5%% of the images) or one profile name; default: the single legacy style")
+    synth.add_argument("--device-correlation", type=float, default=0.6, metavar="C",
+                       help="how strongly devices follow regions with --devices, in [0, 1] (default 0.6): "
+                       "0 independent, 1 each region mostly from its preferred devices")
     synth.add_argument("--force", action="store_true", help="overwrite a non-empty output folder")
     synth.add_argument("--preview", type=Path, help="write a contact sheet PNG of all regions and artefacts instead")
     synth.set_defaults(func=_cmd_synth)
@@ -432,7 +439,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         raise ValueError("give --out and --truth (or --preview PNG)")
     summary = generate_export(args.out, args.truth, n=args.n, seed=args.seed, noise=args.noise,
                               missing=args.missing, ood=args.ood, size=args.size, force=args.force,
-                              duplicates=args.duplicates)
+                              duplicates=args.duplicates, devices=args.devices,
+                              device_correlation=args.device_correlation)
     print(summary)
     return 0
 

@@ -1,10 +1,16 @@
 """Detector physics and archive artefacts: quantum noise, blur, processing, collimation,
-lead markers, burned-in text and calibration gauges."""
+lead markers, burned-in text and calibration gauges.
+
+:class:`Processing` holds what differs between detectors and their readers (noise, blur,
+unsharp masking, tone curve, grid lines, film grain); its defaults are the generator's single
+legacy style, drawn exactly as before devices existed.
+"""
 
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -46,19 +52,32 @@ def paste(dst: np.ndarray, mask: np.ndarray, row: int, col: int, value: float, a
         np.copyto(view, np.float32(value), where=m > 0)
 
 
-def lead_marker(cv: Canvas, letter: str, rng: np.random.Generator) -> None:
-    """Lead L/R marker in a corner of the field: a letter in a thin frame, opaque to X-rays."""
-    size = min(cv.h, cv.w)
+def _marker(letter: str, h: int, w: int, rng: np.random.Generator, framed: bool) -> tuple[np.ndarray, int, int]:
+    """The mask of an L/R marker (optionally in a thin frame) and its corner position in an h x w image."""
+    size = min(h, w)
     px = max(int(size * rng.uniform(0.05, 0.08)), 7)
     m = text_mask(letter, px)
-    h, w = m.shape
-    framed = np.zeros((h + 4, w + 4), F32)
-    framed[0, :] = framed[-1, :] = framed[:, 0] = framed[:, -1] = 0.6
-    framed[2:-2, 2:-2] = m
+    mh, mw = m.shape
+    if framed:
+        m = np.pad(m, 2)
+        m[0, :] = m[-1, :] = m[:, 0] = m[:, -1] = 0.6
     margin = int(size * rng.uniform(0.06, 0.14))
-    row = margin if rng.random() < 0.6 else cv.h - margin - h
-    col = margin if rng.random() < 0.5 else cv.w - margin - w
-    paste(cv.metal, framed, row, col, 8.0, add=True)
+    row = margin if rng.random() < 0.6 else h - margin - mh
+    col = margin if rng.random() < 0.5 else w - margin - mw
+    return m, row, col
+
+
+def lead_marker(cv: Canvas, letter: str, rng: np.random.Generator, *, framed: bool = True) -> None:
+    """Lead L/R marker in a corner of the field, opaque to X-rays: a letter in a thin frame, or the
+    letter alone (``framed=False``)."""
+    m, row, col = _marker(letter, cv.h, cv.w, rng, framed)
+    paste(cv.metal, m, row, col, 8.0, add=True)
+
+
+def digital_marker(img: np.ndarray, letter: str, rng: np.random.Generator) -> None:
+    """L/R annotation set at the workstation after processing: a crisp white letter, no lead in the beam."""
+    m, row, col = _marker(letter, *img.shape, rng, False)
+    paste(img, m, row, col, 1.0)
 
 
 def gauge(cv: Canvas, rng: np.random.Generator) -> str:
@@ -80,12 +99,91 @@ def gauge(cv: Canvas, rng: np.random.Generator) -> str:
     return kind
 
 
-def expose(cv: Canvas, rng: np.random.Generator) -> np.ndarray:
+TONES = ("gamma", "s_curve", "log")
+
+
+@dataclass(frozen=True)
+class Processing:
+    """How a detector and its reader turn attenuation into a display image.
+
+    Each ``(low, high)`` range is drawn from uniformly per image; sizes in pixels are for a
+    256-pixel image and scale with it. The defaults are the generator's legacy style.
+
+    Attributes:
+        photons: log10 of the unattenuated quanta per pixel: fewer quanta, more quantum noise.
+        contrast: Attenuation-to-log-signal gain (subject contrast; scatter lowers it).
+        blur: Detector blur, Gaussian sigma.
+        unsharp_rate: Probability of unsharp masking.
+        unsharp_radius: Side of the box filter that gives the unsharp mask (small: edge enhancement).
+        unsharp_amount: Weight of the high-pass added back.
+        tone: Tone curve of the display image, one of :data:`TONES`: ``gamma`` (``x ** t``),
+            ``s_curve`` (logistic of slope ``t`` about mid grey, film-like) or ``log``
+            (``log1p(t x) / log1p(t)``, lifts the dark end).
+        tone_param: The curve's ``t``.
+        grid: Contrast of the shadow of a stationary anti-scatter grid ((0, 0): no grid).
+        grid_period: Distance of the grid lines, stored pixels (not scaled).
+        grain: Standard deviation of film grain ((0, 0): none).
+    """
+
+    photons: tuple[float, float] = (2.7, 4.0)
+    contrast: tuple[float, float] = (2.5, 4.0)
+    blur: tuple[float, float] = (0.4, 1.1)
+    unsharp_rate: float = 0.6
+    unsharp_radius: tuple[float, float] = (8.0, 24.0)
+    unsharp_amount: tuple[float, float] = (0.3, 1.0)
+    tone: str = "gamma"
+    tone_param: tuple[float, float] = (0.7, 1.4)
+    grid: tuple[float, float] = (0.0, 0.0)
+    grid_period: tuple[float, float] = (2.5, 4.0)
+    grain: tuple[float, float] = (0.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if self.tone not in TONES:
+            raise ValueError(f"tone={self.tone!r}: choose one of {TONES}")
+
+
+LEGACY_PROCESSING = Processing()
+
+
+def tone_curve(img: np.ndarray, tone: str, t: float) -> np.ndarray:
+    """Map a [0, 1] image through a monotone increasing curve with ``tone(0) = 0`` and ``tone(1) = 1``
+    (bone stays bright); see :class:`Processing`."""
+    if tone == "gamma":
+        return img ** t
+    if tone == "s_curve":
+        ends = 1.0 / (1.0 + np.exp(-t * np.array([-0.5, 0.5])))
+        return ((1.0 / (1.0 + np.exp(-t * (img - 0.5))) - ends[0]) / (ends[1] - ends[0])).astype(img.dtype)
+    if tone == "log":
+        return (np.log1p(t * img) / math.log1p(t)).astype(img.dtype)
+    raise ValueError(f"tone={tone!r}: choose one of {TONES}")
+
+
+def grid_lines(h: int, w: int, rng: np.random.Generator, contrast: tuple[float, float],
+               period: tuple[float, float]) -> np.ndarray:
+    """The shadow of a stationary grid's lead strips: thin parallel lines a few pixels apart, along
+    the rows or the columns; an (h, 1) or (1, w) array to add to the image."""
+    a, p, phase = rng.uniform(*contrast), rng.uniform(*period), rng.uniform(0.0, 2 * math.pi)
+    along_columns = rng.random() < 0.5
+    x = np.arange(w if along_columns else h, dtype=F32)
+    line = (a * (0.5 + 0.5 * np.cos(2 * math.pi * x / p + phase)) ** 4).astype(F32)
+    return line[None, :] if along_columns else line[:, None]
+
+
+def film_grain(img: np.ndarray, rng: np.random.Generator, amount: tuple[float, float]) -> np.ndarray:
+    """Silver-grain noise of a film: fine, spatially correlated, strongest in the dense (dark) parts."""
+    g = ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(F32), 0.7)
+    g *= rng.uniform(*amount) / (float(g.std()) + 1e-6)
+    return np.clip(img + g * (0.5 + (1.0 - img)), 0.0, 1.0)
+
+
+def expose(cv: Canvas, rng: np.random.Generator, processing: Processing = LEGACY_PROCESSING) -> np.ndarray:
     """Turn the attenuation maps into a processed radiograph in [0, 1] (bone bright).
 
     Trabecular texture, quantum noise (Poisson, so thicker parts are noisier), detector blur,
-    unsharp-mask edge enhancement and a random tone curve, as a CR/DX reader produces them.
+    grid lines, unsharp-mask edge enhancement, a tone curve and film grain, as a CR/DX reader or
+    a film produces them, with the ranges of ``processing``.
     """
+    p = processing
     h, w = cv.h, cv.w
     scale = min(h, w) / 256.0
     tex = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(F32), 0.6 + 0.6 * scale)
@@ -93,31 +191,39 @@ def expose(cv: Canvas, rng: np.random.Generator) -> np.ndarray:
     att = cv.soft + cv.bone * (1.0 + 0.1 * tex)
     hi = float(np.percentile(att[::3, ::3], 99.7)) + 1e-3
     att += cv.metal * hi
-    k = rng.uniform(2.5, 4.0) / hi
-    n0 = 10 ** rng.uniform(2.7, 4.0)
+    k = rng.uniform(*p.contrast) / hi
+    n0 = 10 ** rng.uniform(*p.photons)
     counts = n0 * np.exp(-k * att)
     counts += np.sqrt(counts) * rng.standard_normal((h, w)).astype(F32)
     img = -np.log(np.maximum(counts, 0.5) / n0) / (k * hi)
-    img = ndimage.gaussian_filter(img, rng.uniform(0.4, 1.1) * scale)
-    if rng.random() < 0.6:
-        low = ndimage.uniform_filter(img, max(int(rng.uniform(8, 24) * scale), 3))
-        img += rng.uniform(0.3, 1.0) * (img - low)
+    img = ndimage.gaussian_filter(img, rng.uniform(*p.blur) * scale)
+    if p.grid[1] > 0:
+        img = img + grid_lines(h, w, rng, p.grid, p.grid_period)
+    if rng.random() < p.unsharp_rate:
+        low = ndimage.uniform_filter(img, max(int(rng.uniform(*p.unsharp_radius) * scale), 3))
+        img += rng.uniform(*p.unsharp_amount) * (img - low)
     lo = float(np.percentile(img[::4, ::4], rng.uniform(0.5, 5)))
     top = float(np.percentile(img[::4, ::4], rng.uniform(99.0, 99.9)))
     img = np.clip((img - lo) / max(top - lo, 1e-3), 0.0, 1.0)
-    img **= rng.uniform(0.7, 1.4)
+    img = tone_curve(img, p.tone, rng.uniform(*p.tone_param))
+    if p.grain[1] > 0:
+        img = film_grain(img, rng, p.grain)
     return img.astype(F32)
 
 
-def collimate(img: np.ndarray, rng: np.random.Generator, tight: float) -> tuple[np.ndarray, bool]:
+def collimate(img: np.ndarray, rng: np.random.Generator, tight: float, *, scale: float = 1.0,
+              tilt: float = 0.03) -> tuple[np.ndarray, np.ndarray]:
     """Shutter a rotated rectangle; outside is white (scatter) or masked black by the reader.
 
-    Returns the image and the outside-field mask (all False if not collimated).
+    The half-sides are a fraction in [tight, 0.97] of the image's, times ``scale`` (below 1: tighter);
+    the tilt is normal with standard deviation ``tilt`` radians.
+
+    Returns the image and the outside-field mask.
     """
     h, w = img.shape
-    ang = rng.normal(0, 0.03)
-    hw = w / 2 * rng.uniform(tight, 0.97)
-    hh = h / 2 * rng.uniform(tight, 0.97)
+    ang = rng.normal(0, tilt)
+    hw = w / 2 * rng.uniform(tight, 0.97) * scale
+    hh = h / 2 * rng.uniform(tight, 0.97) * scale
     cy, cx = h / 2 + rng.normal(0, 0.03) * h, w / 2 + rng.normal(0, 0.03) * w
     yy, xx = np.ogrid[:h, :w]
     c, s = math.cos(ang), math.sin(ang)
@@ -129,6 +235,26 @@ def collimate(img: np.ndarray, rng: np.random.Generator, tight: float) -> tuple[
     else:
         fill = np.zeros_like(img)
     return np.where(outside, fill, img).astype(F32), outside
+
+
+def film_border(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A film laid slightly skewed on a scanner bed: the film's clear, unexposed rim, and beyond the
+    film's edge the scanner's light (white) or its blanking (black), on one to four sides."""
+    h, w = img.shape
+    ang = rng.normal(0, 0.01)
+    inset = [rng.uniform(0.02, 0.06) if rng.random() < 0.7 else 0.0 for _ in range(4)]  # top, bottom, left, right
+    if not any(inset):
+        inset[int(rng.integers(4))] = rng.uniform(0.02, 0.06)
+    rim = rng.uniform(0.01, 0.025)
+    outside_value = 1.0 if rng.random() < 0.7 else 0.0
+    yy, xx = np.ogrid[:h, :w]
+    c, s = math.cos(ang), math.sin(ang)
+    yr = ((yy - h / 2) * c - (xx - w / 2) * s) / h + 0.5  # film coordinates, 0..1
+    xr = ((xx - w / 2) * c + (yy - h / 2) * s) / w + 0.5
+    top, bottom, left, right = inset
+    inside_edge = np.minimum(np.minimum(yr - top, 1 - bottom - yr), np.minimum(xr - left, 1 - right - xr))
+    out = np.where(inside_edge < rim, np.float32(rng.uniform(0.85, 0.93)), img)
+    return np.where(inside_edge < 0, np.float32(outside_value), out).astype(F32)
 
 
 def burn_text(img: np.ndarray, lines: list[str], rng: np.random.Generator) -> None:

@@ -4,6 +4,7 @@ Usage::
 
     from radaudit.pacs.synth import generate_export
     generate_export("demo/export", "demo/truth.parquet", n=500, seed=0, noise=0.08)
+    generate_export("demo/export", "demo/truth.parquet", n=500, seed=0, devices="mixed", force=True)
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +36,10 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from radaudit.pacs.synth import devices as dv
 from radaudit.pacs.synth import headers as hd
 from radaudit.pacs.synth.anatomy import LATERAL_REGIONS, REGIONS
+from radaudit.pacs.synth.devices import DeviceProfile, Encoding
 from radaudit.pacs.synth.render import OOD_KINDS, Rendered, render_ood, render_radiograph
 
 CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
@@ -57,7 +61,6 @@ TAGS = ("BodyPartExamined", "SeriesDescription", "StudyDescription", "ProtocolNa
 TAG_WEIGHTS = (0.55, 0.25, 0.12, 0.08)
 TRANSFER_SYNTAXES = ((ExplicitVRLittleEndian, 0.45), (ImplicitVRLittleEndian, 0.15), (JPEG2000Lossless, 0.15),
                      (RLELossless, 0.2), (DeflatedExplicitVRLittleEndian, 0.05))
-BITS_STORED = ((8, 0.1), (10, 0.15), (12, 0.45), (14, 0.1), (15, 0.1), (16, 0.1))
 _OPPOSITE = {"L": "R", "R": "L", "A": "P", "P": "A", "H": "F", "F": "H"}
 
 
@@ -79,6 +82,7 @@ class SynthSummary:
     seconds: float = 0.0
     n_duplicates: int = 0
     n_hard_negatives: int = 0
+    device_counts: dict[str, int] = field(default_factory=dict)  # of the n images, by the truth's ``device``
 
     @property
     def n_noise(self) -> int:
@@ -93,6 +97,7 @@ class _Image:
     recorded: str | None
     corruption: str  # none | swap | confusion | missing
     ood_kind: str | None = None
+    device: str = dv.LEGACY
 
 
 @dataclass
@@ -103,8 +108,7 @@ class _Series:
     ood_kind: str | None
 
 
-def _validate(out_dir: Path, truth_path: Path, n: Any, seed: Any, rates: dict[str, Any], size: Any,
-              force: bool) -> None:
+def _validate_plan(n: Any, seed: Any, rates: dict[str, Any]) -> None:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n={n!r}: the number of images must be a positive integer, e.g. n=200")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -116,6 +120,11 @@ def _validate(out_dir: Path, truth_path: Path, n: Any, seed: Any, rates: dict[st
     if total > 1.0 + 1e-9:
         raise ValueError(f"noise + missing + ood = {total:g} > 1: each image has at most one of these defects; "
                          "lower the rates so that they sum to at most 1")
+
+
+def _validate(out_dir: Path, truth_path: Path, n: Any, seed: Any, rates: dict[str, Any], size: Any,
+              force: bool) -> None:
+    _validate_plan(n, seed, rates)
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or not 32 <= size <= 4096:
         raise ValueError(f"size={size!r}: the image side in pixels must be an integer in [32, 4096], e.g. size=256")
     if truth_path.suffix.lower() not in (".parquet", ".csv"):
@@ -204,6 +213,40 @@ def _hierarchy(images: list[_Image], rng: np.random.Generator) -> list[list[list
     return _chunks([studies[int(i)] for i in order], rng, 1, 3)
 
 
+def _planned(n: int, seed: int, noise: float, missing: float, ood: float, mix: Mapping[str, float] | None,
+             correlation: float) -> tuple[list[_Image], list[list[list[_Series]]], np.random.Generator]:
+    """The images, their patients/studies/series and each study's device; also the random source
+    that writing goes on with. Devices draw from their own stream, so a seed gives the same images,
+    labels, series, studies and patients (not their names) with or without devices."""
+    rng = np.random.default_rng([seed, 0])
+    images = _plan(n, rng, noise, missing, ood)
+    patients = _hierarchy(images, rng)
+    if mix is not None:
+        studies = [study for studies in patients for study in studies]
+        names = dv.assign_devices([(study[0].true_region, sum(len(s.images) for s in study)) for study in studies],
+                                  mix, correlation, np.random.default_rng([seed, 4]))
+        for study, name in zip(studies, names, strict=True):
+            for im in (im for series in study for im in series.images):
+                im.device = name
+    return images, patients, rng
+
+
+def plan_devices(*, n: int, seed: int, noise: float = 0.08, missing: float = 0.05, ood: float = 0.02,
+                 devices: str | Mapping[str, float] = dv.MIXED,
+                 device_correlation: float = 0.6) -> list[tuple[str | None, str]]:
+    """The (true region, device) of each of the ``n`` images that :func:`generate_export` writes with
+    these arguments, without rendering anything: a mix's shares and its dependence on the region
+    can be checked at any ``n`` in milliseconds. True region None: out of domain.
+
+    Raises:
+        ValueError: On an invalid argument, with how to fix it.
+    """
+    _validate_plan(n, seed, {"noise": noise, "missing": missing, "ood": ood})
+    mix, correlation = dv.resolve_mix(devices), dv.check_correlation(device_correlation)
+    images, _, _ = _planned(int(n), int(seed), noise, missing, ood, mix, correlation)
+    return [(im.true_region, im.device) for im in images]
+
+
 def _series_strings(s: _Series, study_maps: str | None, study_desc: str, side: str | None, english: bool,
                     rng: np.random.Generator) -> tuple[dict[str, str], str | None, str]:
     """Body Part / Series Description / Protocol Name for one series such that the first tag (in
@@ -252,6 +295,24 @@ def _orientation(view: str, k: int) -> list[str]:
     for _ in range(k % 4):
         row, col = col, _OPPOSITE[row]
     return [row, col]
+
+
+def _draw_encoding(rng: np.random.Generator, e: Encoding) -> dict[str, Any]:
+    """One series' stored encoding and transfer syntax, drawn from a device's :class:`Encoding`."""
+    photometric = "MONOCHROME1" if rng.random() < e.monochrome1 else "MONOCHROME2"
+    bits = int(_draw(rng, e.bits))
+    return {"bits": bits, "alloc": 8 if bits == 8 else 16, "photometric": photometric,
+            "signed": bits >= 12 and rng.random() < e.signed, "rescale": rng.random() < e.rescale,
+            "intercept": float(_draw(rng, e.intercepts)), "window": rng.random() < e.window,
+            "voi_fn": _draw(rng, e.voi_functions), "ts": _draw(rng, TRANSFER_SYNTAXES)}
+
+
+def _study_device(name: str, rng: np.random.Generator, study_n: int) -> DeviceProfile:
+    """The profile of a study's device; the legacy style draws its names from ``headers.DEVICES``."""
+    if name != dv.LEGACY:
+        return dv.PROFILES[name]
+    maker, model, modality = hd.DEVICES[int(rng.integers(len(hd.DEVICES)))]
+    return dv.legacy_profile(maker, model, modality, station="RAD" + str(study_n % 7))
 
 
 def _encode_gray(ds: Dataset, img: np.ndarray, enc: dict[str, Any], rng: np.random.Generator,
@@ -346,6 +407,8 @@ def generate_export(
     size: int = 256,
     force: bool = False,
     duplicates: float = 0.0,
+    devices: str | Mapping[str, float] | None = None,
+    device_correlation: float = 0.6,
 ) -> SynthSummary:
     """Write ``n`` synthetic radiographs as a PACS export and their ground truth.
 
@@ -369,6 +432,16 @@ def generate_export(
             and as many more are *hard negatives* a duplicate detector must not flag
             (:data:`HARD_NEGATIVE_KINDS`: the other side of the same patient, a follow-up of the
             same region; the truth's ``hard_negative_of`` names the image they resemble).
+        devices: Acquisition devices (:mod:`radaudit.pacs.synth.devices`): None keeps the single
+            legacy style (the files of earlier versions, byte for byte; the truth's ``device`` is
+            ``"legacy"``); ``"mixed"`` (:data:`~radaudit.pacs.synth.devices.MIXED`) the five
+            profiles of :data:`~radaudit.pacs.synth.devices.PROFILES` in their shares, the minority
+            device with 3.5% of the images; a profile name, all images from it; or a mapping of
+            profile names to shares. One device per study; the truth's ``device`` names it, and
+            duplicates and hard negatives keep their original's.
+        device_correlation: How strongly devices follow regions, in [0, 1]: 0 draws each study's
+            device by the shares alone, 1 mostly from its region's preferred devices
+            (:data:`~radaudit.pacs.synth.devices.PREFERRED`); each device keeps its share either way.
 
     Returns:
         Counts of what was written.
@@ -381,13 +454,12 @@ def generate_export(
     _validate(out, truth, n, seed, {"noise": noise, "missing": missing, "ood": ood}, size, force)
     if isinstance(duplicates, bool) or not isinstance(duplicates, (int, float)) or not 0.0 <= duplicates <= 0.5:
         raise ValueError(f"duplicates={duplicates!r} is a fraction of n in [0, 0.5], e.g. duplicates=0.03")
+    mix, correlation = dv.resolve_mix(devices), dv.check_correlation(device_correlation)
     n, seed, size = int(n), int(seed), int(size)
     if out.is_dir() and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng([seed, 0])
-    images = _plan(n, rng, noise, missing, ood)
-    patients = _hierarchy(images, rng)
+    images, patients, rng = _planned(n, seed, noise, missing, ood, mix, correlation)
     rows: list[dict[str, Any]] = []
     n_studies = n_series = ctr = 0
     with warnings.catch_warnings():
@@ -423,6 +495,7 @@ def generate_export(
         n_patients=len(patients), n_studies=n_studies, n_series=n_series, region_counts=counts,
         seconds=time.perf_counter() - t0, n_duplicates=n_dup, n_hard_negatives=sum(
             r["hard_negative_of"] is not None for r in rows),
+        device_counts=dict(sorted(Counter(im.device for im in images).items())),
     )
 
 
@@ -619,7 +692,7 @@ def _write_study(out: Path, study: list[_Series], pat: dict[str, Any], layout: i
                  size: int, rng: np.random.Generator, ctr: int) -> list[dict[str, Any]]:
     """Render and write all images of one study; return their truth rows."""
     when = hd.study_datetime(rng)
-    maker, model, modality = hd.DEVICES[int(rng.integers(len(hd.DEVICES)))]
+    device = _study_device(study[0].images[0].device, rng, study_n)
     english = rng.random() < 0.3
     first = study[0]
     labelled = any(s.recorded for s in study) and not all(im.corruption == "missing" for s in study for im in s.images)
@@ -640,32 +713,25 @@ def _write_study(out: Path, study: list[_Series], pat: dict[str, Any], layout: i
         strings, tag, raw = _series_strings(series, study_region, study_desc, side, english, rng)
         se = {"number": s_i + 1 + int(rng.integers(0, 3)) * 100 * (rng.random() < 0.2),
               "desc": strings["SeriesDescription"], "uid": hd.uid(seed, "series", study_n, s_i)}
-        photometric = "MONOCHROME1" if rng.random() < (0.35 if modality == "CR" else 0.15) else "MONOCHROME2"
-        bits = int(_draw(rng, BITS_STORED))
-        enc = {"bits": bits, "alloc": 8 if bits == 8 else 16, "photometric": photometric,
-               "signed": bits >= 12 and rng.random() < 0.08, "rescale": rng.random() < 0.5,
-               "intercept": float(_draw(rng, ((0.0, 0.8), (-1024.0, 0.1), (100.0, 0.1)))),
-               "window": rng.random() < 0.85, "voi_fn": _draw(rng, ((None, 0.8), ("LINEAR", 0.15),
-                                                                       ("LINEAR_EXACT", 0.05))),
-               "ts": _draw(rng, TRANSFER_SYNTAXES)}
+        enc = _draw_encoding(rng, device.encoding)
         aspect = float(_draw(rng, ((1.0, 0.4), (0.8, 0.3), (0.82, 0.2), (1.25, 0.1))))
-        h, w = (size, max(32, round(size * aspect))) if aspect <= 1 else (max(32, round(size / aspect)), size)
+        long = max(32, round(size * device.resolution))
+        h, w = (long, max(32, round(long * aspect))) if aspect <= 1 else (max(32, round(long / aspect)), long)
         for inst, im in enumerate(series.images, start=1):
             irng = np.random.default_rng([seed, 1, im.idx])
             sop = hd.uid(seed, "sop", im.idx)
-            text = [when.strftime("%d.%m.%Y"), hd.pick(irng, ("ST-RAD1", "CR-2", "DX ROOM 3", "Unfall"))]
+            text = [when.strftime("%d.%m.%Y"), hd.pick(irng, device.text)]
             if im.ood_kind:
                 r = render_ood(im.ood_kind, irng, h, w)
             else:
-                r = render_radiograph(im.true_region, irng, h, w, text=text)
+                r = render_radiograph(im.true_region, irng, h, w, text=text, acquisition=device.acquisition)
             rel = _path_for(layout, pat, st, se, inst, str(sop), ctr + len(rows) + 1)
             stem, dot, ext = rel.rpartition(".") if rel.endswith((".dcm", ".DCM")) else (rel, "", "")
             dup = 1
             while (out / rel).exists():  # two studies of one patient on one day, same description
                 dup += 1
                 rel = f"{stem} ({dup}){dot}{ext}"
-            ds, meta = _dataset(r, im, enc, modality, maker, model, pat, st, se, strings, sop, inst, when,
-                                charset, irng)
+            ds, meta = _dataset(r, im, enc, device, pat, st, se, strings, sop, inst, when, charset, irng)
             path = out / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
@@ -675,7 +741,8 @@ def _write_study(out: Path, study: list[_Series], pat: dict[str, Any], layout: i
                 "accession_number": st["accession"], "true_region": im.true_region,
                 "recorded_region": im.recorded, "recorded_raw": raw if im.recorded else None,
                 "recorded_tag": tag if im.recorded else None, "corruption": im.corruption,
-                "is_ood": im.ood_kind is not None, "ood_kind": im.ood_kind, "view": r.view, "laterality": r.side,
+                "is_ood": im.ood_kind is not None, "ood_kind": im.ood_kind, "device": device.name,
+                "view": r.view, "laterality": r.side,
                 "has_gauge": r.has_gauge, "gauge_kind": r.gauge_kind, "has_marker": r.marker,
                 "collimated": r.collimated, "body_part_examined": strings["BodyPartExamined"],
                 "series_description": strings["SeriesDescription"], "study_description": study_desc,
@@ -684,13 +751,14 @@ def _write_study(out: Path, study: list[_Series], pat: dict[str, Any], layout: i
     return rows
 
 
-def _dataset(r: Rendered, im: _Image, enc: dict[str, Any], modality: str, maker: str, model: str,
-             pat: dict[str, Any], st: dict[str, Any], se: dict[str, Any], strings: dict[str, str], sop: UID,
-             inst: int, when: Any, charset: str, rng: np.random.Generator) -> tuple[Dataset, dict[str, Any]]:
+def _dataset(r: Rendered, im: _Image, enc: dict[str, Any], device: DeviceProfile, pat: dict[str, Any],
+             st: dict[str, Any], se: dict[str, Any], strings: dict[str, str], sop: UID, inst: int, when: Any,
+             charset: str, rng: np.random.Generator) -> tuple[Dataset, dict[str, Any]]:
     """Build the Part-10 dataset of one image; return it and the truth fields about its encoding."""
     ds = Dataset()
     ds.SpecificCharacterSet = charset
     kind = im.ood_kind
+    modality = device.modality
     sop_class = {"ct": CT_STORAGE, "photo": SC_STORAGE, "document": SC_STORAGE}.get(kind or "", None)
     if sop_class is None:
         sop_class = DX_STORAGE if modality == "DX" else CR_STORAGE
@@ -702,10 +770,12 @@ def _dataset(r: Rendered, im: _Image, enc: dict[str, Any], modality: str, maker:
     ds.ContentTime = (when.replace(second=0)).strftime("%H%M") + f"{inst:02d}"
     ds.AccessionNumber = st["accession"]
     ds.Modality = mod
-    ds.Manufacturer, ds.ManufacturerModelName = maker, model
+    ds.Manufacturer, ds.ManufacturerModelName = device.manufacturer, device.model
     ds.InstitutionName = hd.INSTITUTIONS[pat["n"] % len(hd.INSTITUTIONS)]
     ds.ReferringPhysicianName = hd.PHYSICIANS[st["n"] % len(hd.PHYSICIANS)]
-    ds.StationName = "RAD" + str(st["n"] % 7)
+    ds.StationName = device.station
+    if device.serial:
+        ds.DeviceSerialNumber = device.serial
     ds.StudyDescription = st["desc"]
     ds.SeriesDescription = strings["SeriesDescription"]
     ds.PatientName, ds.PatientID = pat["name"], pat["id"]
@@ -765,8 +835,9 @@ def _dataset(r: Rendered, im: _Image, enc: dict[str, Any], modality: str, maker:
         meta |= {"rotated": 90 * k, "orientation_tag_present": present, "patient_orientation": "\\".join(orient),
                  "photometric": enc["photometric"], "bits_stored": enc["bits"]}
         px = r.pixels.shape
-        spacing = f"{(0.15 * 2048 / max(px)):.4f}"
-        ds.ImagerPixelSpacing = [spacing, spacing]
+        spacing = f"{(device.field_mm / max(px)):.4f}"
+        for keyword in device.spacing_tags:
+            setattr(ds, keyword, [spacing, spacing])
         view_pos = {"ap": "AP", "pa": "PA", "lat": "LL", "dp": "PA", "obl": "", "lauenstein": "AP"}.get(r.view, "")
         ds.ViewPosition = view_pos
         if r.side:

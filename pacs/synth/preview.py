@@ -1,4 +1,5 @@
-"""Contact sheet of the generator: every region in its views, plus artefacts and out-of-domain images."""
+"""Contact sheet of the generator: every region in its views, artefacts, out-of-domain images and
+one scene as each acquisition device renders it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from radaudit.pacs.synth.anatomy import REGIONS
-from radaudit.pacs.synth.render import OOD_KINDS, render_ood, render_radiograph
+from radaudit.pacs.synth.devices import LEGACY, PROFILES
+from radaudit.pacs.synth.render import LEGACY_ACQUISITION, OOD_KINDS, render_ood, render_radiograph
+
+COLUMNS = 6
 
 
 def _tile(img: np.ndarray, size: int) -> Image.Image:
@@ -21,14 +25,18 @@ def _tile(img: np.ndarray, size: int) -> Image.Image:
 
 
 def render_preview(png_path: str | os.PathLike[str], *, seed: int = 0, size: int = 256,
-                   per_region: int = 3) -> Path:
+                   per_region: int = 3, device_region: str = "knee") -> Path:
     """Write a PNG grid: ``per_region`` random images of each of the 14 regions, then out-of-domain
-    images and a row of artefact examples (gauges, stored rotations, MONOCHROME1 as stored).
+    images and a row of artefact examples (gauges, stored rotations, MONOCHROME1 as stored), and
+    last a row with one scene of ``device_region`` as the legacy style and each device profile
+    renders it (at the device's resolution, shown at ``size``), labelled by device name.
 
     Returns the path written.
     """
     if size < 32:
         raise ValueError(f"size={size} is too small for a readable preview; use size >= 32")
+    if device_region not in REGIONS:
+        raise ValueError(f"device_region={device_region!r}: choose one of {', '.join(REGIONS)}")
     rng = np.random.default_rng(seed)
     tiles: list[tuple[str, Image.Image]] = []
     for region in REGIONS:
@@ -46,12 +54,19 @@ def render_preview(png_path: str | os.PathLike[str], *, seed: int = 0, size: int
     r = render_radiograph("knee", rng, size, size)
     tiles.append(("knee stored rot 90", _tile(np.rot90(r.pixels, 1), size)))
     tiles.append(("chest MONO1 as stored", _tile(1.0 - render_radiograph("chest", rng, size, size).pixels, size)))
-    cols = 6
-    rows = -(-len(tiles) // cols)
-    sheet = Image.new("RGB", (cols * size, rows * size))
+    tiles += [("", Image.new("RGB", (size, size)))] * (-len(tiles) % COLUMNS)  # the devices start a row
+    scene = int(rng.integers(1 << 31))
+    for name, acquisition, resolution in [(LEGACY, LEGACY_ACQUISITION, 1.0)] + [
+            (p.name, p.acquisition, p.resolution) for p in PROFILES.values()]:
+        side = max(32, round(size * resolution))
+        r = render_radiograph(device_region, np.random.default_rng(scene), side, side, text=["12.03.2021", name],
+                              acquisition=acquisition)
+        tiles.append((name, _tile(r.pixels, size)))
+    rows = -(-len(tiles) // COLUMNS)
+    sheet = Image.new("RGB", (COLUMNS * size, rows * size))
     draw = ImageDraw.Draw(sheet)
     for i, (label, tile) in enumerate(tiles):
-        x, y = (i % cols) * size, (i // cols) * size
+        x, y = (i % COLUMNS) * size, (i // COLUMNS) * size
         sheet.paste(tile, (x, y))
         draw.rectangle((x, y, x + size - 1, y + 12), fill=(0, 0, 0))
         draw.text((x + 2, y), label, fill=(255, 255, 0))

@@ -18,6 +18,50 @@ GAUGE_RATE_OTHER = 0.01
 TIGHT = {"hand": 0.55, "foot": 0.55, "ankle": 0.5, "elbow": 0.5, "knee": 0.6, "thoracic_spine": 0.4,
          "lumbar_spine": 0.45, "cervical_spine": 0.55}
 OOD_KINDS: tuple[str, ...] = ("ct", "photo", "blank", "test_pattern", "document")
+MARKER_STYLES = ("framed", "plain", "digital")
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """How one device images a patient, beyond the anatomy: processing, markers, collimation, pose.
+
+    The defaults are the generator's legacy style (drawn exactly as before devices existed), except
+    ``clip``.
+
+    Attributes:
+        processing: Noise, blur, unsharp masking, tone curve, grid lines and film grain.
+        marker_rate: Probability of an L/R marker for paired regions, and for the others.
+        marker_style: ``framed`` (lead letter in a frame), ``plain`` (lead letter) or ``digital``
+            (white letter set after processing), one of :data:`MARKER_STYLES`.
+        collimation_rate: Probability of a visible collimator shutter.
+        collimation_scale: Field size relative to the legacy one (below 1: tighter).
+        collimation_tilt: Standard deviation of the shutter's tilt, radians.
+        rotation: Added to each view's range of in-plane rotation, degrees (a patient in bed is
+            positioned less exactly).
+        text_rate: Probability of burned-in date and station text.
+        film_border: Draw a scanner's border around the image (digitised film).
+        clip: Clip the image to [0, 1]. The legacy style does not: its collimator scatter fill
+            reaches 1.05 over bright anatomy, which wraps around in a few stored files; left so
+            that legacy exports stay byte-identical.
+    """
+
+    processing: artefacts.Processing = artefacts.LEGACY_PROCESSING
+    marker_rate: tuple[float, float] = (0.85, 0.5)
+    marker_style: str = "framed"
+    collimation_rate: float = 0.55
+    collimation_scale: float = 1.0
+    collimation_tilt: float = 0.03
+    rotation: float = 0.0
+    text_rate: float = 0.5
+    film_border: bool = False
+    clip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.marker_style not in MARKER_STYLES:
+            raise ValueError(f"marker_style={self.marker_style!r}: choose one of {MARKER_STYLES}")
+
+
+LEGACY_ACQUISITION = Acquisition(clip=False)
 
 
 @dataclass
@@ -35,8 +79,13 @@ class Rendered:
 
 
 def render_radiograph(region: str, rng: np.random.Generator, h: int, w: int,
-                      text: list[str] | None = None) -> Rendered:
-    """Draw one projection radiograph of ``region`` with random pose, exposure and artefacts."""
+                      text: list[str] | None = None, acquisition: Acquisition = LEGACY_ACQUISITION) -> Rendered:
+    """Draw one projection radiograph of ``region`` with random pose, exposure and artefacts.
+
+    Every device draws the scene (view, pose, anatomy, gauge) from the same random numbers: the
+    same ``rng`` state gives the same anatomy under each ``acquisition``, only its look differs.
+    """
+    a = acquisition
     views = VIEWS[region]
     weights = np.array([v.weight for v in views])
     view = views[int(rng.choice(len(views), p=weights / weights.sum()))]
@@ -46,22 +95,31 @@ def render_radiograph(region: str, rng: np.random.Generator, h: int, w: int,
     mirror = side == "L" or (side is None and view.name == "lat" and rng.random() < 0.3)
     cx = view.center[0] + rng.uniform(-1, 1) * view.shift * fov
     cy = view.center[1] + rng.uniform(-1, 1) * view.shift * fov
-    cv = Canvas(h, w, center=(cx, cy), fov=fov, angle=rng.uniform(-1, 1) * view.angle, mirror=mirror,
-                squash=rng.uniform(*view.squash))
+    angle = rng.uniform(-1, 1) * (view.angle + math.radians(a.rotation))
+    cv = Canvas(h, w, center=(cx, cy), fov=fov, angle=angle, mirror=mirror, squash=rng.uniform(*view.squash))
     view.draw(cv, rng)
     out = Rendered(np.empty(0), view=view.name, side=side)
     if rng.random() < GAUGE_RATE.get(region, GAUGE_RATE_OTHER):
         out.has_gauge, out.gauge_kind = True, artefacts.gauge(cv, rng)
-    if rng.random() < (0.85 if side else 0.5):
+    letter = None
+    if rng.random() < (a.marker_rate[0] if side else a.marker_rate[1]):
         letter = side if side else ("R" if rng.random() < 0.5 else "L")
-        artefacts.lead_marker(cv, letter, rng)
+        if a.marker_style != "digital":
+            artefacts.lead_marker(cv, letter, rng, framed=a.marker_style == "framed")
         out.marker = True
-    img = artefacts.expose(cv, rng)
-    if rng.random() < 0.55:
-        img, out.outside = artefacts.collimate(img, rng, TIGHT.get(region, 0.7))
+    img = artefacts.expose(cv, rng, a.processing)
+    if rng.random() < a.collimation_rate:
+        img, out.outside = artefacts.collimate(img, rng, TIGHT.get(region, 0.7), scale=a.collimation_scale,
+                                               tilt=a.collimation_tilt)
         out.collimated = True
-    if text and rng.random() < 0.5:
+    if a.film_border:
+        img = artefacts.film_border(img, rng)
+    if letter and a.marker_style == "digital":
+        artefacts.digital_marker(img, letter, rng)
+    if text and rng.random() < a.text_rate:
         artefacts.burn_text(img, text, rng)
+    if a.clip:
+        np.clip(img, 0.0, 1.0, out=img)
     out.pixels = img
     return out
 

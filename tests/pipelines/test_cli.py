@@ -18,6 +18,17 @@ def test_synth_rejects_bad_arguments_with_a_message(tmp_path, capsys):
     assert rc == 2
 
 
+def test_synth_devices_options(tmp_path, capsys):
+    args = ["synth", "--out", str(tmp_path / "e"), "--truth", str(tmp_path / "t.parquet"), "--n", "4", "--size", "32",
+            "--ood", "0", "--duplicates", "0"]
+    assert main(args + ["--devices", "bedside", "--device-correlation", "0.3"]) == 0
+    assert set(pd.read_parquet(tmp_path / "t.parquet")["device"]) == {"bedside"}
+    assert main(args + ["--force", "--devices", "ct_scanner"]) == 2
+    assert "devices='ct_scanner'" in capsys.readouterr().err
+    assert main(args + ["--force", "--devices", "mixed", "--device-correlation", "2"]) == 2
+    assert "device_correlation=2.0" in capsys.readouterr().err
+
+
 def test_ingest_needs_paths(monkeypatch, capsys):
     monkeypatch.delenv("RADAUDIT_EXPORT_DIR", raising=False)
     monkeypatch.delenv("RADAUDIT_DATA_DIR", raising=False)
