@@ -70,20 +70,22 @@ class Recorder:
         print(f"[seed {seed}] {step:24s} {shown}", flush=True)
 
 
-def _export_shard(job: tuple[str, str, int, int, int]) -> str:
+def _export_shard(job: tuple[str, str, int, int, float, str | None, float]) -> str:
     from radaudit.pacs.synth import generate_export
 
-    out, truth, n, seed, size, duplicates = job
-    generate_export(out, truth, n=n, seed=seed, size=size, force=True, duplicates=duplicates)
+    out, truth, n, seed, size, duplicates, devices, correlation = job
+    generate_export(out, truth, n=n, seed=seed, size=size, force=True, duplicates=duplicates, devices=devices,
+                    device_correlation=correlation)
     return truth
 
 
-def make_export(root: Path, n: int, seed: int, size: int, shards: int, duplicates: float = 0.0) -> Path:
+def make_export(root: Path, n: int, seed: int, size: int, shards: int, duplicates: float = 0.0,
+                devices: str | None = None, device_correlation: float = 0.6) -> Path:
     """A synthetic export in ``shards`` parallel processes (distinct seeds give distinct UIDs); one truth file."""
     shards = max(1, min(shards, n // 50 or 1))
     sizes = [n // shards + (i < n % shards) for i in range(shards)]
     jobs = [(str(root / "export" / f"shard{i:02d}"), str(root / f"truth{i:02d}.parquet"), k, seed * 1000 + i, size,
-             duplicates) for i, k in enumerate(sizes)]
+             duplicates, devices, device_correlation) for i, k in enumerate(sizes)]
     if shards == 1:
         truths = [_export_shard(jobs[0])]
     else:
@@ -153,7 +155,8 @@ def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed:
 
     root.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    truth = make_export(root, preset.n, seed, preset.export_size, args.shards, preset.duplicates)
+    truth = make_export(root, preset.n, seed, preset.export_size, args.shards, preset.duplicates, preset.devices,
+                        preset.device_correlation)
     if args.foreign:
         add_foreign_files(root, truth)
     rec.add(seed, "export", seconds=round(time.perf_counter() - t, 1), images=preset.n,

@@ -36,6 +36,9 @@ class AuditPreset:
         supcon_cross_fit: Backbones SupCon is cross-fitted with (see :func:`radaudit.pipelines.stages.train_backbone`).
         duplicates: Share of extra duplicate files (and as many hard negatives) in the synthetic
             export (:func:`radaudit.pacs.synth.generate_export`).
+        devices: Acquisition-device mix of the synthetic export (``generate_export(devices=)``;
+            None: the single legacy style).
+        device_correlation: How strongly the export's devices follow regions, in [0, 1].
         embed_crop: Embeddings as the mean over ten crops of this share of the side (test-time
             augmentation, :func:`radaudit.models.embed.embed`); None: the whole image.
         note: Why these settings, shown by the demo.
@@ -53,6 +56,8 @@ class AuditPreset:
     num_workers: int
     supcon_cross_fit: int = 2
     duplicates: float = 0.03
+    devices: str | None = "mixed"
+    device_correlation: float = 0.6
     embed_crop: float | None = None
     note: str = ""
 

@@ -167,6 +167,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duplicates", type=float, default=preset.duplicates,
                       help=f"share of extra duplicate files in a new demo export, and as many look-alikes that are "
                       f"not duplicates (default {preset.duplicates})")
+    demo.add_argument("--devices", default=preset.devices, metavar="MIX",
+                      help=f"acquisition devices of a new demo export (default {preset.devices!r}: a CR reader, a DR "
+                      "room, a bedside unit, digitised film and a minority CR; 'legacy': the single older style)")
+    demo.add_argument("--device-correlation", type=float, default=preset.device_correlation, metavar="C",
+                      help=f"how strongly devices follow regions, in [0, 1] (default {preset.device_correlation})")
     demo.add_argument("--methods", nargs="+", default=list(preset.methods), choices=list(METHODS),
                       help=f"methods to pretrain and ensemble (default: {' '.join(preset.methods)})")
     demo.add_argument("--epochs", type=int, default=preset.epochs,
@@ -459,7 +464,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if not truth.exists() or not export.is_dir() or not any(export.iterdir()):
         print(f"making the synthetic demo export in {export} ({args.n} images) ...")
         generate_export(export, truth, n=args.n, seed=args.seed, size=max(args.size * 2, preset.export_size),
-                        force=True, duplicates=args.duplicates)
+                        force=True, duplicates=args.duplicates,
+                        devices=None if args.devices == "legacy" else args.devices,
+                        device_correlation=args.device_correlation)
     methods = list(dict.fromkeys(args.methods))
     audit = AuditConfig(methods=methods, epochs=args.epochs, batch_size=args.batch_size,
                         image_size=min(args.image_size, args.size), supcon_cross_fit=preset.supcon_cross_fit,
