@@ -234,7 +234,7 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
 
-    from radaudit.models.ood import combine_evidence, mahalanobis_evidence, pixel_evidence
+    from radaudit.models.ood import blank_ratio, combine_evidence, mahalanobis_evidence, pixel_evidence
 
     p = check_probabilities(probs)
     n, k = p.shape
@@ -275,7 +275,9 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     pixel_z_of_row, pixel_which = np.zeros(n), np.zeros(n, dtype=np.int64)
     if pixel_feats is not None and cleared.size >= 2:
         pixel_z_of_row, pixel_which = pixel_evidence(pixel_feats, cleared)
-    early_ood = has_header | (pixel_z_of_row > pixel_z)
+    flat = pixel_feats["flatness"].to_numpy(dtype=np.float64) \
+        if pixel_feats is not None and "flatness" in pixel_feats else None
+    early_ood = has_header | (pixel_z_of_row > pixel_z) | (blank_ratio(flat, n) > 1.0)
 
     # 2. Confident learning on the labelled rows that look in domain so far.
     lab = np.flatnonzero((y >= 0) & ~early_ood)
@@ -297,7 +299,7 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         mad = 1.4826 * float(np.median(np.abs(ref - med)))
         emb_z = np.maximum((dist - med) / max(mad, 1e-6 * max(med, 1.0)), 0.0)
     evidence = combine_evidence(header, pixel_z_of_row, pixel_which, emb_z, z_threshold=ood_z,
-                                pixel_threshold=pixel_z)
+                                pixel_threshold=pixel_z, flat=flat)
     ood = evidence.score
     is_ood = ood > threshold
     quality[is_ood] = np.nan
