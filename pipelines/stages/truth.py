@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +15,10 @@ from radaudit.pacs.layout import ISSUES_PATH, PROB_DIR
 from radaudit.pipelines.stages.data import TrainingSet, issue_inputs, load_training_set
 from radaudit.pipelines.stages.store import load_embeddings, load_probabilities
 
-__all__ = ["FALSE_FLAG_FACTOR", "FALSE_FLAG_SLACK", "LabelFractionScores", "OOD_FP_LIMIT", "device_table",
-           "duplicate_groups", "duplicate_scores", "evaluate_against_truth", "evaluate_label_fractions",
-           "evaluate_method", "evaluate_methods", "f1_score", "pair_scores", "precision_at_k", "read_truth",
-           "report_order", "score_issues", "truth_labels"]
+__all__ = ["FALSE_FLAG_FACTOR", "FALSE_FLAG_SLACK", "LabelFractionScores", "OOD_FP_LIMIT", "aligned_probabilities",
+           "copy_links", "device_table", "duplicate_groups", "duplicate_scores", "evaluate_against_truth",
+           "evaluate_label_fractions", "evaluate_method", "evaluate_methods", "f1_score", "pair_scores",
+           "precision_at_k", "read_truth", "report_order", "score_issues", "truth_labels", "truth_status"]
 
 LabelFractionScores = dict[str, dict[float, float]]  # {method or "ensemble": {share of labels: accuracy}}
 
@@ -54,6 +54,13 @@ def truth_labels(ts: TrainingSet, truth: str | os.PathLike[str] | pd.DataFrame |
     return np.array([lookup.get(r, -1) if isinstance(r, str) else -1 for r in region], dtype=np.int64)
 
 
+def truth_status(ts: TrainingSet, truth: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Per image of ``ts``, from a :func:`read_truth` frame: out of domain, and recorded label truly
+    wrong (not null, the image in domain, not its true region). Shape: (N,) each."""
+    is_ood = pd.Series(ts.uids).map(truth["is_ood"]).fillna(False).to_numpy(dtype=bool)
+    return is_ood, (ts.labels >= 0) & ~is_ood & (ts.labels != truth_labels(ts, truth))
+
+
 def evaluate_against_truth(data_dir: str | os.PathLike[str], truth_path: str | os.PathLike[str]) -> dict[str, Any]:
     """Score the audit against a synthetic export's ground truth.
 
@@ -66,14 +73,18 @@ def evaluate_against_truth(data_dir: str | os.PathLike[str], truth_path: str | o
     """
     data_dir = Path(data_dir)
     ts = load_training_set(data_dir)
-    probs = None
-    if (data_dir / PROB_DIR / "ensemble.npy").exists():
-        probs = _aligned(*load_probabilities(data_dir, "ensemble"), ts.uids, "ensemble")
+    probs = aligned_probabilities(data_dir, "ensemble", ts.uids) if (data_dir / PROB_DIR / "ensemble.npy").exists() \
+        else None
     return score_issues(pd.read_parquet(data_dir / ISSUES_PATH), ts, truth_path, probs=probs)
 
 
-def _aligned(probs: np.ndarray, rows: pd.DataFrame, uids: Sequence[str], name: str) -> np.ndarray:
-    """Rows of ``probs`` in ``uids`` order (its table ``rows`` names each row's UID)."""
+def aligned_probabilities(data_dir: str | os.PathLike[str], name: str, uids: Sequence[str]) -> np.ndarray:
+    """``probabilities/<name>`` as float64, its rows in ``uids`` order.
+
+    Raises:
+        ValueError: If some UID has no row (the probabilities are older than the image cache).
+    """
+    probs, rows = load_probabilities(data_dir, name)
     where = pd.Series(np.arange(len(rows)), index=rows["sop_instance_uid"].to_numpy()).reindex(list(uids))
     if where.isna().any():
         raise ValueError(f"probabilities/{name} lacks {int(where.isna().sum())} cached images: re-materialize it")
@@ -145,9 +156,8 @@ def score_issues(issues: pd.DataFrame, ts: TrainingSet, truth: str | os.PathLike
     issues = issues.set_index("sop_instance_uid").loc[ts.uids]
     n = len(ts.uids)
     true_idx = truth_labels(ts, truth)
-    is_ood = pd.Series(ts.uids).map(truth["is_ood"]).fillna(False).to_numpy(dtype=bool)
+    is_ood, wrong = truth_status(ts, truth)
     labelled = (ts.labels >= 0) & ~is_ood
-    wrong = labelled & (ts.labels != true_idx)
     kind = issues["issue"].to_numpy(dtype=object)
     flagged = kind == "mislabel"
     ood_flag = kind == "out_of_domain"
@@ -192,8 +202,8 @@ def score_issues(issues: pd.DataFrame, ts: TrainingSet, truth: str | os.PathLike
     out["ood_f1"] = f1_score(ood_precision, ood_recall)
     if "duplicate_of" in truth.columns:
         inside = [u for u, o in zip(ts.uids, is_ood) if not o]
-        pairs = pair_scores(duplicate_groups(dict(zip(ts.uids, issues["duplicate_of"]))),
-                            duplicate_groups(truth["duplicate_of"].to_dict()), inside)
+        pairs = pair_scores(duplicate_groups(ts.uids, copy_links(dict(zip(ts.uids, issues["duplicate_of"])))),
+                            duplicate_groups(ts.uids, copy_links(truth["duplicate_of"].to_dict())), inside)
         out.update({f"duplicate_pair_{key}": value for key, value in pairs.items()})
     device = (pd.Series(ts.uids).map(truth["device"]).fillna("unknown").astype(str).to_numpy(dtype=object)
               if "device" in truth.columns else np.full(n, "all", dtype=object))
@@ -236,24 +246,25 @@ def report_order(issues: pd.DataFrame, labels: np.ndarray) -> np.ndarray:
     return rows[np.lexsort((within, ~flag))]
 
 
-def duplicate_groups(links: Mapping[str, Any]) -> dict[str, int]:
-    """Each UID's group: the connected components of the links ``{uid: uid it copies, or None}``
-    (a chain a -> b -> c is one group; a link to a UID not among the keys is kept)."""
+def duplicate_groups(uids: Sequence[str], links: Iterable[tuple[str, str]]) -> dict[str, int]:
+    """Each UID's group: the connected components of the ``links`` (pairs of UIDs: a copy and
+    its original, or two near duplicates), so a chain a -> b -> c is one group. UIDs of links
+    that are not among ``uids`` join in."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    nodes = list(links)
-    pos = {u: i for i, u in enumerate(nodes)}
-    edges = [(u, d) for u, d in links.items() if isinstance(d, str) and d and d != u]
-    for _, d in edges:
-        if d not in pos:
-            pos[d] = len(nodes)
-            nodes.append(d)
-    src = np.array([pos[u] for u, _ in edges], dtype=np.int64)
-    dst = np.array([pos[d] for _, d in edges], dtype=np.int64)
-    graph = coo_matrix((np.ones(src.size), (src, dst)), shape=(len(nodes), len(nodes)))
+    pos = {u: i for i, u in enumerate(uids)}
+    edges = [(pos.setdefault(a, len(pos)), pos.setdefault(b, len(pos))) for a, b in links]
+    src = np.array([a for a, _ in edges], dtype=np.int64)
+    dst = np.array([b for _, b in edges], dtype=np.int64)
+    graph = coo_matrix((np.ones(src.size), (src, dst)), shape=(len(pos), len(pos)))
     comp = connected_components(graph, directed=False)[1]
-    return {u: int(c) for u, c in zip(nodes, comp)}
+    return {u: int(comp[i]) for u, i in pos.items()}
+
+
+def copy_links(duplicate_of: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (copy, original) pairs of a ``duplicate_of`` mapping (None or NaN: no original)."""
+    return [(u, d) for u, d in duplicate_of.items() if isinstance(d, str) and d and d != u]
 
 
 def pair_scores(reported: Mapping[str, int], true: Mapping[str, int], uids: Sequence[str]) -> dict[str, Any]:
