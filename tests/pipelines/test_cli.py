@@ -183,7 +183,9 @@ def test_demo_runs_the_whole_audit_and_scores_it_against_the_truth(tmp_path, cap
     assert "making the synthetic demo export" in out and "mislabel_report.html" in out
     assert "against the synthetic ground truth (" in out and "mislabel_precision_at_k" in out
     assert "report order" in out and "plain self-confidence" in out
-    assert [line.split()[0] for line in out.splitlines() if line.startswith("  all ")] == ["all"]  # no device column
+    device_rows = [line.split() for line in out.splitlines() if line.startswith("    all ")]  # no device column
+    images = [line.split()[1] for line in out.splitlines() if line.startswith("  images ")]
+    assert len(device_rows) == 1 and device_rows[0][1] == images[0]
     assert "demo wall time:" in out and "on a GPU (one H200" in out
     methods = PRESETS["cpu-demo"].methods
     accuracy = [line.split() for line in out.splitlines() if line.strip().startswith(tuple(f"{m} " for m in
