@@ -154,6 +154,32 @@ def test_ingest_caches_every_encoding_bone_bright(ingested: dict) -> None:
         assert air < 64 and tibia > air + 100, (name, tibia, air)
 
 
+def test_every_encoding_gives_the_same_cached_image(ingested: dict) -> None:
+    """JPEG 2000 is decoded at reduced resolution; its field and pixels must still be those of the
+    uncompressed file (before border.MIN_SIDE, at a cache of 64 px RG1_J2KI lost 23% of its width)."""
+    from radaudit.pacs import cache
+    from radaudit.pacs.layout import MANIFEST_PATH
+
+    data, rows = ingested["data"], ingested["rows"]
+    manifest = pd.read_parquet(data / MANIFEST_PATH).set_index("sop_instance_uid")
+    for stem, files in FILES.items():
+        names = [p.name[:-4] for p in files]
+        uids = [_uid(rows, n) for n in names]
+        geometry = manifest.loc[uids]
+        assert (geometry["crop_bottom"] <= geometry["original_rows"]).all()
+        assert (geometry["crop_right"] <= geometry["original_columns"]).all()
+        box = geometry[["content_height", "content_width"]].to_numpy()
+        assert np.abs(box - box[0]).max() <= 1, (stem, box)
+        field = geometry[["crop_top", "crop_bottom", "crop_left", "crop_right"]].to_numpy(dtype=float)
+        side = geometry[["original_rows", "original_rows", "original_columns", "original_columns"]].to_numpy()
+        assert np.abs(field / side - field[0] / side[0]).max() < 0.01, (stem, field)
+        images = [cache.read(data, u).astype(np.float64).ravel() for u in uids]
+        lossless = images[0]
+        for name, img in zip(names[1:], images[1:]):
+            r = np.corrcoef(lossless, img)[0, 1]
+            assert r > (0.99 if name.endswith("J2KR") else 0.95), (name, r)
+
+
 def test_labels_come_from_the_header_where_the_vocabulary_has_the_region(ingested: dict) -> None:
     labels, rows = ingested["labels"].set_index("sop_instance_uid"), ingested["rows"]
     got = labels.loc[rows["sop_instance_uid"]]
@@ -174,7 +200,7 @@ def test_near_duplicates_are_each_images_own_encodings(ingested: dict) -> None:
     members = groups.groupby("group")["sop_instance_uid"].apply(frozenset)
     expected = {frozenset(rows.loc[rows["path"].str.contains(f"/{stem}_"), "sop_instance_uid"]) for stem in FILES}
     assert set(members) == expected  # no synthetic image grouped with anything, no real one with another
-    assert not groups["cross_patient"].any()
+    assert not groups["cross_patient"].any() and (groups["similarity"] > 0.99).all()
     truth = read_truth(ingested["truth"])
     uids = sorted(groups["sop_instance_uid"])
     scores = duplicate_scores(groups.set_index("sop_instance_uid"), truth, uids)
