@@ -188,7 +188,11 @@ def score_issues(issues: pd.DataFrame, ts: TrainingSet, truth: str | os.PathLike
         "ood_recall": ood_recall,
         "ood_flagged_as_mislabel": int((flagged & is_ood).sum()),
         "missing_labels": int(missing.sum()),
-        "missing_suggestion_accuracy": _ratio(int((suggested[missing] == true_idx[missing]).sum()), int(missing.sum())),
+        # A null label whose true region is outside the vocabulary (a lower leg) has no right suggestion.
+        "missing_outside_vocabulary": int((missing & (true_idx < 0)).sum()),
+        "missing_suggestion_accuracy": _ratio(int((suggested[missing & (true_idx >= 0)]
+                                                   == true_idx[missing & (true_idx >= 0)]).sum()),
+                                              int((missing & (true_idx >= 0)).sum())),
         **dup,
         "report_precision_at_k": precision_at_k(report_order(issues, ts.labels), wrong),
     }

@@ -136,3 +136,20 @@ def test_device_table_shows_one_line_per_device_with_the_limits() -> None:
     assert dr[4:10] == ["0", "(0.000)", "ok", "1", "(0.143)", "OVER"] and dr[10] == "1.000"
     assert bed[:4] == ["bedside", "4", "1", "0.000"]
     assert bed[4:10] == ["2", "(0.667)", "OVER", "0", "(0.000)", "ok"] and bed[10] == "0.000"
+
+
+def test_a_null_label_outside_the_vocabulary_is_no_missed_suggestion() -> None:
+    """A lower leg (not in the vocabulary) with a null label: not out of domain, and no right suggestion exists."""
+    uids = ["m1", "m2", "leg", "x"]
+    labels = np.array([-1, -1, -1, C], dtype=np.int64)
+    ts = TrainingSet(uids, labels, np.array([None] * 4, dtype=object), VOCAB, pd.DataFrame())
+    truth = pd.DataFrame({"sop_instance_uid": uids, "true_region": ["hand", "knee", None, "chest"],
+                          "is_ood": [False] * 4}).set_index("sop_instance_uid")
+    issues = pd.DataFrame({"sop_instance_uid": uids, "issue": ["missing_label"] * 3 + [None],
+                           "rank": [1, 2, 3, 4], "label_quality": [np.nan] * 3 + [0.9],
+                           "suggested_region": [H, C, K, C], "ood_score": [0.1] * 4,
+                           "duplicate_of": pd.Series([None] * 4, dtype=object)})
+    scores = stages.score_issues(issues, ts, truth)
+    assert scores["missing_labels"] == 3 and scores["missing_outside_vocabulary"] == 1
+    assert scores["missing_suggestion_accuracy"] == pytest.approx(1 / 2)  # m1 right, m2 wrong; the leg not counted
+    assert scores["truly_mislabelled"] == 0 and scores["flagged_out_of_domain"] == 0
