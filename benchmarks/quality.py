@@ -26,6 +26,7 @@ Run from the repository root::
     python benchmarks/quality.py --n 200 --epochs 1 --methods simclr   # a smoke test
     python benchmarks/quality.py --json out.json --save-embeddings emb/
     python benchmarks/quality.py --foreign               # plus real CT/MR/US/NM/colour files, also relabelled as DX
+    python benchmarks/quality.py --real                  # plus real CR radiographs of other vendors (in domain)
     python benchmarks/quality.py --score demo/data --truth demo/truth.parquet --json demo/quality.json
 
 The JSON goes to ``--json``, else ``$OUT/quality.json`` where ``OUT`` is set, else
@@ -147,6 +148,32 @@ def foreign_figures(issues: pd.DataFrame, truth: Path) -> dict[str, Any]:
         out[f"{tag}_missed"] = sorted(t.set_index("sop_instance_uid").loc[got.index[got != "out_of_domain"], "path"]
                                       .str.split("/").str[-1])
     return out
+
+
+REAL_TAG = "real_cr"
+
+
+def real_figures(issues: pd.DataFrame, truth: Path) -> dict[str, Any]:
+    """What the audit made of the real radiographs (``add_real_radiographs``): how many were called out
+    of domain or mislabelled, each file's issue, and whether each image's encodings form one group of
+    their own."""
+    from radaudit.pipelines.stages.truth import duplicate_groups
+
+    t = pd.read_parquet(truth).set_index("sop_instance_uid")
+    real = t[t["path"].astype(str).str.startswith(f"{REAL_TAG}/")]
+    if real.empty:
+        return {}
+    rows = issues.set_index("sop_instance_uid")
+    got = rows["issue"].reindex(real.index)
+    group = duplicate_groups(list(rows.index), [(u, d) for u, d in rows["duplicate_of"].items() if isinstance(d, str)])
+    image = real["duplicate_of"].where(real["duplicate_of"].notna(), pd.Series(real.index, index=real.index))
+    own = {g: set(image.index[image == g]) for g in image.unique()}
+    members = {u: {v for v in rows.index if group[v] == group[u]} for u in own}  # 2 images: a scan each
+    return {"real_out_of_domain": f"{int((got == 'out_of_domain').sum())}/{len(real)}",
+            "real_mislabel": f"{int((got == 'mislabel').sum())}/{len(real)}",
+            "real_issue": {real.loc[u, "path"].split("/")[-1]: (got[u] if isinstance(got[u], str) else "")
+                           for u in real.index},
+            "real_grouped_right": all(members[u] == own[u] for u in own)}
 
 
 def random_baseline(data: Path, size: int, backbone: str) -> None:
@@ -347,6 +374,10 @@ def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed:
                         preset.device_correlation)
     if args.foreign:
         add_foreign_files(root, truth)
+    if args.real:
+        from radaudit.pacs.synth.foreign import add_real_radiographs
+
+        add_real_radiographs(root / "export", truth, tag=REAL_TAG)
     rec.add(seed, "export", seconds=round(time.perf_counter() - t, 1), images=preset.n,
             foreign=2 * len(FOREIGN_FILES) if args.foreign else 0)
     data = root / "data"
@@ -391,6 +422,8 @@ def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed:
     record_scores(rec, seed, data, truth, list(preset.methods), scores, args.peer)
     if args.foreign:
         rec.add(seed, "foreign", **foreign_figures(issues, truth))
+    if args.real:
+        rec.add(seed, "real", **real_figures(issues, truth))
     acc = stages.evaluate_label_fractions(data, truth, list(preset.methods))["ensemble"]
     rec.add(seed, "linear_eval/ensemble", **{f"acc@{int(f * 100)}%": a for f, a in acc.items()})
     if args.save_embeddings:
@@ -463,6 +496,9 @@ def score_data_dir(rec: Recorder, data: Path, truth: Path, peer: bool) -> None:
     rec.add(name, "audit/ensemble", seconds=round(time.perf_counter() - t, 1), methods=methods,
             **{k: scores[k] for k in FIGURES if k in scores})
     record_scores(rec, name, data, truth, methods, scores, peer)
+    real = real_figures(pd.read_parquet(data / ISSUES_PATH), truth)
+    if real:
+        rec.add(name, "real", **real)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -482,6 +518,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, help="base learning rate per 256 images (default: each method's paper value)")
     ap.add_argument("--shards", type=int, default=os.cpu_count() or 1, help="parallel export processes")
     ap.add_argument("--ingest-workers", type=int, default=0, help="decode workers (0: all cores)")
+    ap.add_argument("--real", action="store_true", help="add real CR radiographs of other vendors (pydicom-data: "
+                    "a Philips chest, a Fuji lower leg, four encodings each) and report what the audit made of them")
     ap.add_argument("--foreign", action="store_true", help="add real foreign DICOM files (pydicom-data), as stored "
                     "and relabelled as DX knee radiographs, and report how many come out out_of_domain")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the random-init baseline")

@@ -118,3 +118,28 @@ def test_without_datalab_one_line_says_how_to_install_it_and_radaudit_is_still_s
                           "'cleanlab[datalab]>=2.6' (radaudit's extra: pip install -e '.[bench]'); --no-peer skips "
                           "it on purpose")
     assert [r["step"] for r in json.loads(out.read_text())["records"]] == ["audit/ensemble", "devices"]
+
+
+def test_real_figures_count_the_real_radiographs_and_check_their_groups(tmp_path: Path) -> None:
+    import pandas as pd
+
+    paths = [f"real_cr/REAL0/RG1_{e}.dcm" for e in ("UNCR", "J2KR", "J2KI", "UNCI")] + \
+        [f"real_cr/REAL1/RG3_{e}.dcm" for e in ("UNCR", "J2KR", "J2KI", "UNCI")] + ["P1/x", "P2/y"]
+    uids = ["c0", "c1", "c2", "c3", "l0", "l1", "l2", "l3", "s1", "s2"]
+    truth = pd.DataFrame({"sop_instance_uid": uids, "path": paths,
+                          "duplicate_of": [None, "c0", "c0", "c0", None, "l0", "l0", "l0", None, None]})
+    truth.to_parquet(tmp_path / "truth.parquet")
+    issues = pd.DataFrame({"sop_instance_uid": uids,
+                           "issue": ["mislabel", "near_duplicate", "mislabel", None, "missing_label",
+                                     "near_duplicate", "near_duplicate", "out_of_domain", None, None],
+                           # The chest's encodings grouped (a chain), the leg's lossy copy grouped with s1 instead.
+                           "duplicate_of": [None, "c0", "c1", "c0", None, "l0", "s1", "l0", None, None]})
+    quality = _quality()
+    f = quality.real_figures(issues, tmp_path / "truth.parquet")
+    assert f["real_out_of_domain"] == "1/8" and f["real_mislabel"] == "2/8"
+    assert f["real_issue"]["RG3_UNCI.dcm"] == "out_of_domain" and f["real_issue"]["RG1_UNCI.dcm"] == ""
+    assert f["real_grouped_right"] is False
+    issues.loc[6, "duplicate_of"] = "l1"  # now each image's four encodings and nothing else
+    assert quality.real_figures(issues, tmp_path / "truth.parquet")["real_grouped_right"] is True
+    truth.iloc[8:].to_parquet(tmp_path / "synthetic.parquet")  # no real radiographs: no figures
+    assert quality.real_figures(issues, tmp_path / "synthetic.parquet") == {}
