@@ -10,8 +10,8 @@ in look-alike batches, so none of the evidence below asks "does this image have 
   radiograph, a SOP Class that is not CR/DX (secondary capture, CT, MR, ...), colour
   photometrics. Decisive on its own.
 - :func:`pixel_features` + :func:`pixel_evidence`: what the cached pixels say, scored against
-  the trusted images' distribution: uniform or blank, one grey level dominating (paper, an empty
-  exposure), sharp text-like strokes (scanned forms, test patterns). One feature is judged on
+  the trusted images' distribution: one grey level dominating (paper, an empty exposure), sharp
+  text-like strokes (scanned forms, test patterns). One feature is judged on
   its own scale instead: :func:`flatness`, an image's structure beyond a smooth ramp relative to
   its pixel noise, catches blank and nearly blank exposures (no anatomy, an over- or
   under-exposed plate) whatever window stretched them: below ``BLANK_FLATNESS`` it is blank.
@@ -69,8 +69,11 @@ _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _COLOUR = ("RGB", "YBR", "PALETTE")
 
 # Pixel feature -> (direction that is suspicious: +1 high, -1 low, reason shown to a radiologist).
+# (An earlier "structure" feature, the spread of block means, scored blank exposures by a z-score; it
+# missed blanks a fallback window had stretched and, on multi-device exports, called 4 of 301 CR
+# images blank. flatness replaced it: on 3 multi-device exports the same 54 intruders were found,
+# and 0 in-domain images instead of 6 were called out of domain.)
 PIXEL_FEATURES: dict[str, tuple[int, str]] = {
-    "structure": (-1, "uniform or blank image"),
     "peak_share": (+1, "one grey level dominates (blank, form or pattern)"),
     "edge_share": (+1, "sharp text-like strokes (scanned form or pattern)"),
 }
@@ -81,9 +84,6 @@ PIXEL_COLUMNS: tuple[str, ...] = (*PIXEL_FEATURES, "flatness")
 # 0.49) and on their 24 blank exposures (plain, marked, under-exposed) at most 0.26.
 BLANK_FLATNESS = 0.3
 BLANK_REASON = "blank or nearly blank exposure: nothing but a smooth ramp and noise"
-# Features scored on a log scale: their suspicious end is near 0, where a linear robust z would
-# call a blank (0.016) hardly further out than a dark radiograph (0.1).
-_LOG_FEATURES = frozenset({"structure"})
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,6 @@ def pixel_features(image: np.ndarray, *, content: tuple[int, int] | None = None)
             ``content_height``/``content_width``); the black letterbox around it is ignored.
 
     Returns:
-        ``structure``: standard deviation of the means of an 8 x 8 grid of blocks, in [0, 0.5]
-        (anatomy varies from block to block; an empty exposure, whatever its noise, does not);
         ``peak_share``: share of pixels in the most populated of 64 levels;
         ``edge_share``: share of pixels whose horizontal or vertical step exceeds 1/4 of the range;
         ``flatness``: :func:`flatness` (judged on its own scale, not by a z-score).
@@ -174,9 +172,6 @@ def pixel_features(image: np.ndarray, *, content: tuple[int, int] | None = None)
         top, left = (img.shape[0] - ch) // 2, (img.shape[1] - cw) // 2
         img = img[top:top + ch, left:left + cw]
     x = img.astype(np.float32) / 255.0
-    bh, bw = max(1, x.shape[0] // 8), max(1, x.shape[1] // 8)
-    grid = x[:bh * 8, :bw * 8] if x.shape[0] >= 8 and x.shape[1] >= 8 else x
-    blocks = grid.reshape(grid.shape[0] // bh, bh, grid.shape[1] // bw, bw).mean(axis=(1, 3))
     hist = np.bincount((img >> 2).ravel(), minlength=64).astype(np.float64) / img.size
     step = 0.25
     edges = np.zeros(img.shape, dtype=bool)
@@ -184,8 +179,7 @@ def pixel_features(image: np.ndarray, *, content: tuple[int, int] | None = None)
         edges[:, 1:] |= np.abs(np.diff(x, axis=1)) > step
     if img.shape[0] > 1:
         edges[1:, :] |= np.abs(np.diff(x, axis=0)) > step
-    return {"structure": float(blocks.std()), "peak_share": float(hist.max()), "edge_share": float(edges.mean()),
-            "flatness": flatness(x)}
+    return {"peak_share": float(hist.max()), "edge_share": float(edges.mean()), "flatness": flatness(x)}
 
 
 def flatness(image: np.ndarray, *, grid: int = 6, trim: float = 0.15) -> float:
@@ -244,8 +238,6 @@ def pixel_evidence(features: pd.DataFrame | Mapping[str, np.ndarray], reference:
                    ) -> tuple[np.ndarray, np.ndarray]:
     """One-sided robust z of each pixel feature against the reference rows; the largest per row.
 
-    ``structure`` is scored as ``log(structure + 0.001)``.
-
     Args:
         features: Columns of :data:`PIXEL_FEATURES`, one row per image.
         reference: Indices of trusted in-domain rows.
@@ -262,8 +254,6 @@ def pixel_evidence(features: pd.DataFrame | Mapping[str, np.ndarray], reference:
         if name not in features:
             raise ValueError(f"features lacks {name!r}; compute them with pixel_features")
         values = np.asarray(features[name], dtype=np.float64)
-        if name in _LOG_FEATURES:
-            values = np.log(values + 1e-3)
         zs.append(_robust_z(values, ref, direction, floor=0.01))
     stacked = np.stack(zs, axis=1)  # (N, F)
     return stacked.max(axis=1), stacked.argmax(axis=1)

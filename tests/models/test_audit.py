@@ -184,20 +184,20 @@ def test_members_agree_is_reported_not_a_filter() -> None:
 
 
 def test_header_and_pixel_evidence_make_out_of_domain_with_reason() -> None:
-    from radaudit.models.ood import PIXEL_FEATURES
+    from radaudit.models.ood import PIXEL_COLUMNS
 
     p, labels, _ = _noisy(300, 4, 0.0, 6.0, seed=10)
     x = np.random.default_rng(11).standard_normal((300, 8)).astype(np.float32)
     rng = np.random.default_rng(12)
-    feats = pd.DataFrame({"structure": rng.normal(0.2, 0.02, 300),
-                          "peak_share": rng.normal(0.05, 0.01, 300), "edge_share": rng.normal(0.01, 0.002, 300)})
-    feats.loc[7, "structure"] = 0.002  # a blank exposure
+    feats = pd.DataFrame({"peak_share": rng.normal(0.05, 0.01, 300), "edge_share": rng.normal(0.01, 0.002, 300),
+                          "flatness": rng.uniform(1.0, 20.0, 300)})
+    feats.loc[7, "flatness"] = 0.05  # a blank exposure
     header = [""] * 300
     header[3] = "header: modality CT"
-    df = find_issues(p, labels, x, header_reasons=header, pixel_feats=feats[list(PIXEL_FEATURES)])
+    df = find_issues(p, labels, x, header_reasons=header, pixel_feats=feats[list(PIXEL_COLUMNS)])
     assert df.loc[3, "issue"] == "out_of_domain" and df.loc[3, "ood_reason"].startswith("header: modality CT")
     assert df.loc[3, "ood_score"] >= 0.99 and np.isnan(df.loc[3, "label_quality"])
-    assert df.loc[7, "issue"] == "out_of_domain" and "uniform or blank" in df.loc[7, "ood_reason"]
+    assert df.loc[7, "issue"] == "out_of_domain" and "blank or nearly blank exposure" in df.loc[7, "ood_reason"]
     assert set(df.loc[df["issue"] == "out_of_domain"].index) == {3, 7}
     assert set(df.sort_values("rank").head(2).index) == {3, 7}
 

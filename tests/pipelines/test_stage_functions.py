@@ -152,7 +152,7 @@ def test_audit_report_and_truth_scores(embedded, tmp_path):
     for key in ("mislabel_precision_at_k", "ood_recall", "top20_precision", "report_precision_at_k",
                 "self_confidence_precision_at_k"):
         assert 0.0 <= scores[key] <= 1.0
-    assert list(scores["per_device"]) == ["all"] and scores["per_device"]["all"]["images"] == len(ts.uids)
+    assert list(scores["per_device"]) == ["legacy"] and scores["per_device"]["legacy"]["images"] == len(ts.uids)
     probs, rows = stages.load_probabilities(data, "ensemble")
     assert rows["sop_instance_uid"].tolist() == ts.uids
     again = stages.score_issues(pd.read_parquet(data / layout.ISSUES_PATH), ts, truth, probs=probs)
