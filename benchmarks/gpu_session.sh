@@ -5,9 +5,10 @@
 # Then run it on the device with `.whl` carried:
 #   bash benchmarks/gpu_session.sh
 # Every figure is printed as it is measured and written under $OUT (or benchmarks/out/ without it):
-#   pretrain.json, augment.json (step rates, compute bound, peak memory), quality.json (audit quality),
-#   and one log per benchmark. A benchmark that runs over its share of time is stopped; what it
-#   wrote so far stays.
+#   pretrain.json, augment.json (step rates, compute bound, peak memory), quality.json (audit quality
+#   on a multi-device export, per device, and Datalab beside it where `datasets` was carried:
+#   ../shared/tools/gpu-wheels.sh datasets dill multiprocess xxhash), sites.json (cross-site
+#   transfer), gauges.json (the gauge claim), and one log per benchmark. A benchmark that runs over its share of time is stopped; what it wrote so far stays.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-benchmarks/out}
@@ -26,12 +27,19 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee "$out/gpu.txt"
 # The settings can be overridden for a dry run on a CPU, e.g.
 #   PRETRAIN_ARGS="--probe-images 0" AUGMENT_ARGS="--device cpu --size 64 --workers 1 --batch 8 --images 32" \
-#   QUALITY_ARGS="--n 150 --epochs 1 --methods simclr" bash benchmarks/gpu_session.sh
+#   QUALITY_ARGS="--n 150 --epochs 1 --methods simclr --size 32 --no-baseline" \
+#   SITES_ARGS="--n 60 --epochs 1" GAUGES_ARGS="--n 60 --epochs 1 --seeds 0" bash benchmarks/gpu_session.sh
 PRETRAIN_ARGS=${PRETRAIN_ARGS:---gpu}
 AUGMENT_ARGS=${AUGMENT_ARGS:---device cuda --workers 16 --batch 256}
-QUALITY_ARGS=${QUALITY_ARGS:---gpu --shards 16 --crop-ablation 0.875}
-# Seconds per benchmark: step rates first (cheap, most wanted), then the whole audit.
-timeout 120 python3 benchmarks/pretrain.py $PRETRAIN_ARGS --json "$out/pretrain.json" 2>&1 | tee "$out/pretrain.log"
-timeout 50 python3 benchmarks/augment.py $AUGMENT_ARGS --json "$out/augment.json" 2>&1 | tee "$out/augment.log"
-timeout 360 python3 benchmarks/quality.py $QUALITY_ARGS --json "$out/quality.json" 2>&1 | tee "$out/quality.log"
+# One method at GPU scale, so the audit ends inside its share: 10,000 images of the five devices, 40
+# epochs of SimCLR. (The real CR radiographs need pydicom-data, 34 MB, too big to carry: --real runs on the CPU.)
+QUALITY_ARGS=${QUALITY_ARGS:---gpu --shards 16 --methods simclr --no-baseline --crop-ablation 0.875}
+SITES_ARGS=${SITES_ARGS:---gpu --n 1500 --epochs 20}
+GAUGES_ARGS=${GAUGES_ARGS:---gpu --n 1200 --epochs 15}
+# Seconds per benchmark: step rates first (cheap, most wanted), then the audit, the sites, the gauges.
+timeout 45 python3 benchmarks/pretrain.py $PRETRAIN_ARGS --json "$out/pretrain.json" 2>&1 | tee "$out/pretrain.log"
+timeout 25 python3 benchmarks/augment.py $AUGMENT_ARGS --json "$out/augment.json" 2>&1 | tee "$out/augment.log"
+timeout 250 python3 benchmarks/quality.py $QUALITY_ARGS --json "$out/quality.json" 2>&1 | tee "$out/quality.log"
+timeout 110 python3 benchmarks/sites.py $SITES_ARGS --shards 16 --json "$out/sites.json" 2>&1 | tee "$out/sites.log"
+timeout 110 python3 benchmarks/gauges.py $GAUGES_ARGS --shards 16 --json "$out/gauges.json" 2>&1 | tee "$out/gauges.log"
 echo "gpu session done"

@@ -206,7 +206,8 @@ def score_issues(issues: pd.DataFrame, ts: TrainingSet, truth: str | os.PathLike
     out["ood_f1"] = f1_score(ood_precision, ood_recall)
     if "duplicate_of" in truth.columns:
         inside = [u for u, o in zip(ts.uids, is_ood) if not o]
-        pairs = pair_scores(duplicate_groups(ts.uids, copy_links(dict(zip(ts.uids, issues["duplicate_of"])))),
+        reported = issues["duplicate_of"] if "duplicate_of" in issues.columns else [None] * n
+        pairs = pair_scores(duplicate_groups(ts.uids, copy_links(dict(zip(ts.uids, reported)))),
                             duplicate_groups(ts.uids, copy_links(truth["duplicate_of"].to_dict())), inside)
         out.update({f"duplicate_pair_{key}": value for key, value in pairs.items()})
     device = (pd.Series(ts.uids).map(truth["device"]).fillna("unknown").astype(str).to_numpy(dtype=object)

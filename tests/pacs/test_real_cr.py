@@ -86,8 +86,9 @@ def test_real_radiographs_join_the_export_as_in_domain_patients(ingested: dict) 
         assert (copies["duplicate_of"] == original).all()
         assert sorted(copies["duplicate_kind"]) == sorted(k for k in REAL_ENCODINGS.values() if k)
     assert rg1["patient_id"].iloc[0] != rg3["patient_id"].iloc[0]
-    # The synthetic rows gain the device column, empty; every column of the truth is kept.
-    assert truth["device"].iloc[:48].isna().all() and truth["device"].iloc[48:].notna().all()
+    # The synthetic rows keep their own device; every column of the truth is kept.
+    assert (truth["device"].iloc[:48] == "legacy").all()
+    assert set(truth["device"].iloc[48:]) == {"real_philips_cr", "real_fuji_cr"}
 
 
 def test_copies_keep_their_pixels_under_fresh_identifiers(ingested: dict) -> None:

@@ -194,9 +194,14 @@ def test_demo_runs_the_whole_audit_and_scores_it_against_the_truth(tmp_path, cap
     assert "making the synthetic demo export" in out and "mislabel_report.html" in out
     assert "against the synthetic ground truth (" in out and "mislabel_precision_at_k" in out
     assert "report order" in out and "plain self-confidence" in out
-    device_rows = [line.split() for line in out.splitlines() if line.startswith("    all ")]  # no device column
-    images = [line.split()[1] for line in out.splitlines() if line.startswith("  images ")]
-    assert len(device_rows) == 1 and device_rows[0][1] == images[0]
+    # The demo export mixes the device profiles: one table row per device, together every image.
+    from radaudit.pacs.synth.devices import PROFILES
+
+    device_rows = [line.split() for line in out.splitlines() if line.startswith("    ") and
+                   line.split()[0] in PROFILES]
+    images = [int(line.split()[1]) for line in out.splitlines() if line.startswith("  images ")]
+    assert len(device_rows) >= 3 and len({row[0] for row in device_rows}) == len(device_rows)
+    assert sum(int(row[1]) for row in device_rows) == images[0]
     assert "demo wall time:" in out and "on a GPU (one H200" in out
     methods = PRESETS["cpu-demo"].methods
     accuracy = [line.split() for line in out.splitlines() if line.strip().startswith(tuple(f"{m} " for m in
