@@ -8,8 +8,13 @@ Import it as ``benchmarks._runs`` with the repository root on ``sys.path`` (as t
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,8 +28,28 @@ from radaudit.pipelines import stages
 if TYPE_CHECKING:
     from radaudit.models.heads import OOFResult
 
-__all__ = ["Trained", "accuracy", "accuracy_by", "embed_with", "ingest", "mislabel_list", "precision_at_k", "train",
-           "truth_frame"]
+__all__ = ["Trained", "accuracy", "accuracy_by", "add_run_options", "embed_with", "ingest", "mislabel_list",
+           "precision_at_k", "train", "truth_frame", "work_dir"]
+
+
+def add_run_options(ap: argparse.ArgumentParser) -> None:
+    """The options every such benchmark takes: export shards, decode workers, work dir, JSON file, log."""
+    ap.add_argument("--shards", type=int, default=os.cpu_count() or 1, help="parallel export processes")
+    ap.add_argument("--ingest-workers", type=int, default=0, help="decode workers (0: all cores)")
+    ap.add_argument("--workdir", type=Path, help="keep the exports and data dirs here (default: a temp dir, removed)")
+    ap.add_argument("--json", type=Path, help="figures file (see the module docstring)")
+    ap.add_argument("--verbose", action="store_true", help="print the pretraining log")
+
+
+@contextlib.contextmanager
+def work_dir(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """``keep``, or a temporary folder removed afterwards (also when the run fails)."""
+    work = keep or Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield work
+    finally:
+        if keep is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def ingest(export: Path, data: Path, cache_size: int, workers: int = 0) -> int:

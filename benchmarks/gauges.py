@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks._runs import Trained, accuracy, ingest, mislabel_list, precision_at_k, train, truth_frame  # noqa: E402
+from benchmarks._figures import default_json_path  # noqa: E402
+from benchmarks._runs import (Trained, accuracy, add_run_options, ingest, mislabel_list, precision_at_k,  # noqa: E402
+                              train, truth_frame, work_dir)
 from benchmarks.quality import Recorder, make_export  # noqa: E402
 from radaudit.models.presets import PRESETS, AuditPreset  # noqa: E402
 from radaudit.pipelines import stages  # noqa: E402
@@ -175,30 +174,21 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--n", type=int, help="images in each export (default: 420; --gpu 1,500)")
     ap.add_argument("--epochs", type=int, help="epochs of each pretraining (default: 50; --gpu 20)")
-    ap.add_argument("--shards", type=int, default=os.cpu_count() or 1, help="parallel export processes")
-    ap.add_argument("--ingest-workers", type=int, default=0, help="decode workers (0: all cores)")
-    ap.add_argument("--workdir", type=Path, help="keep the exports and data dirs here (default: a temp dir, removed)")
-    ap.add_argument("--json", type=Path, help="figures file (see the module docstring)")
-    ap.add_argument("--verbose", action="store_true", help="print the pretraining log")
+    add_run_options(ap)
     args = ap.parse_args(argv)
     preset = settings(args.gpu, args.n, args.epochs)
-    out = args.json or (Path(os.environ["OUT"]) / "gauges.json" if os.environ.get("OUT")
-                        else Path(__file__).resolve().parent / "out" / "gauges.json")
+    out = args.json or default_json_path("gauges")
     rec = Recorder(out, {**dataclasses.asdict(preset), "seeds": args.seeds, "gauge_rates": GAUGE_RATES,
                          "method": METHOD, "arms": {k: dict(v) for k, v in ARMS.items()},
                          "argv": sys.argv[1:] if argv is None else argv})
     print(f"{preset.n} images, gauges {GAUGE_RATES} (other regions none), {METHOD} {preset.epochs} epochs at "
           f"{preset.image_size} px with and without gauge insertion, seeds {args.seeds}; figures -> {out}", flush=True)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="radaudit-gauges-"))
     t0 = time.perf_counter()
-    try:
+    with work_dir(args.workdir, "radaudit-gauges-") as work:
         for seed in args.seeds:
             run_seed(rec, preset, seed, work / f"seed{seed}", args.shards, args.ingest_workers, args.verbose)
             rec.add(seed, "total", seconds=round(time.perf_counter() - t0, 1))
-        summarize(rec)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    summarize(rec)
 
 
 if __name__ == "__main__":

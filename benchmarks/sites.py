@@ -20,7 +20,7 @@ and accuracy per acquisition device. Each is printed and written to the JSON fil
 
 Run from the repository root::
 
-    python benchmarks/sites.py                      # 400 images per site, 80 epochs, 32 px; about 11 min on 2 idle cores
+    python benchmarks/sites.py                      # 400 images a site, 80 epochs, 32 px: about 11 min on 2 idle cores
     python benchmarks/sites.py --seeds 0 1 2 3      # two pairs: A seed 0 with B seed 1, A seed 2 with B seed 3
     python benchmarks/sites.py --gpu                # 2,000 images per site, 128 px, 30 epochs (about 3 min on one H100)
     python benchmarks/sites.py --n 100 --epochs 2   # a smoke test
@@ -34,10 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -47,8 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from benchmarks._runs import (Trained, accuracy, accuracy_by, embed_with, ingest, precision_at_k, train,  # noqa: E402
-                              truth_frame)
+from benchmarks._figures import default_json_path  # noqa: E402
+from benchmarks._runs import (Trained, accuracy, accuracy_by, add_run_options, embed_with, ingest,  # noqa: E402
+                              precision_at_k, train, truth_frame, work_dir)
 from benchmarks.quality import Recorder, make_export  # noqa: E402
 from radaudit.models.presets import PRESETS, AuditPreset  # noqa: E402
 from radaudit.pipelines import stages  # noqa: E402
@@ -182,33 +180,24 @@ def main(argv: list[str] | None = None) -> None:
                     help="pairs of seeds, site A's then site B's (default: 0 1)")
     ap.add_argument("--n", type=int, help="images per site (default: 400; --gpu 2,000)")
     ap.add_argument("--epochs", type=int, help="pretraining epochs of each backbone (default: 80; --gpu 30)")
-    ap.add_argument("--shards", type=int, default=os.cpu_count() or 1, help="parallel export processes")
-    ap.add_argument("--ingest-workers", type=int, default=0, help="decode workers (0: all cores)")
-    ap.add_argument("--workdir", type=Path, help="keep the exports and data dirs here (default: a temp dir, removed)")
-    ap.add_argument("--json", type=Path, help="figures file (see the module docstring)")
-    ap.add_argument("--verbose", action="store_true", help="print the pretraining log")
+    add_run_options(ap)
     args = ap.parse_args(argv)
     if len(args.seeds) % 2 or len(set(args.seeds)) < len(args.seeds):
         ap.error("--seeds takes pairs of distinct seeds: site A's, then site B's (e.g. 0 1 2 3)")
     pairs = list(zip(args.seeds[::2], args.seeds[1::2]))
     preset = settings(args.gpu, args.n, args.epochs)
-    out = args.json or (Path(os.environ["OUT"]) / "sites.json" if os.environ.get("OUT")
-                        else Path(__file__).resolve().parent / "out" / "sites.json")
+    out = args.json or default_json_path("sites")
     rec = Recorder(out, {**dataclasses.asdict(preset), "pairs": pairs, "site_mixes": SITE_MIXES, "method": METHOD,
                          "argv": sys.argv[1:] if argv is None else argv})
     print(f"{preset.n} images per site, {METHOD} {preset.epochs} epochs at {preset.image_size} px, batch "
           f"{preset.batch_size}, embeddings {'ten crops' if preset.embed_crop else 'whole images'}; figures -> {out}",
           flush=True)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="radaudit-sites-"))
     t0 = time.perf_counter()
-    try:
+    with work_dir(args.workdir, "radaudit-sites-") as work:
         for a, b in pairs:
             run_pair(rec, preset, (a, b), work / f"pair{a}-{b}", args.shards, args.ingest_workers, args.verbose)
             rec.add(f"{a}/{b}", "total", seconds=round(time.perf_counter() - t0, 1))
-        summarize(rec)
-    finally:
-        if args.workdir is None:
-            shutil.rmtree(work, ignore_errors=True)
+    summarize(rec)
 
 
 if __name__ == "__main__":
