@@ -135,7 +135,9 @@ def run_pair(rec: Recorder, preset: AuditPreset, seeds: tuple[int, int], work: P
         data = work / name / "data"
         images = ingest(export, data, preset.cache_size, ingest_workers)
         sites[name] = Site.load(data, truths[name])
-        rec.add(pair, f"ingest {name}", seconds=round(time.perf_counter() - t, 1), images=images)
+        in_domain = pd.Series(sites[name].device[sites[name].true >= 0]).value_counts()
+        rec.add(pair, f"ingest {name}", seconds=round(time.perf_counter() - t, 1), images=images,
+                **{f"in_domain_{d}": int(c) for d, c in in_domain.items()})
     trained: dict[str, Trained] = {}
     # A and B first: the cross-site figures need only those two; the pooled backbone costs as much again.
     for name in ("A", "B", "A+B"):

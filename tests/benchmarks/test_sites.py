@@ -45,11 +45,15 @@ def test_a_tiny_pair_of_sites_records_every_arm(tmp_path: Path) -> None:
     arms = ["B: A->B", "B: B itself", "B: pooled", "A: B->A", "A: A itself", "A: pooled"]
     assert set(arms) | {f"{a} by device" for a in arms} <= set(records)
     assert records["ingest A+B"]["images"] == records["ingest A"]["images"] + records["ingest B"]["images"]
+    in_domain = {k: v for k, v in records["ingest B"].items() if k.startswith("in_domain_")}
+    assert sum(in_domain.values()) == records["B: B itself"]["images"]
     for arm in arms:
         r = records[arm]
         assert r["seed"] == "5/6" and 0.0 <= r["accuracy"] <= 1.0 and r["images"] > 50
         assert r["k"] == records[f"{arm[0]}: {arm[0]} itself"]["k"] > 0 and 0.0 <= r["precision_at_k"] <= 1.0
         by_device = {k: v for k, v in records[f"{arm} by device"].items() if k.startswith("acc_")}
-        assert by_device and all(0.0 <= v <= 1.0 for v in by_device.values())
+        assert {k[4:] for k in by_device} == {k[10:] for k, v in records[f"ingest {arm[0]}"].items()
+                                              if k.startswith("in_domain_")}
+        assert all(0.0 <= v <= 1.0 for v in by_device.values())
     # Site B's devices are mostly A's rare ones.
     assert records["export B"].get("n_cr_reader", 0) > records["export A"].get("n_cr_reader", 0)
