@@ -29,6 +29,10 @@ Run from the repository root::
 
 The JSON goes to ``--json``, else ``$OUT/gauges.json`` where ``OUT`` is set, else
 ``benchmarks/out/gauges.json``.
+
+The times are estimates, from the CPU demo's epoch rate (120 epochs of 800 images in about 7
+minutes on 2 idle cores) and from ``benchmarks/quality.py --gpu``; neither setting has been timed
+on an idle machine or on a GPU.
 """
 
 from __future__ import annotations
