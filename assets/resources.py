@@ -101,7 +101,7 @@ class AuditConfig(dg.ConfigurableResource):
     ood_threshold: float | None = None
     max_mislabel_fraction: float = 0.25
     # How the length of the mislabel list is estimated (radaudit.models.audit.FLAG_COUNTS).
-    flag_count: str = "off_diagonal"
+    flag_count: str = "mixture_proportion"
     include_accession: bool = True
     report_top_html: int = 500
     min_flag_fraction: float = 0.0

@@ -145,9 +145,9 @@ def mislabel_list(probs: np.ndarray, recorded: np.ndarray, true: np.ndarray) -> 
     """The ``k`` labelled in-domain rows with the lowest probability of their recorded label, ``k``
     being how many of those rows carry a wrong label: the list a radiologist would read.
 
-    Unlike :func:`radaudit.pipelines.stages.score_issues` (the audit's label quality, out-of-domain
-    rows as the audit flags them), the candidates are the truly in-domain labelled rows and the
-    ranking is the bare probability of the recorded label: a figure of the heads alone.
+    Unlike :func:`radaudit.pipelines.stages.score_issues` (its rows not reported out of domain by
+    the audit), the candidates are the truly in-domain labelled rows and the ranking is the bare
+    probability of the recorded label: a figure of the heads alone, for heads fit on another data dir too.
 
     Args:
         probs: Shape: (N, K).
@@ -168,8 +168,8 @@ def precision_at_k(probs: np.ndarray, recorded: np.ndarray, true: np.ndarray) ->
     """Of the :func:`mislabel_list`, the share whose recorded label is wrong, and its length ``k``
     (NaN and 0 when no label is wrong)."""
     listed = mislabel_list(probs, recorded, true)
-    k = int(listed.sum())
-    return (float((recorded[listed] != true[listed]).mean()) if k else float("nan")), k
+    wrong = (recorded >= 0) & (true >= 0) & (recorded != true)
+    return stages.precision_at_k(np.flatnonzero(listed), wrong), int(wrong.sum())
 
 
 def truth_frame(truth: Path, uids: list[str]) -> pd.DataFrame:

@@ -7,9 +7,16 @@ the same heads and audit (what the pretraining adds).
 
 Figures, per method, for the baseline and for the ensemble, each printed and appended to the
 JSON file as soon as its step finishes (a run cut short keeps what it measured):
-precision@k of the corrupted labels, mislabel flags against the true count, precision of the
-top 20 flags, OOD AUROC / recall / precision, missing-label suggestion accuracy, linear-eval
-accuracy with 1%, 10% and 100% of the (true) labels, and each step's seconds.
+precision@k of the corrupted labels (by label quality, in the report's order, and in the plain
+self-confidence order), mislabel flags against the true count, precision of the top 20 flags,
+OOD AUROC / recall / precision / F1, missing-label suggestion accuracy, near-duplicate pair
+precision / recall / F1, linear-eval accuracy with 1%, 10% and 100% of the (true) labels, and
+each step's seconds. After the ensemble: the per-device table (the truth's ``device``), and
+cleanlab's Datalab on the same probabilities and features, side by side (``peer_figures``;
+``pip install -e '.[bench]'``, or ``--no-peer``).
+
+``--score DATA_DIR --truth TRUTH`` scores an existing data dir instead (e.g. what
+``radaudit demo --dir D`` leaves: ``--score D/data --truth D/truth.parquet``): nothing is trained.
 
 Run from the repository root::
 
@@ -19,9 +26,11 @@ Run from the repository root::
     python benchmarks/quality.py --n 200 --epochs 1 --methods simclr   # a smoke test
     python benchmarks/quality.py --json out.json --save-embeddings emb/
     python benchmarks/quality.py --foreign               # plus real CT/MR/US/NM/colour files, also relabelled as DX
+    python benchmarks/quality.py --real                  # plus real CR radiographs of other vendors (in domain)
+    python benchmarks/quality.py --score demo/data --truth demo/truth.parquet --json demo/quality.json
 
 The JSON goes to ``--json``, else ``$OUT/quality.json`` where ``OUT`` is set, else
-``benchmarks/out/quality.json``.
+``benchmarks/out/quality.json`` (``quality-score.json`` with ``--score``).
 """
 
 from __future__ import annotations
@@ -41,16 +50,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from radaudit.pipelines import stages  # noqa: E402
 from radaudit.models.presets import PRESETS, AuditPreset  # noqa: E402
 from radaudit.pacs.io import write_text  # noqa: E402
-from radaudit.pacs.layout import EMBED_DIR  # noqa: E402
+from radaudit.pacs.layout import EMBED_DIR, ISSUES_PATH, PROB_DIR, WEIGHTS_PATH  # noqa: E402
 
-FIGURES = ("mislabel_precision_at_k", "flagged_mislabel", "truly_mislabelled", "top20_precision", "ood_auroc",
-           "ood_recall", "ood_precision", "flagged_out_of_domain", "out_of_domain", "missing_suggestion_accuracy",
-           "duplicate_precision", "duplicate_recall", "hard_negatives_grouped")
+FIGURES = ("mislabel_precision_at_k", "report_precision_at_k", "self_confidence_precision_at_k", "flagged_mislabel",
+           "truly_mislabelled", "false_flag_rate", "top20_precision", "ood_auroc", "ood_recall", "ood_precision",
+           "ood_f1", "flagged_out_of_domain", "out_of_domain", "missing_suggestion_accuracy", "duplicate_precision",
+           "duplicate_recall", "duplicate_pair_precision", "duplicate_pair_recall", "duplicate_pair_f1",
+           "hard_negatives_grouped")
+PEER_MISSING = ("cleanlab's Datalab is not installed, so the comparison with it is skipped: pip install "
+                "'cleanlab[datalab]>=2.6' (radaudit's extra: pip install -e '.[bench]'); --no-peer skips it on purpose")
 
 
 class Recorder:
@@ -64,11 +78,17 @@ class Recorder:
     def flush(self) -> None:
         write_text(self.path, json.dumps(self.doc, indent=1, default=float))
 
-    def add(self, seed: int | str, step: str, **figures: Any) -> None:
+    def add(self, seed: int | str, step: str, *, show: bool = True, **figures: Any) -> None:
+        """Record one step's figures for a seed (or, scoring a data dir, its name); ``show``: print them."""
         self.doc["records"].append({"seed": seed, "step": step, **figures})
         self.flush()
-        shown = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
-        print(f"[seed {seed}] {step:24s} {shown}", flush=True)
+        if show:
+            shown = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+            self.say(seed, f"{step:24s} {shown}")
+
+    @staticmethod
+    def say(seed: int | str, line: str) -> None:
+        print(f"[seed {seed}] {line}" if isinstance(seed, int) else f"[{seed}] {line}", flush=True)
 
 
 # out dir, truth file, images, seed, size, duplicates, devices, device correlation, gauge rates
@@ -141,6 +161,32 @@ def foreign_figures(issues: pd.DataFrame, truth: Path) -> dict[str, Any]:
     return out
 
 
+REAL_TAG = "real_cr"
+
+
+def real_figures(issues: pd.DataFrame, truth: Path) -> dict[str, Any]:
+    """What the audit made of the real radiographs (``add_real_radiographs``): how many were called out
+    of domain or mislabelled, each file's issue, and whether each image's encodings form one group of
+    their own."""
+    from radaudit.pipelines.stages.truth import duplicate_groups
+
+    t = pd.read_parquet(truth).set_index("sop_instance_uid")
+    real = t[t["path"].astype(str).str.startswith(f"{REAL_TAG}/")]
+    if real.empty:
+        return {}
+    rows = issues.set_index("sop_instance_uid")
+    got = rows["issue"].reindex(real.index)
+    group = duplicate_groups(list(rows.index), [(u, d) for u, d in rows["duplicate_of"].items() if isinstance(d, str)])
+    image = real["duplicate_of"].where(real["duplicate_of"].notna(), pd.Series(real.index, index=real.index))
+    own = {g: set(image.index[image == g]) for g in image.unique()}
+    members = {u: {v for v in rows.index if group[v] == group[u]} for u in own}  # 2 images: a scan each
+    return {"real_out_of_domain": f"{int((got == 'out_of_domain').sum())}/{len(real)}",
+            "real_mislabel": f"{int((got == 'mislabel').sum())}/{len(real)}",
+            "real_issue": {real.loc[u, "path"].split("/")[-1]: (got[u] if isinstance(got[u], str) else "")
+                           for u in real.index},
+            "real_grouped_right": all(members[u] == own[u] for u in own)}
+
+
 def random_baseline(data: Path, size: int, backbone: str) -> None:
     """Embeddings of a randomly initialized backbone, stored as method ``random-init``."""
     from radaudit.models.backbone import create_backbone
@@ -160,6 +206,175 @@ def evaluate(rec: Recorder, seed: int, data: Path, truth: Path, name: str, evide
     rec.add(seed, f"linear_eval/{label or name}", **{f"acc@{int(f * 100)}%": a for f, a in acc.items()})
 
 
+def datalab_missing() -> bool:
+    """Whether cleanlab's Datalab cannot be imported (it needs Hugging Face ``datasets``)."""
+    try:
+        import datasets  # noqa: F401
+        from cleanlab.datalab.datalab import Datalab  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+def data_dir_methods(data: Path) -> list[str]:
+    """The methods whose embeddings fed a data dir's audit: those the ensemble combined
+    (``probabilities/ensemble.weights.json``), else every name with both ``embeddings/<name>.npy``
+    and ``probabilities/<name>.npy``."""
+    embedded = {f.stem for f in (data / EMBED_DIR).glob("*.npy")}
+    if (data / WEIGHTS_PATH).exists():
+        methods = list(json.loads((data / WEIGHTS_PATH).read_text()))
+    else:
+        methods = sorted(embedded & {f.stem for f in (data / PROB_DIR).glob("*.npy")} - {"ensemble"})
+    if not methods or not set(methods) <= embedded:
+        raise SystemExit(f"{data} has no audited methods with embeddings ({EMBED_DIR}/) and probabilities "
+                         f"({PROB_DIR}/): is it a data dir after a whole audit?")
+    return methods
+
+
+def _rpf(flag: np.ndarray, truth: np.ndarray) -> tuple[float, float, float]:
+    """Recall, precision and F1 of boolean flags against the truth."""
+    hit = int((flag & truth).sum())
+    recall = hit / int(truth.sum()) if truth.any() else float("nan")
+    precision = hit / int(flag.sum()) if flag.any() else float("nan")
+    return recall, precision, stages.f1_score(precision, recall)
+
+
+def peer_figures(data: Path, truth_path: Path, methods: list[str], scores: dict[str, Any]) -> dict[str, Any]:
+    """cleanlab's Datalab beside radaudit's audit (``scores``: its :func:`stages.evaluate_against_truth`), on
+    the same inputs: the ensemble probabilities and the audit's features (the methods' embeddings through
+    :func:`radaudit.models.audit.combine_embeddings`).
+
+    Datalab needs a label for every row, so its default issue types run on the labelled images, and
+    both tools are scored there: precision@k of wrong labels (Datalab ranks by ``label_score``; k =
+    the labels truly wrong, all of them labelled), the label flags, out-of-domain flags
+    (``is_outlier_issue`` vs ``out_of_domain``) and near-duplicate pairs (the groups of Datalab's
+    ``near_duplicate_sets`` vs radaudit's ``duplicate_of`` groups). Outliers and near duplicates need no
+    label: a second Datalab without labels, with only those two issue types, scores them on every image,
+    as radaudit does (the other default types need labels or would only repeat the first run's).
+    """
+    from cleanlab import Datalab
+    from datasets import ClassLabel, Dataset, Features
+
+    from radaudit.models.audit import combine_embeddings
+
+    ts = stages.load_training_set(data)
+    truth = stages.read_truth(truth_path)
+    is_ood, wrong = stages.truth_status(ts, truth)
+    issues = pd.read_parquet(data / ISSUES_PATH).set_index("sop_instance_uid").loc[ts.uids]
+    probs = stages.aligned_probabilities(data, "ensemble", ts.uids)
+    features = combine_embeddings({m: stages.load_embeddings(data, m, ts.uids) for m in methods})
+    lab = np.flatnonzero(ts.labels >= 0)
+    uids = np.asarray(ts.uids, dtype=object)
+
+    t = time.perf_counter()
+    rows = Dataset.from_dict({"label": ts.labels[lab].tolist()},
+                             features=Features({"label": ClassLabel(names=list(ts.vocabulary))}))
+    labelled = Datalab(rows, label_name="label", verbosity=0)
+    labelled.find_issues(pred_probs=probs[lab], features=features[lab])
+    found = labelled.get_issues()
+    labelled_s = time.perf_counter() - t
+    t = time.perf_counter()
+    unlabelled = Datalab({"row": np.arange(len(uids))}, verbosity=0)
+    unlabelled.find_issues(features=features, issue_types={"outlier": {}, "near_duplicate": {}})
+    everywhere = unlabelled.get_issues()
+    unlabelled_s = time.perf_counter() - t
+
+    def sets_groups(lab_of: Datalab, rows_uids: np.ndarray) -> dict[str, int]:
+        sets = lab_of.get_info("near_duplicate")["near_duplicate_sets"]
+        return stages.duplicate_groups(list(rows_uids), [(rows_uids[i], rows_uids[j]) for i, near in enumerate(sets)
+                                                         for j in near])
+
+    true_groups = stages.duplicate_groups(ts.uids, stages.copy_links(truth["duplicate_of"].to_dict())) \
+        if "duplicate_of" in truth.columns else {}
+    ours_groups = stages.duplicate_groups(ts.uids, stages.copy_links(dict(zip(ts.uids, issues["duplicate_of"]))))
+    on_lab = np.zeros(len(uids), dtype=bool)
+    on_lab[lab] = True
+    ours_ood = (issues["issue"] == "out_of_domain").to_numpy()
+    theirs_ood_lab = np.zeros(len(uids), dtype=bool)
+    theirs_ood_lab[lab] = found["is_outlier_issue"].to_numpy(dtype=bool)
+    theirs_ood_all = everywhere["is_outlier_issue"].to_numpy(dtype=bool)
+    theirs_flag = np.zeros(len(uids), dtype=bool)
+    theirs_flag[lab] = found["is_label_issue"].to_numpy(dtype=bool)
+    ours_flag = (issues["issue"] == "mislabel").to_numpy()
+    k = int(wrong.sum())
+
+    out: dict[str, Any] = {"images": len(uids), "labelled": int(lab.size), "k": k,
+                           "radaudit_precision_at_k": scores["mislabel_precision_at_k"],
+                           "radaudit_report_precision_at_k": scores["report_precision_at_k"],
+                           "radaudit_self_confidence_precision_at_k": scores["self_confidence_precision_at_k"],
+                           "datalab_precision_at_k": stages.precision_at_k(
+                               lab[np.argsort(found["label_score"].to_numpy(), kind="stable")], wrong)}
+    for tool, flag in (("radaudit", ours_flag), ("datalab", theirs_flag)):
+        recall, precision, _ = _rpf(flag, wrong)
+        out.update({f"{tool}_label_flags": int(flag.sum()), f"{tool}_label_flag_precision": precision,
+                    f"{tool}_label_flag_recall": recall})
+    for rows_name, rows_mask, theirs_ood, theirs_groups in (
+            ("labelled", on_lab, theirs_ood_lab, sets_groups(labelled, uids[lab])),
+            ("all", np.ones(len(uids), dtype=bool), theirs_ood_all, sets_groups(unlabelled, uids))):
+        inside = list(uids[rows_mask & ~is_ood])
+        for tool, ood_flag, groups in (("radaudit", ours_ood, ours_groups), ("datalab", theirs_ood, theirs_groups)):
+            r, p, f = _rpf(ood_flag[rows_mask], is_ood[rows_mask])
+            out.update({f"{tool}_ood_recall_{rows_name}": r, f"{tool}_ood_precision_{rows_name}": p,
+                        f"{tool}_ood_f1_{rows_name}": f,
+                        f"{tool}_ood_flags_{rows_name}": int(ood_flag[rows_mask].sum())})
+            if true_groups:
+                pairs = stages.pair_scores(groups, true_groups, inside)
+                out.update({f"{tool}_pair_{key}_{rows_name}": pairs[key]
+                            for key in ("recall", "precision", "f1", "pairs_reported")})
+                out[f"pairs_{rows_name}"] = pairs["pairs"]
+    for key, lab_of in (("datalab_issues", labelled), ("datalab_issues_all_images", unlabelled)):
+        summary = lab_of.get_issue_summary()
+        out[key] = {str(kind): int(n) for kind, n in zip(summary["issue_type"], summary["num_issues"])}
+    out["datalab_seconds"] = round(labelled_s, 1)
+    out["datalab_all_images_seconds"] = round(unlabelled_s, 1)
+    return out
+
+
+def peer_lines(f: dict[str, Any]) -> list[str]:
+    """:func:`peer_figures` side by side, radaudit then Datalab, one figure a line."""
+    def rpf(tool: str, what: str, rows: str) -> str:
+        return "/".join(f"{f[f'{tool}_{what}_{m}_{rows}']:.2f}" for m in ("recall", "precision", "f1"))
+
+    def flags(tool: str) -> str:
+        return (f"{f[f'{tool}_label_flags']} ({f[f'{tool}_label_flag_precision']:.2f}/"
+                f"{f[f'{tool}_label_flag_recall']:.2f})")
+
+    plain = f"{f['radaudit_report_precision_at_k']:.3f} / {f['radaudit_self_confidence_precision_at_k']:.3f}"
+    lines = [f"vs cleanlab's Datalab on the same probabilities and features: its default issue types on the "
+             f"{f['labelled']} labelled images, outliers and near duplicates also on all {f['images']} "
+             "(without labels)",
+             f"  {'':50s} {'radaudit':>16s} {'Datalab':>16s}",
+             f"  {'precision@k of wrong labels (k = ' + str(f['k']) + ')':50s} {f['radaudit_precision_at_k']:16.3f} "
+             f"{f['datalab_precision_at_k']:16.3f}",
+             f"  {'  radaudit: report order / plain self-conf.':50s} {plain:>16s}",
+             f"  {'label flags (precision/recall)':50s} {flags('radaudit'):>16s} {flags('datalab'):>16s}"]
+    for rows, name in (("labelled", "labelled images"), ("all", "all images")):
+        lines.append(f"  {f'out of domain R/P/F1, {name}':50s} {rpf('radaudit', 'ood', rows):>16s} "
+                     f"{rpf('datalab', 'ood', rows):>16s}")
+    for rows, name in (("labelled", "labelled images"), ("all", "all images")):
+        if f"pairs_{rows}" in f:
+            label = f"near-dup. pairs R/P/F1, {name} ({f[f'pairs_{rows}']} true)"
+            lines.append(f"  {label:50s} {rpf('radaudit', 'pair', rows):>16s} {rpf('datalab', 'pair', rows):>16s}")
+    others = ", ".join(f"{kind} {n}" for kind, n in f["datalab_issues"].items())
+    lines.append(f"  Datalab's issues among the labelled: {others} ({f['datalab_seconds']:.1f} s; without labels "
+                 f"{f['datalab_all_images_seconds']:.1f} s)")
+    return lines
+
+
+def record_scores(rec: Recorder, seed: int | str, data: Path, truth: Path, methods: list[str], scores: dict[str, Any],
+                  peer: bool) -> None:
+    """After an ensemble audit: its per-device table and, with ``peer``, Datalab on the same inputs."""
+    rec.add(seed, "devices", show=False, per_device=scores["per_device"], false_flags=scores["false_flags"],
+            false_flag_rate=scores["false_flag_rate"], false_flag_limit=scores["false_flag_limit"])
+    for line in stages.device_table(scores):
+        rec.say(seed, line)
+    if peer:
+        figures = peer_figures(data, truth, methods, scores)
+        rec.add(seed, "peer/datalab", show=False, **figures)
+        for line in peer_lines(figures):
+            rec.say(seed, line)
+
+
 def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed: int, root: Path) -> None:
     from radaudit.pacs.cache import CacheParams
     from radaudit.pacs.ingest import IngestConfig, run_ingest
@@ -170,6 +385,10 @@ def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed:
                         preset.device_correlation)
     if args.foreign:
         add_foreign_files(root, truth)
+    if args.real:
+        from radaudit.pacs.synth.foreign import add_real_radiographs
+
+        add_real_radiographs(root / "export", truth, tag=REAL_TAG)
     rec.add(seed, "export", seconds=round(time.perf_counter() - t, 1), images=preset.n,
             foreign=2 * len(FOREIGN_FILES) if args.foreign else 0)
     data = root / "data"
@@ -211,8 +430,11 @@ def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed:
     rec.add(seed, "audit/ensemble", seconds=round(time.perf_counter() - t, 1),
             **{k: scores[k] for k in FIGURES}, weights=weights, heads_agreement=issues.attrs["heads_agreement"],
             warnings=len(issues.attrs["warnings"]))
+    record_scores(rec, seed, data, truth, list(preset.methods), scores, args.peer)
     if args.foreign:
         rec.add(seed, "foreign", **foreign_figures(issues, truth))
+    if args.real:
+        rec.add(seed, "real", **real_figures(issues, truth))
     acc = stages.evaluate_label_fractions(data, truth, list(preset.methods))["ensemble"]
     rec.add(seed, "linear_eval/ensemble", **{f"acc@{int(f * 100)}%": a for f, a in acc.items()})
     if args.save_embeddings:
@@ -232,19 +454,62 @@ def run_seed(rec: Recorder, args: argparse.Namespace, preset: AuditPreset, seed:
 
 
 def summarize(rec: Recorder) -> None:
-    """Mean and spread over the seeds of the ensemble's and each method's headline figures."""
+    """Over the seeds: mean and spread of the ensemble's and each method's headline figures, mean and
+    worst of the precision@k orders (and Datalab's), and per device."""
     df = pd.DataFrame(rec.doc["records"])
-    audits = df[df["step"].str.startswith("audit/")]
-    if audits.empty or audits["seed"].nunique() < 2:
+    if df.empty or df["seed"].nunique() < 2:
         return
-    cols = [c for c in ("mislabel_precision_at_k", "flagged_mislabel", "top20_precision", "ood_auroc", "ood_recall",
-                        "ood_precision") if c in audits]
-    table = audits.groupby("step")[cols].agg(["mean", "min", "max"]).round(3)
-    print("\nover the seeds (mean, min, max):")
-    print(table.to_string())
-    rec.doc["summary"] = {step: {f"{c}_{stat}": float(table.loc[step, (c, stat)]) for c, stat in table.columns}
-                          for step in table.index}
+    audits = df[df["step"].str.startswith("audit/")]
+    if not audits.empty:
+        cols = [c for c in ("mislabel_precision_at_k", "flagged_mislabel", "top20_precision", "ood_auroc",
+                            "ood_recall", "ood_precision") if c in audits]
+        table = audits.groupby("step")[cols].agg(["mean", "min", "max"]).round(3)
+        print("\nover the seeds (mean, min, max):")
+        print(table.to_string())
+        rec.doc["summary"] = {step: {f"{c}_{stat}": float(table.loc[step, (c, stat)]) for c, stat in table.columns}
+                              for step in table.index}
+    orders = {}
+    ensemble = df[df["step"] == "audit/ensemble"].set_index("seed")
+    for name, key in (("label quality", "mislabel_precision_at_k"), ("report order", "report_precision_at_k"),
+                      ("plain self-confidence", "self_confidence_precision_at_k")):
+        if key in ensemble:
+            orders[name] = ensemble[key].astype(float)
+    peer = df[df["step"] == "peer/datalab"]
+    if not peer.empty:
+        orders["Datalab"] = peer.set_index("seed")["datalab_precision_at_k"].astype(float)
+    if orders:
+        table = pd.DataFrame({name: {"mean": s.mean(), "worst": s.min()} for name, s in orders.items()}).round(3)
+        print("\nprecision@k of wrong labels over the seeds, by order:")
+        print(table.to_string())
+        rec.doc["summary_precision_at_k"] = table.to_dict()
+    devices = df[df["step"] == "devices"]
+    if not devices.empty:
+        rows = pd.DataFrame([{"seed": seed, "device": name, **figures} for seed, per in
+                             zip(devices["seed"], devices["per_device"]) for name, figures in per.items()])
+        table = rows.groupby("device").agg(
+            seeds=("seed", "nunique"), p_at_k_mean=("precision_at_k", "mean"), p_at_k_worst=("precision_at_k", "min"),
+            false_flag_rate_mean=("false_flag_rate", "mean"), false_flag_rate_worst=("false_flag_rate", "max"),
+            false_flags_ok=("false_flags_ok", "all"), ood_fp_share_mean=("ood_fp_share", "mean"),
+            ood_fp_share_worst=("ood_fp_share", "max"), ood_fp_ok=("ood_fp_ok", "all")).round(3)
+        print("\nper device over the seeds (worst: lowest precision@k, highest rates; ok: within the limit "
+              "in every seed):")
+        print(table.to_string())
+        rec.doc["summary_devices"] = table.to_dict(orient="index")
     rec.flush()
+
+
+def score_data_dir(rec: Recorder, data: Path, truth: Path, peer: bool) -> None:
+    """Score a data dir's existing audit (e.g. ``radaudit demo``'s ``DIR/data``) against its truth, nothing trained."""
+    methods = data_dir_methods(data)
+    name = str(data)
+    t = time.perf_counter()
+    scores = stages.evaluate_against_truth(data, truth)
+    rec.add(name, "audit/ensemble", seconds=round(time.perf_counter() - t, 1), methods=methods,
+            **{k: scores[k] for k in FIGURES if k in scores})
+    record_scores(rec, name, data, truth, methods, scores, peer)
+    real = real_figures(pd.read_parquet(data / ISSUES_PATH), truth)
+    if real:
+        rec.add(name, "real", **real)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -264,6 +529,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, help="base learning rate per 256 images (default: each method's paper value)")
     ap.add_argument("--shards", type=int, default=os.cpu_count() or 1, help="parallel export processes")
     ap.add_argument("--ingest-workers", type=int, default=0, help="decode workers (0: all cores)")
+    ap.add_argument("--real", action="store_true", help="add real CR radiographs of other vendors (pydicom-data: "
+                    "a Philips chest, a Fuji lower leg, four encodings each) and report what the audit made of them")
     ap.add_argument("--foreign", action="store_true", help="add real foreign DICOM files (pydicom-data), as stored "
                     "and relabelled as DX knee radiographs, and report how many come out out_of_domain")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the random-init baseline")
@@ -271,10 +538,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, help="figures file (see the module docstring)")
     ap.add_argument("--save-embeddings", type=Path, help="copy each seed's embeddings and truth here")
     ap.add_argument("--verbose", action="store_true", help="print the pretraining log")
+    ap.add_argument("--no-peer", dest="peer", action="store_false",
+                    help="skip the comparison with cleanlab's Datalab (pip install -e '.[bench]' installs it)")
+    ap.add_argument("--score", type=Path, metavar="DATA_DIR",
+                    help="score this data dir's existing audit instead of training (with --truth): radaudit's "
+                    "figures, the per-device table and Datalab on the same inputs")
+    ap.add_argument("--truth", type=Path, help="the synthetic export's truth file, for --score")
     ap.add_argument("--crop-ablation", type=float, metavar="SHARE",
                     help="at the end, embed again with ten crops of this share of the side and score each method "
                     "alone: the same backbones, embedded the other way (e.g. 0.875 beside the GPU preset's whole images)")
     args = ap.parse_args(argv)
+    if (args.score is None) != (args.truth is None):
+        ap.error("--score DATA_DIR and --truth TRUTH go together")
+    if args.peer and datalab_missing():
+        print(PEER_MISSING, flush=True)
+        args.peer = False
+    if args.score is not None:
+        out = args.json or (Path(os.environ["OUT"]) / "quality-score.json" if os.environ.get("OUT")
+                            else Path(__file__).resolve().parent / "out" / "quality-score.json")
+        rec = Recorder(out, {"score": str(args.score), "truth": str(args.truth), "argv": sys.argv[1:]})
+        print(f"scoring {args.score} against {args.truth}; figures -> {out}", flush=True)
+        score_data_dir(rec, args.score, args.truth, args.peer)
+        return
     preset = PRESETS["gpu" if args.gpu else "cpu-demo"]
     changes = {k: v for k, v in (("n", args.n), ("epochs", args.epochs), ("image_size", args.size),
                                  ("supcon_cross_fit", args.supcon_cross_fit)) if v is not None}

@@ -10,8 +10,11 @@ in look-alike batches, so none of the evidence below asks "does this image have 
   radiograph, a SOP Class that is not CR/DX (secondary capture, CT, MR, ...), colour
   photometrics. Decisive on its own.
 - :func:`pixel_features` + :func:`pixel_evidence`: what the cached pixels say, scored against
-  the trusted images' distribution: uniform or blank, one grey level dominating (paper, an empty
-  exposure), sharp text-like strokes (scanned forms, test patterns).
+  the trusted images' distribution: one grey level dominating (paper, an empty exposure), sharp
+  text-like strokes (scanned forms, test patterns). One feature is judged on
+  its own scale instead: :func:`flatness`, an image's structure beyond a smooth ramp relative to
+  its pixel noise, catches blank and nearly blank exposures (no anatomy, an over- or
+  under-exposed plate) whatever window stretched them: below ``BLANK_FLATNESS`` it is blank.
 - :func:`mahalanobis_evidence`: the embeddings, by class-conditional Mahalanobis distance with a
   shared, shrunk covariance (Lee, Lee, Lee and Shin, 2018, "A Simple Unified Framework for
   Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS) to the class means of
@@ -19,7 +22,8 @@ in look-alike batches, so none of the evidence below asks "does this image have 
 
 :func:`combine_evidence` turns the pixel and embedding evidence into robust z-scores (median and
 MAD of the trusted rows, one-sided), divides each by its source's threshold, takes the largest
-ratio ``r`` and maps it to ``ood_score = 1 - 2 ** (-r)`` in [0, 1): 0.5 exactly at a threshold,
+ratio ``r`` (a flatness below its threshold counts as ``BLANK_FLATNESS / flatness``) and maps it
+to ``ood_score = 1 - 2 ** (-r)`` in [0, 1): 0.5 exactly at a threshold,
 so the flag is ``ood_score > 0.5`` whatever the backbone. A decisive header sets the score to at least
 0.99. ``ood_reason`` names every piece of evidence above its threshold.
 
@@ -39,11 +43,15 @@ import numpy as np
 import pandas as pd
 
 __all__ = [
+    "BLANK_FLATNESS",
     "CR_DX_SOP_CLASSES",
+    "PIXEL_COLUMNS",
     "PIXEL_FEATURES",
     "RADIOGRAPH_MODALITIES",
     "OODEvidence",
     "combine_evidence",
+    "blank_ratio",
+    "flatness",
     "header_evidence",
     "mahalanobis_evidence",
     "pixel_evidence",
@@ -61,14 +69,21 @@ _SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 _COLOUR = ("RGB", "YBR", "PALETTE")
 
 # Pixel feature -> (direction that is suspicious: +1 high, -1 low, reason shown to a radiologist).
+# (An earlier "structure" feature, the spread of block means, scored blank exposures by a z-score; it
+# missed blanks a fallback window had stretched and, on multi-device exports, called 4 of 301 CR
+# images blank. flatness replaced it: on 3 multi-device exports the same 54 intruders were found,
+# and 0 in-domain images instead of 6 were called out of domain.)
 PIXEL_FEATURES: dict[str, tuple[int, str]] = {
-    "structure": (-1, "uniform or blank image"),
     "peak_share": (+1, "one grey level dominates (blank, form or pattern)"),
     "edge_share": (+1, "sharp text-like strokes (scanned form or pattern)"),
 }
-# Features scored on a log scale: their suspicious end is near 0, where a linear robust z would
-# call a blank (0.016) hardly further out than a dark radiograph (0.1).
-_LOG_FEATURES = frozenset({"structure"})
+# Columns of pixel_features(): the z-scored features, then flatness (judged against BLANK_FLATNESS).
+PIXEL_COLUMNS: tuple[str, ...] = (*PIXEL_FEATURES, "flatness")
+# flatness() below which an image is a blank or nearly blank exposure. On 1,080 in-domain images of
+# two multi-device demo-sized exports (64 px cache) flatness was at least 0.34 (1st percentile
+# 0.49) and on their 24 blank exposures (plain, marked, under-exposed) at most 0.26.
+BLANK_FLATNESS = 0.3
+BLANK_REASON = "blank or nearly blank exposure: nothing but a smooth ramp and noise"
 
 
 @dataclass(frozen=True)
@@ -145,10 +160,9 @@ def pixel_features(image: np.ndarray, *, content: tuple[int, int] | None = None)
             ``content_height``/``content_width``); the black letterbox around it is ignored.
 
     Returns:
-        ``structure``: standard deviation of the means of an 8 x 8 grid of blocks, in [0, 0.5]
-        (anatomy varies from block to block; an empty exposure, whatever its noise, does not);
         ``peak_share``: share of pixels in the most populated of 64 levels;
-        ``edge_share``: share of pixels whose horizontal or vertical step exceeds 1/4 of the range.
+        ``edge_share``: share of pixels whose horizontal or vertical step exceeds 1/4 of the range;
+        ``flatness``: :func:`flatness` (judged on its own scale, not by a z-score).
     """
     img = np.asarray(image)
     if img.ndim != 2 or img.dtype != np.uint8:
@@ -158,9 +172,6 @@ def pixel_features(image: np.ndarray, *, content: tuple[int, int] | None = None)
         top, left = (img.shape[0] - ch) // 2, (img.shape[1] - cw) // 2
         img = img[top:top + ch, left:left + cw]
     x = img.astype(np.float32) / 255.0
-    bh, bw = max(1, x.shape[0] // 8), max(1, x.shape[1] // 8)
-    grid = x[:bh * 8, :bw * 8] if x.shape[0] >= 8 and x.shape[1] >= 8 else x
-    blocks = grid.reshape(grid.shape[0] // bh, bh, grid.shape[1] // bw, bw).mean(axis=(1, 3))
     hist = np.bincount((img >> 2).ravel(), minlength=64).astype(np.float64) / img.size
     step = 0.25
     edges = np.zeros(img.shape, dtype=bool)
@@ -168,7 +179,51 @@ def pixel_features(image: np.ndarray, *, content: tuple[int, int] | None = None)
         edges[:, 1:] |= np.abs(np.diff(x, axis=1)) > step
     if img.shape[0] > 1:
         edges[1:, :] |= np.abs(np.diff(x, axis=0)) > step
-    return {"structure": float(blocks.std()), "peak_share": float(hist.max()), "edge_share": float(edges.mean())}
+    return {"peak_share": float(hist.max()), "edge_share": float(edges.mean()), "flatness": flatness(x)}
+
+
+def flatness(image: np.ndarray, *, grid: int = 6, trim: float = 0.15) -> float:
+    """How much an image holds beyond a smooth ramp, in units of its own pixel noise.
+
+    The content is cut into ``grid`` x ``grid`` blocks; the block means are fit with a ramp (a
+    quadratic function of the direction of steepest change: a heel-effect gradient through any
+    tone curve, which no anatomy follows), the ``trim`` share of blocks that fit worst (a lead
+    marker, a burned-in date) is left out, and the rest's RMS residual is divided by the pixel
+    noise (robust: the MAD of neighbour differences, at least one grey level). Anatomy gives
+    values well above 1; an exposure without anatomy, stretched by a window or not, well below.
+    The ratio ignores contrast and brightness, so a fallback window that stretches a blank plate
+    to full range changes nothing.
+
+    Args:
+        image: Shape: (H, W), float in [0, 1] (the content box of a cached image, / 255).
+        grid: Blocks per side.
+        trim: Share of blocks left out of the residual.
+
+    Returns:
+        The ratio (>= 0); NaN for an image smaller than ``grid`` pixels.
+    """
+    x = np.asarray(image, dtype=np.float64)
+    h, w = x.shape
+    if h < grid or w < grid:
+        return float("nan")
+    bh, bw = h // grid, w // grid
+    blocks = x[:bh * grid, :bw * grid].reshape(grid, bh, grid, bw).mean(axis=(1, 3)).ravel()
+    gy, gx = (np.mgrid[:grid, :grid] / (grid - 1) - 0.5).reshape(2, -1)
+    plane = np.stack([np.ones(grid * grid), gx, gy], axis=1)
+    keep = np.ones(blocks.size, dtype=bool)
+    resid = blocks
+    for _ in range(3):  # refit without the blocks that fit worst
+        coef, *_ = np.linalg.lstsq(plane[keep], blocks[keep], rcond=None)
+        t = plane[:, 1:] @ coef[1:]
+        t = t / max(float(np.abs(t).max()), 1e-12)
+        ramp = np.stack([np.ones_like(t), t, t * t], axis=1)
+        c2, *_ = np.linalg.lstsq(ramp[keep], blocks[keep], rcond=None)
+        resid = blocks - ramp @ c2
+        keep = np.abs(resid) <= np.quantile(np.abs(resid), 1.0 - trim)
+    rms = float(np.sqrt(np.mean(resid[keep] ** 2)))
+    steps = np.concatenate([np.diff(x, axis=1).ravel(), np.diff(x, axis=0).ravel()])
+    noise = 1.4826 * float(np.median(np.abs(steps - np.median(steps)))) / np.sqrt(2.0)
+    return rms / max(noise, 1.0 / 255.0)
 
 
 def _robust_z(values: np.ndarray, reference: np.ndarray, direction: int, *, floor: float) -> np.ndarray:
@@ -182,8 +237,6 @@ def _robust_z(values: np.ndarray, reference: np.ndarray, direction: int, *, floo
 def pixel_evidence(features: pd.DataFrame | Mapping[str, np.ndarray], reference: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
     """One-sided robust z of each pixel feature against the reference rows; the largest per row.
-
-    ``structure`` is scored as ``log(structure + 0.001)``.
 
     Args:
         features: Columns of :data:`PIXEL_FEATURES`, one row per image.
@@ -201,8 +254,6 @@ def pixel_evidence(features: pd.DataFrame | Mapping[str, np.ndarray], reference:
         if name not in features:
             raise ValueError(f"features lacks {name!r}; compute them with pixel_features")
         values = np.asarray(features[name], dtype=np.float64)
-        if name in _LOG_FEATURES:
-            values = np.log(values + 1e-3)
         zs.append(_robust_z(values, ref, direction, floor=0.01))
     stacked = np.stack(zs, axis=1)  # (N, F)
     return stacked.max(axis=1), stacked.argmax(axis=1)
@@ -279,8 +330,20 @@ def mahalanobis_evidence(embeddings: np.ndarray, labels: np.ndarray, reference: 
     return out
 
 
+def blank_ratio(flat: np.ndarray | None, n: int, *, threshold: float = BLANK_FLATNESS) -> np.ndarray:
+    """``threshold / flatness`` per image (1 at the threshold, above 1 for a blank exposure); 0 without flatness."""
+    if flat is None:
+        return np.zeros(n)
+    f = np.asarray(flat, dtype=np.float64)
+    if f.shape != (n,):
+        raise ValueError(f"flatness needs one entry per image ({n}), got shape {f.shape}")
+    with np.errstate(divide="ignore"):
+        return np.where(np.isfinite(f), threshold / np.maximum(f, 1e-9), 0.0)
+
+
 def combine_evidence(header: Sequence[str], pixel_z: np.ndarray, pixel_which: np.ndarray, embedding_z: np.ndarray,
-                     *, z_threshold: float = 6.0, pixel_threshold: float = 7.0) -> OODEvidence:
+                     *, z_threshold: float = 6.0, pixel_threshold: float = 7.0,
+                     flat: np.ndarray | None = None, blank_threshold: float = BLANK_FLATNESS) -> OODEvidence:
     """One score and one reason per image from the three sources (see the module docstring).
 
     Args:
@@ -292,18 +355,22 @@ def combine_evidence(header: Sequence[str], pixel_z: np.ndarray, pixel_which: np
         pixel_threshold: The same for the pixel z. It is higher: it is the largest of several
             heavy-tailed statistics, and on 2,400 in-domain images of 3 synthetic exports their
             largest robust z reached 6.7 while blank exposures scored 7.3 and more.
+        flat: Shape: (N,), :func:`flatness` per image (NaN or None: no evidence).
+        blank_threshold: Flatness below which an image is a blank exposure (the score is 0.5 there).
 
     Returns:
         :class:`OODEvidence`.
     """
-    if not z_threshold > 0 or not pixel_threshold > 0:
-        raise ValueError(f"z_threshold and pixel_threshold must be > 0, got {z_threshold!r}, {pixel_threshold!r}")
+    if not z_threshold > 0 or not pixel_threshold > 0 or not blank_threshold > 0:
+        raise ValueError(f"z_threshold, pixel_threshold and blank_threshold must be > 0, got {z_threshold!r}, "
+                         f"{pixel_threshold!r}, {blank_threshold!r}")
     pz, ez = np.asarray(pixel_z, dtype=np.float64), np.asarray(embedding_z, dtype=np.float64)
     n = pz.size
     if len(header) != n or ez.shape != (n,) or np.shape(pixel_which) != (n,):
         raise ValueError(f"every source needs one entry per image ({n})")
     has_header = np.array([bool(h) for h in header])
-    ratio = np.maximum(pz / pixel_threshold, ez / z_threshold)  # 1 at a source's threshold
+    blank = blank_ratio(flat, n, threshold=blank_threshold)
+    ratio = np.maximum.reduce([pz / pixel_threshold, ez / z_threshold, blank])  # 1 at a source's threshold
     score = 1.0 - np.exp2(-ratio)
     score = np.where(has_header, np.maximum(score, 0.99), score)
     score = np.minimum(score, 1.0 - 1e-12)
@@ -311,6 +378,8 @@ def combine_evidence(header: Sequence[str], pixel_z: np.ndarray, pixel_which: np
     reasons = []
     for i in range(n):
         parts = [header[i]] if has_header[i] else []
+        if blank[i] > 1.0:
+            parts.append(f"pixels: {BLANK_REASON} (flatness {float(np.asarray(flat)[i]):.2f})")
         if pz[i] > pixel_threshold:
             parts.append(f"pixels: {PIXEL_FEATURES[names[int(pixel_which[i])]][1]} (z {pz[i]:.1f})")
         if ez[i] > z_threshold:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from radaudit.pacs.layout import CACHE_IMAGES_DIR
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: JPEG 2000 decoded at border.MIN_SIDE at least, so its field is found as in full
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -116,13 +116,16 @@ def preprocess(path: str | os.PathLike[str], patient_orientation: str | None, pa
     """Decode one file and turn it into the cached uint8 image; return it with its manifest facts.
 
     Decoding asks for the lowest resolution that still gives ``size`` pixels on the short side,
-    so JPEG 2000 files skip wavelet levels that the resize would throw away.
+    and :data:`radaudit.pacs.border.MIN_SIDE` when borders are removed (so that every encoding of
+    an image gets the same field), so JPEG 2000 files skip wavelet levels that the resize would
+    throw away.
     """
-    from radaudit.pacs.border import find_exposed_field
+    from radaudit.pacs.border import MIN_SIDE, find_exposed_field
     from radaudit.pacs.orientation import rotation_from_orientation
     from radaudit.pacs.pixels import decode_image
 
-    decoded = decode_image(path, min_side=params.size, threads=threads)
+    decoded = decode_image(path, min_side=max(params.size, MIN_SIDE if params.remove_border else 1),
+                           threads=threads)
     img = decoded.pixels
     top, bottom, left, right = 0, img.shape[0], 0, img.shape[1]
     if params.remove_border:
@@ -139,14 +142,16 @@ def preprocess(path: str | os.PathLike[str], patient_orientation: str | None, pa
     out = letterbox(img, params.size)
     fit = params.size / max(img.shape)
     scale = 2 ** decoded.reduce
+    rows, columns = decoded.original_shape
     facts = {
-        "original_rows": decoded.original_shape[0],
-        "original_columns": decoded.original_shape[1],
+        "original_rows": rows,
+        "original_columns": columns,
         "reduce": decoded.reduce,
-        "crop_top": top * scale,
-        "crop_bottom": bottom * scale,
-        "crop_left": left * scale,
-        "crop_right": right * scale,
+        # A reduced image has ceil(side / scale) pixels: its last one ends at the original's edge.
+        "crop_top": min(top * scale, rows),
+        "crop_bottom": min(bottom * scale, rows),
+        "crop_left": min(left * scale, columns),
+        "crop_right": min(right * scale, columns),
         "rot90": k,
         "content_height": max(1, round(img.shape[0] * fit)),
         "content_width": max(1, round(img.shape[1] * fit)),

@@ -479,11 +479,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"        {data.resolve() / REPORT_HTML}")
     for warning in load_audit_summary(data).get("warnings", []):
         print(f"WARNING: {warning}")
-    scores = evaluate_against_truth(data, truth)
     print(f"against the synthetic ground truth ({', '.join(methods)}, {args.epochs} epochs, "
           f"{min(args.image_size, args.size)} px views):")
-    for key, value in scores.items():
-        print(f"  {key:30s} {value:.3f}" if isinstance(value, float) else f"  {key:30s} {value}")
+    print_truth_scores(evaluate_against_truth(data, truth))
     print("linear-eval accuracy on true regions (test split), by share of labels used:")
     (event,) = [e for e in result.get_asset_materialization_events()
                 if e.asset_key.to_user_string() == "ensemble_probabilities"]
@@ -496,6 +494,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo wall time: {time.perf_counter() - t0:.0f} s")
     print(GPU_REFERENCE)
     return 0
+
+
+# Shown by device_table's lines rather than one per line.
+_IN_DEVICE_TABLE = ("per_device", "report_precision_at_k", "self_confidence_precision_at_k", "false_flag_rate",
+                    "false_flag_limit")
+
+
+def print_truth_scores(scores: dict[str, Any]) -> None:
+    """:func:`radaudit.pipelines.stages.evaluate_against_truth`'s figures, one a line, then the per-device table."""
+    from radaudit.pipelines.stages import device_table
+
+    for key, value in scores.items():
+        if key not in _IN_DEVICE_TABLE:
+            print(f"  {key:30s} {value:.3f}" if isinstance(value, float) else f"  {key:30s} {value}")
+    for line in device_table(scores):
+        print(f"  {line}")
 
 
 def _print_ingest_summary(data: Path) -> None:

@@ -132,7 +132,8 @@ def render_ood(kind: str, rng: np.random.Generator, h: int, w: int) -> Rendered:
     """Out-of-domain images that end up in radiograph archives.
 
     ``ct``: an axial CT slice (int16 Hounsfield units); ``photo``: an RGB clinical photo (uint8);
-    ``blank``: an empty exposure; ``test_pattern``: a QC pattern; ``document``: a scanned form.
+    ``blank``: an empty or nearly empty exposure (:data:`BLANK_VARIANTS`); ``test_pattern``: a QC
+    pattern; ``document``: a scanned form.
     """
     yy, xx = np.mgrid[:h, :w].astype(F32)
     yn, xn = (yy - h / 2) / (h / 2), (xx - w / 2) / (w / 2)
@@ -164,9 +165,7 @@ def render_ood(kind: str, rng: np.random.Generator, h: int, w: int) -> Rendered:
         img += rng.normal(0, 6, img.shape).astype(F32)
         return Rendered(np.clip(img, 0, 255).astype(np.uint8), view="photo")
     if kind == "blank":
-        level = rng.uniform(0.0, 0.2) if rng.random() < 0.5 else rng.uniform(0.8, 1.0)
-        img = level + rng.normal(0, 0.01, (h, w)).astype(F32) + 0.03 * yn
-        return Rendered(np.clip(img, 0, 1).astype(F32), view="blank")
+        return _blank(rng, h, w, yn, xn)
     if kind == "test_pattern":
         img = np.zeros((h, w), F32)
         img[: h // 4] = (np.floor(xx[: h // 4] / w * 8) / 7)  # grey wedge
@@ -186,3 +185,31 @@ def render_ood(kind: str, rng: np.random.Generator, h: int, w: int) -> Rendered:
             row += int(px * rng.uniform(1.6, 2.6))
         return Rendered(img, view="scan")
     raise ValueError(f"unknown out-of-domain kind {kind!r}; choose one of {OOD_KINDS}")
+
+
+# An exposure with no anatomy on it: a plain plate (heel-effect gradient, little noise), an
+# over-exposed plate with only the lead marker and the burned-in date, and an under-exposed one
+# where quantum noise is all there is.
+BLANK_VARIANTS: tuple[str, ...] = ("plain", "marked", "noisy")
+
+
+def _blank(rng: np.random.Generator, h: int, w: int, yn: np.ndarray, xn: np.ndarray) -> Rendered:
+    """One of :data:`BLANK_VARIANTS`; ``view`` is ``blank_<variant>``."""
+    from scipy import ndimage
+
+    variant = BLANK_VARIANTS[int(rng.integers(len(BLANK_VARIANTS)))]
+    tilt = rng.uniform(-0.04, 0.04, 2)
+    if variant == "plain":
+        level = rng.uniform(0.0, 0.2) if rng.random() < 0.5 else rng.uniform(0.8, 1.0)
+        img = level + rng.normal(0, 0.01, (h, w)).astype(F32) + tilt[0] * yn + tilt[1] * xn
+    elif variant == "marked":  # over-exposed: direct exposure is black in the bone-bright display
+        img = rng.uniform(0.0, 0.08) + rng.normal(0, 0.01, (h, w)).astype(F32) + tilt[0] * yn
+        size = min(h, w)
+        letter = artefacts.text_mask("R" if rng.random() < 0.5 else "L", max(int(size * 0.07), 7))
+        artefacts.paste(img, letter, int(size * rng.uniform(0.06, 0.14)), int(size * rng.uniform(0.06, 0.14)), 1.0)
+        day = f"{int(rng.integers(1, 29)):02d}.{int(rng.integers(1, 13)):02d}.20{int(rng.integers(10, 26))}"
+        artefacts.burn_text(img, [day], rng)
+    else:  # under-exposed: a few quanta per pixel, blurred by the detector
+        noise = ndimage.gaussian_filter(rng.normal(0, 1, (h, w)).astype(F32), rng.uniform(0.5, 1.0))
+        img = rng.uniform(0.5, 0.9) + rng.uniform(0.05, 0.1) * noise / (float(noise.std()) + 1e-6) + tilt[0] * yn
+    return Rendered(np.clip(img, 0, 1).astype(F32), view=f"blank_{variant}")

@@ -29,16 +29,20 @@ from radaudit.pipelines.stages.steps import (Log, audit, cache_fingerprints, com
                                              duplicate_inputs, find_near_duplicates, report, train_backbone)
 from radaudit.pipelines.stages.store import (load_embeddings, load_probabilities, load_rows, save_embeddings,
                                              save_rows)
-from radaudit.pipelines.stages.truth import (LabelFractionScores, duplicate_scores, evaluate_against_truth,
-                                             evaluate_label_fractions, evaluate_method, evaluate_methods, read_truth,
-                                             score_issues, truth_labels)
+from radaudit.pipelines.stages.truth import (LabelFractionScores, aligned_probabilities, copy_links, device_table,
+                                             duplicate_groups, duplicate_scores, evaluate_against_truth,
+                                             evaluate_label_fractions, evaluate_method, evaluate_methods, f1_score,
+                                             pair_scores, precision_at_k, read_truth, report_order, score_issues,
+                                             truth_labels, truth_status)
 
 __all__ = [
-    "Log", "LabelFractionScores", "MAX_TIED_PATIENTS", "TrainingSet", "audit", "cache_fingerprints", "combine",
-    "compute_embeddings", "compute_oof", "cross_fit_folds", "duplicate_inputs", "duplicate_scores",
-    "evaluate_against_truth", "evaluate_label_fractions", "evaluate_method", "evaluate_methods",
-    "find_near_duplicates", "fold_groups", "head_settings", "issue_inputs", "label_folds", "live_index",
-    "load_audit_summary", "load_embeddings", "load_near_duplicates", "load_overrides", "load_probabilities",
-    "load_rows", "load_training_set", "map_labels", "pixel_features", "read_truth", "read_vocabulary", "report",
-    "save_embeddings", "save_rows", "score_issues", "train_backbone", "truth_labels",
+    "Log", "LabelFractionScores", "MAX_TIED_PATIENTS", "TrainingSet", "aligned_probabilities", "audit",
+    "cache_fingerprints", "combine", "compute_embeddings", "compute_oof", "copy_links", "cross_fit_folds",
+    "device_table", "duplicate_groups", "duplicate_inputs", "duplicate_scores", "evaluate_against_truth",
+    "evaluate_label_fractions", "evaluate_method", "evaluate_methods", "f1_score", "find_near_duplicates",
+    "fold_groups", "head_settings", "issue_inputs", "label_folds", "live_index", "load_audit_summary",
+    "load_embeddings", "load_near_duplicates", "load_overrides", "load_probabilities", "load_rows",
+    "load_training_set", "map_labels", "pair_scores", "pixel_features", "precision_at_k", "read_truth",
+    "read_vocabulary", "report", "report_order", "save_embeddings", "save_rows", "score_issues", "train_backbone",
+    "truth_labels", "truth_status",
 ]

@@ -229,7 +229,7 @@ def load_audit_summary(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def pixel_features(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> pd.DataFrame:
     """:func:`radaudit.models.ood.pixel_features` of every cached image in ``uids`` order, inside its content box."""
-    from radaudit.models.ood import PIXEL_FEATURES
+    from radaudit.models.ood import PIXEL_COLUMNS
     from radaudit.models.ood import pixel_features as features_of
 
     data_dir = Path(data_dir)
@@ -239,7 +239,7 @@ def pixel_features(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> pd.
     for uid, h, w in zip(uids, boxes["content_height"], boxes["content_width"]):
         box = None if pd.isna(h) or pd.isna(w) else (int(h), int(w))
         rows.append(features_of(cache.read(data_dir, uid, mmap=True), content=box))
-    return pd.DataFrame(rows, columns=list(PIXEL_FEATURES))
+    return pd.DataFrame(rows, columns=list(PIXEL_COLUMNS))
 
 
 def issue_inputs(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> dict[str, Any]:

@@ -50,7 +50,8 @@ __all__ = ["CSV_COLUMNS", "ReportFiles", "thumbnail_png", "write_report"]
 
 CSV_COLUMNS: tuple[str, ...] = (
     "rank", "sop_instance_uid", "study_instance_uid", "accession_number", "recorded_region",
-    "recorded_raw", "suggested_region", "suggested_probability", "label_quality", "ood_score",
+    "recorded_raw", "suggested_region", "suggested_probability", "second_region", "second_probability",
+    "label_quality", "ood_score",
     "issue", "ood_reason", "duplicate_of", "thumbnail", "source_path",
 )
 _KINDS = ("near_duplicate", "out_of_domain", "mislabel", "missing_label")
@@ -153,6 +154,11 @@ def _rows(issues: pd.DataFrame, meta: pd.DataFrame, names: list[str], include_al
         "suggested_region": ["" if i == "out_of_domain" else names[int(v)]
                              for v, i in zip(sel["suggested_region"], sel["issue"])],
         "suggested_probability": np.where(ood, np.nan, sel["suggested_probability"].to_numpy(dtype=float)),
+        # The runner-up, so an uncertain suggestion shows both regions it hesitates between.
+        "second_region": ["" if i == "out_of_domain" or not _is_index(v) else names[int(v)]
+                          for v, i in zip(sel.get("second_region", pd.Series(-1, index=sel.index)), sel["issue"])],
+        "second_probability": np.where(ood, np.nan, sel.get("second_probability", pd.Series(np.nan, index=sel.index))
+                                       .to_numpy(dtype=float)),
         "label_quality": sel["label_quality"].to_numpy(dtype=float),
         "ood_score": sel["ood_score"].to_numpy(dtype=float),
         "issue": [_text(v) for v in sel["issue"]],
@@ -167,6 +173,11 @@ def _rows(issues: pd.DataFrame, meta: pd.DataFrame, names: list[str], include_al
             joined["laterality"] if "laterality" in joined else [None] * len(joined))],
     })
     return out.reset_index(drop=True)
+
+
+def _is_index(value: object) -> bool:
+    """A class index (not -1, NaN or None): older issue tables lack the runner-up."""
+    return isinstance(value, (int, np.integer, float, np.floating)) and not pd.isna(value) and int(value) >= 0
 
 
 def _first(*values: object) -> str:
@@ -290,6 +301,7 @@ img.thumb{width:96px;height:96px;object-fit:contain;background:#000;display:bloc
 .kind-near_duplicate{background:#dff3e4;color:#0b6b2a}
 .kind-missing_label{background:#fff1cc;color:#7a5200}
 .rec{color:#a1130c}.sug{color:#0b6b2c;font-weight:600}
+small.second{color:#555;font-weight:normal}
 .warning{background:#fff4e5;border-left:4px solid #e08a00;padding:6px 10px;margin:0 0 12px}
 td.reason{font-size:12px;color:#4b1fa8}
 select.verdict{width:100%;padding:3px}
@@ -430,6 +442,8 @@ _HTML_COLUMNS: dict[str, tuple[str, str, str, str]] = {
     "ids": ("Identifiers (click to copy)", "text", "ids", "auto"),
 }
 _UID_TAIL = 10
+# A suggestion less likely than this shows its runner-up beside it.
+UNSURE_BELOW = 0.6
 
 
 def _short(uid: str) -> str:
@@ -485,6 +499,9 @@ def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], is
             inner = esc(shown)
             if c == "issue" and shown:
                 inner = f'<span class="kind kind-{esc(shown)}">{esc(shown.replace("_", " "))}</span>'
+            if c == "suggested_region" and rec["second_region"] and rec["suggested_probability"] < UNSURE_BELOW:
+                inner += (f'<br><small class="second">or {esc(rec["second_region"])} '
+                          f'{float(rec["second_probability"]):.2f}</small>')
             cells.append(f'<td class="{cls}" data-v="{esc(sort_v)}">{inner}</td>')
         caption = " \u00b7 ".join(t for t in (_text(rec["issue"]).replace("_", " "),
                                               f"recorded {rec['recorded_region']}" if rec["recorded_region"] else "",

@@ -184,20 +184,20 @@ def test_members_agree_is_reported_not_a_filter() -> None:
 
 
 def test_header_and_pixel_evidence_make_out_of_domain_with_reason() -> None:
-    from radaudit.models.ood import PIXEL_FEATURES
+    from radaudit.models.ood import PIXEL_COLUMNS
 
     p, labels, _ = _noisy(300, 4, 0.0, 6.0, seed=10)
     x = np.random.default_rng(11).standard_normal((300, 8)).astype(np.float32)
     rng = np.random.default_rng(12)
-    feats = pd.DataFrame({"structure": rng.normal(0.2, 0.02, 300),
-                          "peak_share": rng.normal(0.05, 0.01, 300), "edge_share": rng.normal(0.01, 0.002, 300)})
-    feats.loc[7, "structure"] = 0.002  # a blank exposure
+    feats = pd.DataFrame({"peak_share": rng.normal(0.05, 0.01, 300), "edge_share": rng.normal(0.01, 0.002, 300),
+                          "flatness": rng.uniform(1.0, 20.0, 300)})
+    feats.loc[7, "flatness"] = 0.05  # a blank exposure
     header = [""] * 300
     header[3] = "header: modality CT"
-    df = find_issues(p, labels, x, header_reasons=header, pixel_feats=feats[list(PIXEL_FEATURES)])
+    df = find_issues(p, labels, x, header_reasons=header, pixel_feats=feats[list(PIXEL_COLUMNS)])
     assert df.loc[3, "issue"] == "out_of_domain" and df.loc[3, "ood_reason"].startswith("header: modality CT")
     assert df.loc[3, "ood_score"] >= 0.99 and np.isnan(df.loc[3, "label_quality"])
-    assert df.loc[7, "issue"] == "out_of_domain" and "uniform or blank" in df.loc[7, "ood_reason"]
+    assert df.loc[7, "issue"] == "out_of_domain" and "blank or nearly blank exposure" in df.loc[7, "ood_reason"]
     assert set(df.loc[df["issue"] == "out_of_domain"].index) == {3, 7}
     assert set(df.sort_values("rank").head(2).index) == {3, 7}
 
@@ -214,17 +214,17 @@ def test_the_list_is_a_prefix_of_label_quality_and_keeps_uncertain_suggestions()
         weak = i % 2 == 1  # an uncertain suggestion: 1 and 2 nearly tied
         p[row] = [q, (1 - q) / 2 + (0.02 if weak else 0.4), (1 - q) / 2 - (0.02 if weak else 0.4)]
     x = np.random.default_rng(0).standard_normal((n, 4)).astype(np.float32)
-    df = find_issues(p, y, x)
+    df = find_issues(p, y, x, flag_count="off_diagonal")
     flagged = list(df.index[df["issue"] == "mislabel"])
     # Confident learning counts five: the sixth's best alternative (0.49) is below its class's threshold (0.5).
-    assert df.attrs["estimated_wrong_labels"] == estimate_wrong_labels(p, y) == 5
+    assert df.attrs["estimated_wrong_labels"] == estimate_wrong_labels(p, y, method="off_diagonal") == 5
     assert flagged == doubted[:5]  # the five lowest label qualities, uncertain suggestions included
     assert df.loc[flagged, "rank"].tolist() == sorted(df.loc[flagged, "rank"])  # in label-quality order
     weak = df.loc[[3, 9]]
     assert (weak["suggested_region"] == 1).all() and (weak["second_region"] == 2).all()
     assert (weak["suggested_probability"] <= 0.51).all() and (weak["second_probability"] >= 0.455).all()
     # A shorter count flags a shorter prefix: the three lowest.
-    capped = find_issues(p, y, x, max_mislabel_fraction=3.5 / n)
+    capped = find_issues(p, y, x, max_mislabel_fraction=3.5 / n, flag_count="off_diagonal")
     assert list(capped.index[capped["issue"] == "mislabel"]) == doubted[:3]
     with pytest.raises(ValueError, match="flag_count"):
         find_issues(p, y, x, flag_count="guess")
@@ -233,12 +233,29 @@ def test_the_list_is_a_prefix_of_label_quality_and_keeps_uncertain_suggestions()
 def test_estimate_wrong_labels_counts_confident_off_diagonals() -> None:
     p, labels, y = _noisy(1000, 5, 0.1, 6.0, seed=13)
     truly = int((labels != y).sum())
-    est = estimate_wrong_labels(p, labels)
+    est = estimate_wrong_labels(p, labels, method="off_diagonal")
     assert abs(est - truly) <= 0.1 * truly, (est, truly)
-    assert estimate_wrong_labels(p[:0], labels[:0]) == 0
-    assert estimate_wrong_labels(p[labels == 0], labels[labels == 0]) == 0  # one class: nothing to compare
+    for method in ("off_diagonal", "mixture_proportion"):
+        assert estimate_wrong_labels(p[:0], labels[:0], method=method) == 0
+        assert estimate_wrong_labels(p[labels == 0], labels[labels == 0], method=method) == 0  # one class
     # A class the columns hold but no row records (an archive without skulls) does not break the count.
-    assert estimate_wrong_labels(p[labels != 4], labels[labels != 4]) > 0
+    assert estimate_wrong_labels(p[labels != 4], labels[labels != 4], method="off_diagonal") > 0
+
+
+@pytest.mark.parametrize("signal", [1.5, 3.0, 6.0])
+def test_mixture_proportion_count_holds_for_weak_and_strong_heads(signal: float) -> None:
+    """Uniform swaps at 10%: the count is near the truth whether the heads are weak or strong."""
+    p, labels, y = _noisy(3000, 8, 0.1, signal, seed=14)
+    truly = int((labels != y).sum())
+    est = estimate_wrong_labels(p, labels, confusable_share=0.0)
+    assert 0.8 * truly <= est <= 1.25 * truly, (signal, est, truly)
+    # Confident learning's count grows as the heads weaken; the mixture estimate does not.
+    if signal == 1.5:
+        assert estimate_wrong_labels(p, labels, method="off_diagonal") > 2 * truly
+    # Clean labels: a small count (weak heads doubt a few right labels).
+    assert estimate_wrong_labels(p, y, confusable_share=0.0) <= 0.4 * truly
+    with pytest.raises(ValueError, match="confusable_share"):
+        estimate_wrong_labels(p, labels, confusable_share=1.5)
 
 
 def test_copies_under_another_patient_rank_first_and_same_patient_copies_last(audited: dict) -> None:

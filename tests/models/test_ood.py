@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from radaudit.models.ood import (PIXEL_FEATURES, combine_evidence, header_evidence, mahalanobis_evidence, pixel_evidence,
-                        pixel_features)
+from radaudit.models.ood import (BLANK_FLATNESS, PIXEL_FEATURES, combine_evidence, flatness, header_evidence,
+                                mahalanobis_evidence, pixel_evidence, pixel_features)
 
 
 def test_header_evidence_names_modality_sop_class_and_colour() -> None:
@@ -42,11 +42,11 @@ def test_header_evidence_sees_through_a_relabelled_header() -> None:
 def test_pixel_features_known_values() -> None:
     blank = np.full((40, 40), 128, np.uint8)
     f = pixel_features(blank)
-    assert f == {"structure": 0.0, "peak_share": 1.0, "edge_share": 0.0}
+    assert f == {"peak_share": 1.0, "edge_share": 0.0, "flatness": pytest.approx(0.0, abs=1e-9)}
     checker = ((np.indices((40, 40)).sum(0) % 2) * 255).astype(np.uint8)
     f = pixel_features(checker)
-    # Pixel-level alternation: sharp everywhere, yet every 5 x 5 block averages to 12 or 13 of 25 white.
-    assert f["structure"] == pytest.approx(0.02, abs=1e-6) and f["peak_share"] == 0.5
+    # Pixel-level alternation: sharp everywhere, two levels.
+    assert f["peak_share"] == 0.5
     assert f["edge_share"] == 1 - 1 / 1600  # every pixel but the corner steps from its left or upper one
     ramp = np.tile(np.arange(256, dtype=np.uint8), (8, 1))  # every level once per row: smooth, many levels
     f = pixel_features(ramp)
@@ -59,20 +59,59 @@ def test_pixel_features_known_values() -> None:
         pixel_features(ramp.astype(np.float32))
 
 
+def _plate(rng: np.random.Generator, side: int = 64, noise: float = 0.02) -> np.ndarray:
+    """An exposure without anatomy: a heel-effect ramp through a gamma tone curve, plus noise."""
+    t = np.linspace(0.0, 1.0, side)[:, None] * np.ones((1, side))
+    return (0.3 + 0.4 * t ** 2.2 + rng.normal(0, noise, (side, side))).astype(np.float64)
+
+
+def test_flatness_tells_a_plate_from_anatomy() -> None:
+    rng = np.random.default_rng(0)
+    plate = _plate(rng)
+    # Any ramp through any tone curve is nothing; so is pure noise, and a stretched copy of either.
+    assert flatness(plate) < BLANK_FLATNESS
+    assert flatness(0.5 + rng.normal(0, 0.05, (64, 64))) < BLANK_FLATNESS
+    assert flatness(10 * plate - 3) == pytest.approx(flatness(plate))
+    # A lead letter and a date in the corners are left out (the worst-fitting 15% of the blocks).
+    marked = plate.copy()
+    marked[3:9, 3:8] = 1.0
+    marked[56:61, 40:62] = 1.0
+    assert flatness(marked) < BLANK_FLATNESS
+    # Anatomy-like structure (bright rods, as bones, at block scale), even under the same noise and ramp.
+    bones = plate.copy()
+    for c in (12, 30, 48):
+        bones[:, c - 3:c + 3] += 0.2
+    bones[20:26] += 0.2
+    assert flatness(bones) > 1.0
+    # Too small an image says nothing.
+    assert np.isnan(flatness(np.zeros((4, 40))))
+
+
+def test_flatness_is_blank_evidence_with_its_reason() -> None:
+    n = 6
+    flat = np.array([2.0, 0.6, 0.31, 0.29, 0.1, np.nan])
+    ev = combine_evidence([""] * n, np.zeros(n), np.zeros(n, np.int64), np.zeros(n), flat=flat)
+    assert ev.flagged.tolist() == [False, False, False, True, True, False]
+    assert ev.score[4] == pytest.approx(1 - 2 ** (-BLANK_FLATNESS / 0.1))
+    assert "blank or nearly blank exposure" in ev.reason[3] and "flatness 0.29" in ev.reason[3]
+    assert ev.reason[0] == ev.reason[5] == ""
+    with pytest.raises(ValueError, match="one entry per image"):
+        combine_evidence([""] * n, np.zeros(n), np.zeros(n, np.int64), np.zeros(n), flat=flat[:3])
+
+
 def test_pixel_evidence_is_one_sided_robust_z() -> None:
     n = 101
-    feats = pd.DataFrame({"structure": np.linspace(0.1, 0.3, n),
-                          "peak_share": np.linspace(0.04, 0.06, n), "edge_share": np.full(n, 0.01)})
-    feats.loc[0, "structure"] = 0.0     # lower than all: suspicious
-    feats.loc[1, "structure"] = 0.5     # more structure than all: not suspicious
+    feats = pd.DataFrame({"peak_share": np.linspace(0.04, 0.06, n), "edge_share": np.linspace(0.01, 0.03, n)})
+    feats.loc[0, "edge_share"] = 0.0    # fewer edges than all: not suspicious
+    feats.loc[1, "edge_share"] = 0.5    # text-like strokes everywhere
     feats.loc[2, "peak_share"] = 0.9    # one level dominates
     z, which = pixel_evidence(feats, np.arange(n))
     names = list(PIXEL_FEATURES)
-    logs = np.log(feats["structure"] + 1e-3)  # scored on a log scale
-    med = np.median(logs)
-    mad = 1.4826 * np.median(np.abs(logs - med))
-    assert z[0] == pytest.approx((med - np.log(1e-3)) / mad) and names[which[0]] == "structure"
-    assert z[1] == 0.0
+    ref = feats["edge_share"].to_numpy()
+    med = np.median(ref)
+    mad = 1.4826 * np.median(np.abs(ref - med))
+    assert z[1] == pytest.approx((0.5 - med) / max(mad, 0.01)) and names[which[1]] == "edge_share"
+    assert z[0] == 0.0 or names[which[0]] == "peak_share"
     assert names[which[2]] == "peak_share" and z[2] > 50
     with pytest.raises(ValueError, match="edge_share"):
         pixel_evidence(feats.drop(columns="edge_share"), np.arange(n))
@@ -97,7 +136,7 @@ def test_mahalanobis_finds_the_point_off_every_class() -> None:
 def test_combine_evidence_score_and_reason() -> None:
     header = ["", "header: modality CT", "", ""]
     pz = np.array([0.0, 0.0, 12.0, 3.0])
-    which = np.array([0, 0, 2, 0])
+    which = np.array([0, 0, 1, 0])  # 1: edge_share
     ez = np.array([6.0, 0.0, 0.0, 7.0])
     ev = combine_evidence(header, pz, which, ez, z_threshold=6.0, pixel_threshold=8.0)
     assert ev.score[0] == pytest.approx(0.5) and not ev.flagged[0]  # exactly at the threshold: not above

@@ -7,7 +7,7 @@ import pytest
 
 from radaudit.pacs.layout import ERRORS_PATH, INDEX_PATH
 from radaudit.models.presets import PRESETS
-from radaudit.pipelines.cli import main
+from radaudit.pipelines.cli import main, print_truth_scores
 
 
 def test_synth_rejects_bad_arguments_with_a_message(tmp_path, capsys):
@@ -193,6 +193,10 @@ def test_demo_runs_the_whole_audit_and_scores_it_against_the_truth(tmp_path, cap
     assert (tmp_path / "demo" / "data" / "reports" / "mislabel_report.csv").exists()
     assert "making the synthetic demo export" in out and "mislabel_report.html" in out
     assert "against the synthetic ground truth (" in out and "mislabel_precision_at_k" in out
+    assert "report order" in out and "plain self-confidence" in out
+    device_rows = [line.split() for line in out.splitlines() if line.startswith("    all ")]  # no device column
+    images = [line.split()[1] for line in out.splitlines() if line.startswith("  images ")]
+    assert len(device_rows) == 1 and device_rows[0][1] == images[0]
     assert "demo wall time:" in out and "on a GPU (one H200" in out
     methods = PRESETS["cpu-demo"].methods
     accuracy = [line.split() for line in out.splitlines() if line.strip().startswith(tuple(f"{m} " for m in
@@ -209,3 +213,25 @@ def test_embed_crop_outside_zero_to_one_is_refused_before_any_work(tmp_path, cap
     assert exc.value.code == 2
     assert "--embed-crop: the value must be a share in (0, 1], e.g. 0.875; got 2.0" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()
+
+
+def test_demo_prints_the_figures_then_one_line_per_device(capsys):
+    device = {"images": 40, "in_domain": 38, "labelled_in_domain": 36, "truly_mislabelled": 4, "precision_at_k": 0.75,
+              "false_flags": 1, "false_flag_rate": 1 / 36, "ood_false_positives": 0, "ood_fp_share": 0.0,
+              "out_of_domain": 2, "ood_recall": 1.0, "ood_fp_ok": True, "false_flags_ok": True}
+    blank = {**device, "images": 10, "in_domain": 10, "truly_mislabelled": 0, "precision_at_k": float("nan"),
+             "false_flags": 3, "false_flag_rate": 0.3, "ood_false_positives": 1, "ood_fp_share": 0.1,
+             "out_of_domain": 0, "ood_recall": float("nan"), "ood_fp_ok": False, "false_flags_ok": False}
+    print_truth_scores({"images": 50, "mislabel_precision_at_k": 0.75, "truly_mislabelled": 4,
+                        "report_precision_at_k": 0.5, "self_confidence_precision_at_k": 1.0, "false_flags": 4,
+                        "false_flag_rate": 0.087, "false_flag_limit": 0.14,
+                        "per_device": {"cr_reader": device, "bedside": blank}})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:4] == ["  images                         50", "  mislabel_precision_at_k        0.750",
+                         "  truly_mislabelled              4", "  false_flags                    4"]
+    assert lines[4] == ("  precision@k of wrong labels (k = 4): label quality 0.750  report order 0.500  "
+                        "plain self-confidence 1.000")
+    assert "1.5 x 0.087 + 0.01 = 0.140" in lines[5]
+    assert lines[7].split() == ["cr_reader", "40", "4", "0.750", "1", "(0.028)", "ok", "0", "(0.000)", "ok", "1.000"]
+    assert lines[8].split() == ["bedside", "10", "0", "nan", "3", "(0.300)", "OVER", "1", "(0.100)", "OVER", "nan"]
+    assert len(lines) == 9

@@ -160,3 +160,21 @@ def test_tiny_label_qualities_stay_apart_and_warnings_head_the_html(tmp_path: Pa
     html_text = files.html_path.read_text(encoding="utf-8")
     assert html_text.index("features too weak to audit: 41.0% agreement") < html_text.index("<table")
     assert 'class="warning"' not in write_report(issues, meta, tmp_path, class_names=NAMES).html_path.read_text()
+
+
+def test_an_uncertain_suggestion_shows_its_runner_up(tmp_path: Path) -> None:
+    issues, meta = make_inputs(tmp_path)
+    issues["second_region"] = [1, 2, 3, 0, 3, 0]
+    issues["second_probability"] = [0.05, 0.04, 0.2, 0.25, 0.02, 0.1]
+    issues.loc[1, ["suggested_probability", "second_probability"]] = [0.48, 0.41]  # knee or hand, nearly tied
+    files = write_report(issues, meta, tmp_path, class_names=NAMES)
+    df = pd.read_csv(files.csv_path, encoding="utf-8-sig", keep_default_na=False).set_index("sop_instance_uid")
+    assert df.loc["1.2.826.0.1.1", ["suggested_region", "second_region"]].tolist() == ["knee", "hand"]
+    assert float(df.loc["1.2.826.0.1.1", "second_probability"]) == pytest.approx(0.41)
+    assert df.loc["1.2.826.0.1.3", "second_region"] == ""  # out of domain: no region at all
+    page = files.html_path.read_text(encoding="utf-8")
+    assert page.count('class="second"') == 1 and 'or hand 0.41</small>' in page  # the confident ones show none
+    # An issues table of an older version, without the runner-up, still makes a report.
+    old = write_report(issues.drop(columns=["second_region", "second_probability"]), meta, tmp_path / "old",
+                       class_names=NAMES, thumbnail=0)
+    assert (pd.read_csv(old.csv_path, encoding="utf-8-sig", keep_default_na=False)["second_region"] == "").all()

@@ -149,9 +149,15 @@ def test_audit_report_and_truth_scores(embedded, tmp_path):
     scores = stages.evaluate_against_truth(data, truth)
     assert scores["images"] == len(ts.uids) and scores["truly_mislabelled"] > 0
     assert scores["flagged_mislabel"] == int((issues["issue"] == "mislabel").sum())
-    for key in ("mislabel_precision_at_k", "ood_recall", "top20_precision"):
+    for key in ("mislabel_precision_at_k", "ood_recall", "top20_precision", "report_precision_at_k",
+                "self_confidence_precision_at_k"):
         assert 0.0 <= scores[key] <= 1.0
-    assert scores == stages.score_issues(pd.read_parquet(data / layout.ISSUES_PATH), ts, truth)
+    assert list(scores["per_device"]) == ["legacy"] and scores["per_device"]["legacy"]["images"] == len(ts.uids)
+    probs, rows = stages.load_probabilities(data, "ensemble")
+    assert rows["sop_instance_uid"].tolist() == ts.uids
+    again = stages.score_issues(pd.read_parquet(data / layout.ISSUES_PATH), ts, truth, probs=probs)
+    assert scores.keys() == again.keys()
+    np.testing.assert_equal(scores, again)  # NaN equals NaN (e.g. mislabel_precision when nothing is flagged)
 
 
 def test_evaluate_label_fractions_scores_the_features_on_true_labels(embedded):
