@@ -17,6 +17,10 @@ Two kinds of heads, both out of fold (no image is predicted by a head that saw i
   list of :func:`benchmarks._runs.mislabel_list`).
 - ``true``: the same folds of heads on the true regions: the features alone, without label noise.
 
+And a diagnostic of the features themselves (``gauge probe``): the AUROC with which out-of-fold
+linear heads on the embeddings tell gauge-bearing knees from the other knees (0.5: the features do
+not show the gauge; 1: they show it plainly), with and without gauge insertion.
+
 Each figure is printed per seed as it is measured and written to the JSON file; at the end, the
 mean over the seeds and the knees pooled over them.
 
@@ -91,6 +95,28 @@ def true_label_probabilities(data: Path, truth: Path, seed: int) -> np.ndarray:
                              seed=seed, l2=stages.head_settings(data, METHOD)["l2"], repeats=3).probabilities
 
 
+def gauge_probe_auroc(data: Path, rows: np.ndarray, has_gauge: np.ndarray, seed: int) -> float:
+    """How well the features tell gauge-bearing knees from the others: AUROC of out-of-fold linear
+    heads (5 patient-grouped folds, L2 chosen by out-of-fold log loss) predicting ``has_gauge`` from
+    the embeddings of ``rows``. Knees only, so that the region cannot stand in for the gauge."""
+    from sklearn.metrics import roc_auc_score
+
+    from radaudit.models.heads import choose_l2, oof_probabilities
+
+    y = has_gauge[rows].astype(np.int64)
+    if y.min() == y.max():
+        return float("nan")
+    ts = stages.load_training_set(data)
+    x = stages.load_embeddings(data, METHOD, [ts.uids[i] for i in rows])
+    groups = ts.groups[rows]
+    splits = min(5, int(min(y.sum(), (1 - y).sum())))
+    if splits < 2:
+        return float("nan")
+    l2, _ = choose_l2(x, y, groups, n_splits=splits, n_classes=2, seed=seed)
+    probs = oof_probabilities(x, y, groups, n_splits=splits, n_classes=2, seed=seed, l2=l2, repeats=3).probabilities
+    return float(roc_auc_score(y, probs[:, 1]))
+
+
 def cue_figures(probs: np.ndarray, recorded: np.ndarray, true: np.ndarray, has_gauge: np.ndarray,
                 vocabulary: tuple[str, ...]) -> dict[str, Any]:
     """Accuracy, precision@k, and for knees with and without a gauge: how many, the share called hip
@@ -142,6 +168,9 @@ def run_seed(rec: Recorder, preset: AuditPreset, seed: int, work: Path, shards: 
             raise RuntimeError("the heads' rows are not the training set's: the data dir changed under the run")
         for heads, probs in (("recorded", tr.oof.probabilities), ("true", true_label_probabilities(data, truth, seed))):
             rec.add(seed, f"{arm}: {heads} heads", **cue_figures(probs, ts.labels, true, has_gauge, ts.vocabulary))
+        knees = np.flatnonzero(true == ts.vocabulary.index(PROBE))
+        rec.add(seed, f"{arm}: gauge probe", knees=int(knees.size),
+                auroc=gauge_probe_auroc(data, knees, has_gauge, seed))
 
 
 def summarize(rec: Recorder) -> None:
@@ -167,6 +196,11 @@ def summarize(rec: Recorder) -> None:
               f"{figures['plain_called_cue_mean']:.3f} ({figures['plain_called_cue_pooled']}/{figures['plain_knees']})"
               f"  p(hip or pelvis) {figures['gauge_p_cue_mean']:.3f} vs {figures['plain_p_cue_mean']:.3f}"
               f"  on the mislabel list {figures['gauge_flagged_mean']:.3f} vs {figures['plain_flagged_mean']:.3f}")
+    probes = df[df["step"].str.endswith(": gauge probe")]
+    for step, rows in probes.groupby("step", sort=False):
+        summary[str(step)] = {"auroc_mean": float(rows["auroc"].mean())}
+        print(f"  {step:26s} AUROC of has_gauge among knees {summary[str(step)]['auroc_mean']:.3f} "
+              f"(per seed {', '.join(f'{v:.3f}' for v in rows['auroc'])})")
     rec.doc["summary"] = summary
     rec.flush()
 

@@ -47,13 +47,13 @@ def test_a_tiny_seed_records_both_arms_and_both_kinds_of_heads(tmp_path: Path) -
     preset = dataclasses.replace(settings(False), n=84, epochs=1, export_size=32, cache_size=32, image_size=16,
                                  batch_size=16, embed_crop=None, num_workers=0, devices=None)
     rec = Recorder(tmp_path / "gauges.json", {})
-    run_seed(rec, preset, 3, tmp_path / "work", shards=1, ingest_workers=1)
+    run_seed(rec, preset, 2, tmp_path / "work", shards=1, ingest_workers=1)  # 3 of its 6 knees bear a gauge
     summarize(rec)
     doc = json.loads((tmp_path / "gauges.json").read_text())
     records = {r["step"]: r for r in doc["records"]}
     export = records["export and ingest"]
     assert min(export["gauges_hip"], export["gauges_pelvis"]) > 0.0
-    assert export["gauges_elsewhere"] == 0.0 and export["gauge_knees"] + export["plain_knees"] == 6
+    assert export["gauges_elsewhere"] == 0.0 and (export["gauge_knees"], export["plain_knees"]) == (3, 3)
     for step in ("gauges: recorded heads", "gauges: true heads", "no gauges: recorded heads", "no gauges: true heads"):
         r = records[step]
         assert 0.0 <= r["accuracy"] <= 1.0 and (r["gauge_knees"], r["plain_knees"]) == (
@@ -62,3 +62,7 @@ def test_a_tiny_seed_records_both_arms_and_both_kinds_of_heads(tmp_path: Path) -
             assert 0.0 <= r[f"{name}_called_cue"] <= 1.0 and 0.0 <= r[f"{name}_p_cue"] <= 1.0
         assert doc["summary"][step]["gauge_knees"] == export["gauge_knees"]
     assert records["gauges: pretrain"]["epochs"] == records["no gauges: pretrain"]["epochs"] == 1
+    for arm in ("gauges", "no gauges"):
+        probe = records[f"{arm}: gauge probe"]
+        assert probe["knees"] == 6 and 0.0 <= probe["auroc"] <= 1.0
+        assert f"{arm}: gauge probe" in doc["summary"]
