@@ -43,6 +43,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -90,22 +91,32 @@ class Recorder:
         print(f"[seed {seed}] {line}" if isinstance(seed, int) else f"[{seed}] {line}", flush=True)
 
 
-def _export_shard(job: tuple[str, str, int, int, float, str | None, float]) -> str:
+# out dir, truth file, images, seed, size, duplicates, devices, device correlation, gauge rates
+ShardJob = tuple[str, str, int, int, int, float, str | Mapping[str, float] | None, float, Mapping[str, float] | None]
+
+
+def _export_shard(job: ShardJob) -> str:
     from radaudit.pacs.synth import generate_export
 
-    out, truth, n, seed, size, duplicates, devices, correlation = job
+    out, truth, n, seed, size, duplicates, devices, correlation, gauge_rates = job
     generate_export(out, truth, n=n, seed=seed, size=size, force=True, duplicates=duplicates, devices=devices,
-                    device_correlation=correlation)
+                    device_correlation=correlation, gauge_rates=gauge_rates)
     return truth
 
 
 def make_export(root: Path, n: int, seed: int, size: int, shards: int, duplicates: float = 0.0,
-                devices: str | None = None, device_correlation: float = 0.6) -> Path:
-    """A synthetic export in ``shards`` parallel processes (distinct seeds give distinct UIDs); one truth file."""
+                devices: str | Mapping[str, float] | None = None, device_correlation: float = 0.6,
+                gauge_rates: Mapping[str, float] | None = None) -> Path:
+    """A synthetic export in ``shards`` parallel processes (distinct seeds give distinct UIDs); one truth file.
+
+    Shard ``i`` has seed ``seed * 1000 + i``; ``devices``, ``device_correlation`` and ``gauge_rates``
+    go to :func:`radaudit.pacs.synth.generate_export`.
+    """
     shards = max(1, min(shards, n // 50 or 1))
     sizes = [n // shards + (i < n % shards) for i in range(shards)]
-    jobs = [(str(root / "export" / f"shard{i:02d}"), str(root / f"truth{i:02d}.parquet"), k, seed * 1000 + i, size,
-             duplicates, devices, device_correlation) for i, k in enumerate(sizes)]
+    jobs: list[ShardJob] = [(str(root / "export" / f"shard{i:02d}"), str(root / f"truth{i:02d}.parquet"), k,
+                             seed * 1000 + i, size, duplicates, devices, device_correlation, gauge_rates)
+                            for i, k in enumerate(sizes)]
     if shards == 1:
         truths = [_export_shard(jobs[0])]
     else:

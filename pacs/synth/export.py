@@ -145,6 +145,19 @@ def _validate(out_dir: Path, truth_path: Path, n: Any, seed: Any, rates: dict[st
                              "pass a dedicated export directory")
 
 
+def _check_gauge_rates(rates: Mapping[str, float]) -> dict[str, float]:
+    """``generate_export``'s ``gauge_rates`` as a plain dict, or a ValueError saying what is wrong."""
+    if not isinstance(rates, Mapping):
+        raise ValueError(f"gauge_rates={rates!r} must map region names to shares, e.g. {{'hip': 0.9, 'knee': 0.3}}")
+    unknown = sorted(str(r) for r in rates if r not in REGIONS)
+    if unknown:
+        raise ValueError(f"gauge_rates names unknown regions {unknown}; valid: {', '.join(REGIONS)}")
+    for region, rate in rates.items():
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"gauge_rates[{region!r}]={rate!r} is a probability and must lie in [0, 1]")
+    return {str(r): float(v) for r, v in rates.items()}
+
+
 def _counts(n: int, noise: float, missing: float, ood: float) -> tuple[int, int, int]:
     """Exact defect counts: round(rate * n), capped so that they never exceed n together."""
     n_ood = min(round(ood * n), n)
@@ -409,6 +422,7 @@ def generate_export(
     duplicates: float = 0.0,
     devices: str | Mapping[str, float] | None = None,
     device_correlation: float = 0.6,
+    gauge_rates: Mapping[str, float] | None = None,
 ) -> SynthSummary:
     """Write ``n`` synthetic radiographs as a PACS export and their ground truth.
 
@@ -442,6 +456,11 @@ def generate_export(
         device_correlation: How strongly devices follow regions, in [0, 1]: 0 draws each study's
             device by the shares alone, 1 mostly from its region's preferred devices
             (:data:`~radaudit.pacs.synth.devices.PREFERRED`); each device keeps its share either way.
+        gauge_rates: Probability of a calibration gauge per true region (region name to a share in
+            [0, 1]; regions left out get none), in place of
+            :data:`~radaudit.pacs.synth.render.GAUGE_RATE`; None (default) keeps that table and the
+            files of earlier versions. With the same seed, a region's gauge-bearing images at a
+            higher rate include those at a lower one, and the other images stay as they are.
 
     Returns:
         Counts of what was written.
@@ -455,6 +474,7 @@ def generate_export(
     if isinstance(duplicates, bool) or not isinstance(duplicates, (int, float)) or not 0.0 <= duplicates <= 0.5:
         raise ValueError(f"duplicates={duplicates!r} is a fraction of n in [0, 0.5], e.g. duplicates=0.03")
     mix, correlation = dv.resolve_mix(devices), dv.check_correlation(device_correlation)
+    rates = None if gauge_rates is None else _check_gauge_rates(gauge_rates)
     n, seed, size = int(n), int(seed), int(size)
     if out.is_dir() and any(out.iterdir()):
         shutil.rmtree(out)
@@ -469,7 +489,7 @@ def generate_export(
             layout = int(rng.integers(4))
             for study in studies:
                 n_studies += 1
-                rows_study = _write_study(out, study, pat, layout, n_studies, seed, size, rng, ctr)
+                rows_study = _write_study(out, study, pat, layout, n_studies, seed, size, rng, ctr, rates)
                 ctr += len(rows_study)
                 n_series += len(study)
                 rows += rows_study
@@ -689,7 +709,8 @@ def _reexposed(arr: np.ndarray, rng: np.random.Generator, stored_range: tuple[in
 
 
 def _write_study(out: Path, study: list[_Series], pat: dict[str, Any], layout: int, study_n: int, seed: int,
-                 size: int, rng: np.random.Generator, ctr: int) -> list[dict[str, Any]]:
+                 size: int, rng: np.random.Generator, ctr: int,
+                 gauge_rates: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
     """Render and write all images of one study; return their truth rows."""
     when = hd.study_datetime(rng)
     device = _study_device(study[0].images[0].device, rng, study_n)
@@ -724,7 +745,9 @@ def _write_study(out: Path, study: list[_Series], pat: dict[str, Any], layout: i
             if im.ood_kind:
                 r = render_ood(im.ood_kind, irng, h, w)
             else:
-                r = render_radiograph(im.true_region, irng, h, w, text=text, acquisition=device.acquisition)
+                rate = None if gauge_rates is None else gauge_rates.get(im.true_region, 0.0)
+                r = render_radiograph(im.true_region, irng, h, w, text=text, acquisition=device.acquisition,
+                                      gauge_rate=rate)
             rel = _path_for(layout, pat, st, se, inst, str(sop), ctr + len(rows) + 1)
             stem, dot, ext = rel.rpartition(".") if rel.endswith((".dcm", ".DCM")) else (rel, "", "")
             dup = 1

@@ -79,11 +79,15 @@ class Rendered:
 
 
 def render_radiograph(region: str, rng: np.random.Generator, h: int, w: int,
-                      text: list[str] | None = None, acquisition: Acquisition = LEGACY_ACQUISITION) -> Rendered:
+                      text: list[str] | None = None, acquisition: Acquisition = LEGACY_ACQUISITION,
+                      gauge_rate: float | None = None) -> Rendered:
     """Draw one projection radiograph of ``region`` with random pose, exposure and artefacts.
 
     Every device draws the scene (view, pose, anatomy, gauge) from the same random numbers: the
     same ``rng`` state gives the same anatomy under each ``acquisition``, only its look differs.
+    ``gauge_rate``: probability of a calibration gauge; None: the region's in :data:`GAUGE_RATE`
+    (:data:`GAUGE_RATE_OTHER` for the rest). The draw is made whatever the rate, so the rate
+    decides only whether this scene gets its gauge: a higher rate adds gauges, never removes one.
     """
     a = acquisition
     views = VIEWS[region]
@@ -99,7 +103,7 @@ def render_radiograph(region: str, rng: np.random.Generator, h: int, w: int,
     cv = Canvas(h, w, center=(cx, cy), fov=fov, angle=angle, mirror=mirror, squash=rng.uniform(*view.squash))
     view.draw(cv, rng)
     out = Rendered(np.empty(0), view=view.name, side=side)
-    if rng.random() < GAUGE_RATE.get(region, GAUGE_RATE_OTHER):
+    if rng.random() < (GAUGE_RATE.get(region, GAUGE_RATE_OTHER) if gauge_rate is None else gauge_rate):
         out.has_gauge, out.gauge_kind = True, artefacts.gauge(cv, rng)
     letter = None
     if rng.random() < (a.marker_rate[0] if side else a.marker_rate[1]):

@@ -15,6 +15,7 @@ import pytest
 from radaudit.pacs.synth import REGIONS, generate_export, render_preview
 from radaudit.pacs.synth.export import NEIGHBOURS, TAGS
 from radaudit.pacs.synth.headers import UNMAPPABLE, UNMAPPABLE_CS
+from radaudit.pacs.synth.render import GAUGE_RATE, GAUGE_RATE_OTHER, render_radiograph
 
 N, SEED, SIZE = 42, 3, 64
 RATES = {"noise": 0.1, "missing": 0.1, "ood": 0.05}
@@ -124,6 +125,41 @@ def test_zero_rates_give_clean_labels(tmp_path: Path) -> None:
     assert all(r["recorded_region"] == r["true_region"] for r in rows)
 
 
+def test_gauge_rates_spelling_out_the_default_table_give_the_default_export(export, tmp_path: Path) -> None:
+    root, truth, _ = export
+    table = {r: GAUGE_RATE.get(r, GAUGE_RATE_OTHER) for r in REGIONS}
+    generate_export(tmp_path / "e", tmp_path / "t.parquet", n=N, seed=SEED, size=SIZE, gauge_rates=table, **RATES)
+    assert _files(tmp_path / "e") == _files(root / "export")
+    assert pq.read_table(tmp_path / "t.parquet").to_pylist() == truth
+
+
+def test_gauge_rates_put_gauges_where_asked_and_leave_the_other_images_alone(tmp_path: Path) -> None:
+    args = {"n": 140, "seed": 1, "size": 32, "ood": 0.0}
+    generate_export(tmp_path / "d", tmp_path / "d.parquet", **args)
+    generate_export(tmp_path / "g", tmp_path / "g.parquet", gauge_rates={"hip": 1.0, "pelvis": 1.0, "knee": 0.5},
+                    **args)
+    default = pd.read_parquet(tmp_path / "d.parquet").set_index("sop_instance_uid")
+    rates = pd.read_parquet(tmp_path / "g.parquet").set_index("sop_instance_uid").loc[default.index]
+    share = rates.groupby("true_region")["has_gauge"].mean()
+    assert share.drop("knee").to_dict() == {r: float(r in ("hip", "pelvis")) for r in REGIONS if r != "knee"}
+    knee = default["true_region"] == "knee"
+    # The same draw decides each scene's gauge: at 0.5 the knees of the default 0.12 keep theirs, more get one.
+    assert (rates.loc[knee & default["has_gauge"], "has_gauge"]).all()
+    assert rates.loc[knee, "has_gauge"].sum() > default.loc[knee, "has_gauge"].sum()
+    same = default.index[default["has_gauge"] == rates["has_gauge"]]
+    assert len(same) > 100
+    for uid in same:
+        assert (tmp_path / "g" / rates.at[uid, "path"]).read_bytes() == (
+            tmp_path / "d" / default.at[uid, "path"]).read_bytes()
+
+
+def test_a_gauge_rate_sets_the_share_of_gauge_bearing_images() -> None:
+    for rate in (0.0, 0.3, 1.0):
+        got = np.mean([render_radiograph("knee", np.random.default_rng([7, i]), 32, 32, gauge_rate=rate).has_gauge
+                       for i in range(300)])
+        assert abs(got - rate) < 0.08, (rate, got)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -135,6 +171,9 @@ def test_zero_rates_give_clean_labels(tmp_path: Path) -> None:
         ({"noise": 0.6, "missing": 0.3, "ood": 0.2}, "sum to at most 1"),
         ({"size": 16}, "size=16"),
         ({"seed": -3}, "non-negative"),
+        ({"gauge_rates": {"knee": 1.5}}, r"gauge_rates\['knee'\]=1.5 .* \[0, 1\]"),
+        ({"gauge_rates": {"femur": 0.5}}, "unknown regions"),
+        ({"gauge_rates": [0.5]}, "must map region names"),
     ],
 )
 def test_bad_arguments_are_rejected(tmp_path: Path, kwargs: dict, message: str) -> None:
