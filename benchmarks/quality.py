@@ -179,8 +179,11 @@ def real_figures(issues: pd.DataFrame, truth: Path) -> dict[str, Any]:
     group = duplicate_groups(list(rows.index), [(u, d) for u, d in rows["duplicate_of"].items() if isinstance(d, str)])
     image = real["duplicate_of"].where(real["duplicate_of"].notna(), pd.Series(real.index, index=real.index))
     own = {g: set(image.index[image == g]) for g in image.unique()}
-    members = {u: {v for v in rows.index if group[v] == group[u]} for u in own}  # 2 images: a scan each
+    # An original the audit never saw (its file failed the ingest) has no group: its image is not grouped right.
+    members = {u: {v for v in rows.index if group[v] == group[u]} if u in group else set() for u in own}
     return {"real_out_of_domain": f"{int((got == 'out_of_domain').sum())}/{len(real)}",
+            "real_not_audited": sorted(real.loc[got.index[got.isna() & ~real.index.isin(rows.index)], "path"]
+                                       .str.split("/").str[-1]),
             "real_mislabel": f"{int((got == 'mislabel').sum())}/{len(real)}",
             "real_issue": {real.loc[u, "path"].split("/")[-1]: (got[u] if isinstance(got[u], str) else "")
                            for u in real.index},

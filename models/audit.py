@@ -172,6 +172,11 @@ def estimate_wrong_labels(probs: np.ndarray, labels: np.ndarray, *, method: str 
     the heads find likely ``confusable_share`` of the time, else uniformly (0: 67, 58, 56; 0.5:
     101, 95, 95 on the same three).
 
+    The estimate is an upper bound (right labels below a cut count as wrong), and a cut needs 20
+    label qualities below it, so even clean labels get a count of about 20 (see
+    :func:`_mixture_proportion`). Where no cut has that many (under 40 labelled images), the
+    count is cleanlab's ``off_diagonal`` instead.
+
     ``off_diagonal``, ``off_diagonal_calibrated``: cleanlab's ``count.num_label_issues``.
 
     Args:
@@ -182,16 +187,28 @@ def estimate_wrong_labels(probs: np.ndarray, labels: np.ndarray, *, method: str 
 
     Returns:
         An integer in [0, N]; 0 when fewer than two classes are recorded.
+
+    Raises:
+        ValueError: For probabilities and labels of different lengths, a label outside the
+            columns, or an unknown ``method``.
     """
     method = _lookup(FLAG_COUNTS, method, "flag_count")
     if not 0.0 <= confusable_share <= 1.0:
         raise ValueError(f"confusable_share must be in [0, 1], e.g. {CONFUSABLE_SHARE}; got {confusable_share!r}")
     y = np.asarray(labels, dtype=np.int64)
-    if y.size == 0 or np.unique(y).size < 2:
+    if y.size == 0:
         return 0
-    p = np.asarray(probs, dtype=np.float64)
+    p = check_probabilities(probs, y.size, name="probs")
+    if y.ndim != 1 or (y.size and (y.min() < 0 or y.max() >= p.shape[1])):
+        raise ValueError(f"labels must be class indices in [0, {p.shape[1]}), one per row of probs "
+                         "(leave out the rows without a label)")
+    if np.unique(y).size < 2:
+        return 0
     if method == "mixture_proportion":
-        return int(round(_mixture_proportion(p, y, confusable_share) * y.size))
+        share = _mixture_proportion(p, y, confusable_share)
+        if share is not None:
+            return int(round(share * y.size))
+        method = "off_diagonal"
     from cleanlab.count import num_label_issues
 
     # cleanlab wants every class of the columns recorded at least once; count over the classes present.
@@ -202,12 +219,14 @@ def estimate_wrong_labels(probs: np.ndarray, labels: np.ndarray, *, method: str 
 
 
 def _mixture_proportion(p: np.ndarray, y: np.ndarray, confusable_share: float, *, min_rows: int = 20,
-                        cuts: int = 50) -> float:
-    """``min_t F_obs(t) / F_wrong(t)`` (see :func:`estimate_wrong_labels`), capped at 1.
+                        cuts: int = 50) -> float | None:
+    """``min_t F_obs(t) / F_wrong(t)`` (see :func:`estimate_wrong_labels`), capped at 1; None
+    when no cut qualifies.
 
     Only cuts with at least ``min_rows`` label qualities below them count: at the very lowest
     cuts the ratio is the noise of a handful of images (on a demo-sized export the 1% cut, 7
-    images, gave 0.06 for a true share of 0.086; cuts of 20 images and more, 0.09-0.11).
+    images, gave 0.06 for a true share of 0.086; cuts of 20 images and more, 0.09-0.11). Hence
+    a floor of about ``min_rows / N`` on clean labels.
     """
     n, k = p.shape
     rows = np.arange(n)
@@ -222,13 +241,13 @@ def _mixture_proportion(p: np.ndarray, y: np.ndarray, confusable_share: float, *
     alt_sorted = alt.ravel()[order]
     weight_cum = np.cumsum(weight.ravel()[order]) / n  # F_wrong at each sorted alternative's value
     lowest = min(0.5, max(0.01, min_rows / n))
-    best = 1.0
+    best: float | None = None
     for t in np.unique(np.quantile(quality, np.linspace(lowest, 0.5, cuts))):
         at = np.searchsorted(alt_sorted, t, side="right")
         f_wrong = float(weight_cum[at - 1]) if at else 0.0
         below = int((quality <= t).sum())
-        if below >= min(min_rows, n) and f_wrong > 0.0:
-            best = min(best, below / n / f_wrong)
+        if below >= min_rows and f_wrong > 0.0:
+            best = min(1.0 if best is None else best, below / n / f_wrong)
     return best
 
 
@@ -263,7 +282,8 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
         member_probs: {method: Shape: (N, K)}, each ensemble member's own probabilities; the
             column ``members_agree`` says how many of them suggest the ensemble's region.
         header_reasons: N strings from :func:`radaudit.models.ood.header_evidence` ("" = none).
-        pixel_feats: N rows of :func:`radaudit.models.ood.pixel_features` (columns ``PIXEL_FEATURES``).
+        pixel_feats: N rows of :func:`radaudit.models.ood.pixel_features` (columns ``PIXEL_COLUMNS``;
+            without ``flatness`` the blank-exposure evidence is off).
         filter_by: cleanlab ``find_label_issues`` method, one of ``FILTER_BY``.
         quality_method: cleanlab ``get_label_quality_scores`` method, one of ``QUALITY_METHODS``.
         ood_threshold: ``ood_score`` above which an image is out of domain, in (0, 1); default 0.5
@@ -361,7 +381,8 @@ def find_issues(probs: np.ndarray, labels: np.ndarray, embeddings: np.ndarray, *
     is_ood = ood > threshold
     quality[is_ood] = np.nan
 
-    # 4. Mislabels: a prefix of the label-quality order, as long as cleanlab's count of wrong labels.
+    # 4. Mislabels: a prefix of the label-quality order, as long as the estimated count of wrong labels;
+    # a row of it whose most likely region is its own label has nothing to suggest and is not flagged.
     is_copy = np.array([d is not None for d in dup_of], dtype=bool)
     labelled_in = np.flatnonzero((y >= 0) & ~is_ood)
     estimated = estimate_wrong_labels(p[labelled_in], y[labelled_in], method=flag_count)

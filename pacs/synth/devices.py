@@ -185,12 +185,12 @@ def legacy_profile(manufacturer: str, model: str, modality: str, station: str) -
 
 
 def resolve_mix(devices: str | Mapping[str, float] | None) -> dict[str, float] | None:
-    """The shares per profile name of a ``devices`` argument (None stays None).
+    """The shares per profile name of a ``devices`` argument (None and ``"legacy"``: None, the legacy style).
 
     Raises:
         ValueError: For an unknown name or invalid shares, with the valid choices.
     """
-    if devices is None:
+    if devices is None or devices == LEGACY:
         return None
     if isinstance(devices, str):
         if devices in MIXES:
@@ -198,7 +198,7 @@ def resolve_mix(devices: str | Mapping[str, float] | None) -> dict[str, float] |
         if devices in PROFILES:
             return {devices: 1.0}
         raise ValueError(f"devices={devices!r}: give a mix ({', '.join(MIXES)}), one profile name "
-                         f"({', '.join(PROFILES)}), a mapping of profile names to shares, or None for the legacy style")
+                         f"({', '.join(PROFILES)}), a mapping of profile names to shares, or None (or 'legacy') for the legacy style")
     if not isinstance(devices, Mapping) or not devices:
         raise ValueError(f"devices={devices!r}: give a mix name such as {MIXED!r}, a profile name or a non-empty "
                          "mapping of profile names to shares, e.g. {'cr_reader': 0.5, 'dr_room': 0.5}")

@@ -447,8 +447,9 @@ def generate_export(
             (:data:`HARD_NEGATIVE_KINDS`: the other side of the same patient, a follow-up of the
             same region; the truth's ``hard_negative_of`` names the image they resemble).
         devices: Acquisition devices (:mod:`radaudit.pacs.synth.devices`): None keeps the single
-            legacy style (the files of earlier versions, byte for byte; the truth's ``device`` is
-            ``"legacy"``); ``"mixed"`` (:data:`~radaudit.pacs.synth.devices.MIXED`) the five
+            legacy style (the in-domain files of earlier versions, byte for byte; the blank
+            exposures among the out-of-domain images now come in three variants, and the truth
+            gained ``device``, ``"legacy"``); ``"mixed"`` (:data:`~radaudit.pacs.synth.devices.MIXED`) the five
             profiles of :data:`~radaudit.pacs.synth.devices.PROFILES` in their shares, the minority
             device with 3.5% of the images; a profile name, all images from it; or a mapping of
             profile names to shares. One device per study; the truth's ``device`` names it, and

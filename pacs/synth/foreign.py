@@ -104,12 +104,17 @@ def _read(f: str | os.PathLike[str]) -> Dataset:
     return ds
 
 
+_OTHER_IDENTIFIERS = ("OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence", "PatientBirthDate",
+                      "InstitutionName", "InstitutionAddress", "ReferringPhysicianName", "StudyID")
+
+
 def _new_patient(ds: Dataset, patient_id: str, patient_name: str, accession: str) -> None:
-    """Give ``ds`` a fresh patient and accession; drop the original's other identifiers."""
+    """Give ``ds`` a fresh patient and accession; drop the original's other identifiers (birth
+    date, other IDs and names, institution, referring physician, a study ID that repeats the patient's)."""
     ds.PatientID = patient_id
     ds.PatientName = patient_name
     ds.AccessionNumber = accession
-    for keyword in ("OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence"):
+    for keyword in _OTHER_IDENTIFIERS:
         if keyword in ds:
             delattr(ds, keyword)
 

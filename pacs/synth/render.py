@@ -42,7 +42,7 @@ class Acquisition:
         film_border: Draw a scanner's border around the image (digitised film).
         clip: Clip the image to [0, 1]. The legacy style does not: its collimator scatter fill
             reaches 1.05 over bright anatomy, which wraps around in a few stored files; left so
-            that legacy exports stay byte-identical.
+            that legacy in-domain images stay byte-identical to earlier versions'.
     """
 
     processing: artefacts.Processing = artefacts.LEGACY_PROCESSING

@@ -348,8 +348,8 @@ def audit(data_dir: str | os.PathLike[str], methods: Sequence[str], *, members: 
 
     Args:
         methods: Whose embeddings feed the out-of-domain evidence.
-        members: Whose own probabilities must agree with a mislabel's suggestion (default: the
-            methods the ensemble gave a weight, see :func:`combine`).
+        members: Whose own probabilities fill the ``members_agree`` column (default: the methods
+            the ensemble gave a weight, see :func:`combine`); they do not decide the flags.
         options: For :func:`radaudit.models.audit.find_issues`.
     """
     from radaudit.models.audit import combine_embeddings, find_issues

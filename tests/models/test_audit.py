@@ -258,6 +258,18 @@ def test_mixture_proportion_count_holds_for_weak_and_strong_heads(signal: float)
         estimate_wrong_labels(p, labels, confusable_share=1.5)
 
 
+def test_mixture_count_on_few_images_falls_back_to_confident_learning_and_bad_input_is_refused() -> None:
+    """Under 40 labelled images no cut holds 20 qualities: cleanlab's count, not every image."""
+    p, labels, y = _noisy(30, 3, 0.0, 6.0, seed=15)
+    assert (labels == y).all()
+    assert estimate_wrong_labels(p, labels) == estimate_wrong_labels(p, labels, method="off_diagonal") <= 1
+    p, labels, _ = _noisy(200, 5, 0.1, 6.0, seed=16)
+    with pytest.raises(ValueError, match="class indices"):
+        estimate_wrong_labels(p, np.where(np.arange(200) == 3, -1, labels))
+    with pytest.raises(ValueError):
+        estimate_wrong_labels(p[:150], labels)
+
+
 def test_copies_under_another_patient_rank_first_and_same_patient_copies_last(audited: dict) -> None:
     df0 = audited["df"]
     n = len(df0)

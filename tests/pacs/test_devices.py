@@ -354,3 +354,13 @@ def test_bad_device_arguments_are_rejected(tmp_path: Path, kwargs: dict, message
     with pytest.raises(ValueError, match=message):
         generate_export(tmp_path / "e", tmp_path / "t.parquet", n=5, seed=0, size=32, **kwargs)
     assert not (tmp_path / "e").exists()
+
+
+def test_the_legacy_name_is_the_single_older_style_everywhere() -> None:
+    """``radaudit synth --devices legacy`` and ``radaudit demo --devices legacy`` mean the same export."""
+    from radaudit.pacs.synth.devices import resolve_mix
+
+    assert resolve_mix(LEGACY) is None and resolve_mix(None) is None
+    assert resolve_mix(MIXED) == dict(MIXES[MIXED])
+    with pytest.raises(ValueError, match="'legacy'"):
+        resolve_mix("vintage")

@@ -104,6 +104,8 @@ def test_copies_keep_their_pixels_under_fresh_identifiers(ingested: dict) -> Non
         assert copy.file_meta.MediaStorageSOPInstanceUID == copy.SOPInstanceUID == _uid(rows, name)
         assert "RG1" not in str(copy.PatientName) + copy.PatientID + copy.StudyID
         assert "OtherPatientIDs" not in copy and original.OtherPatientIDs == "26210"
+        for keyword in ("PatientBirthDate", "InstitutionName", "ReferringPhysicianName"):
+            assert keyword not in copy
         if "SourceImageSequence" in copy:  # the encodings name their uncompressed predecessor, by its new UID
             assert copy.SourceImageSequence[0].ReferencedSOPInstanceUID == _uid(rows, "RG1_UNCR")
 

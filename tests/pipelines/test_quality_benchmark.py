@@ -72,7 +72,7 @@ def test_score_mode_records_radaudit_the_devices_and_datalab_on_the_same_rows(au
     for key in ("mislabel_precision_at_k", "report_precision_at_k", "self_confidence_precision_at_k", "ood_f1",
                 "duplicate_pair_f1"):
         assert _same(ens[key], scores[key])
-    assert list(devices["per_device"]) == ["all"] and devices["per_device"]["all"]["images"] == scores["images"]
+    assert list(devices["per_device"]) == ["legacy"] and devices["per_device"]["legacy"]["images"] == scores["images"]
 
     ts = stages.load_training_set(data)
     assert peer["images"] == len(ts.uids) and peer["labelled"] == int((ts.labels >= 0).sum())
