@@ -71,12 +71,12 @@ ARMS: dict[str, dict[str, Any]] = {"gauges": {}, "no gauges": {"augment": (("gau
 def settings(gpu: bool, n: int | None = None, epochs: int | None = None) -> AuditPreset:
     """The run's settings, from the CPU demo's or the GPU audit's preset.
 
-    CPU: 420 images (about 29 knees a seed) and 50 epochs, the demo's 32 px views of a 64 px cache
+    CPU: 420 images (about 29 knees a seed) and 20 epochs, the demo's 32 px views of a 64 px cache
     and ten-crop embeddings: six pretrainings in about 11 minutes. GPU: 1,500 images, 20 epochs of
     128 px views at batch 256, whole-image embeddings.
     """
     base = (dataclasses.replace(PRESETS["gpu"], n=1500, epochs=20, batch_size=256) if gpu
-            else dataclasses.replace(PRESETS["cpu-demo"], n=420, epochs=50))
+            else dataclasses.replace(PRESETS["cpu-demo"], n=420, epochs=20))
     changes = {k: v for k, v in (("n", n), ("epochs", epochs)) if v is not None}
     return dataclasses.replace(base, methods=(METHOD,), duplicates=0.0, **changes)
 
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--gpu", action="store_true", help="the GPU settings (1,500 images, 128 px, 20 epochs)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--n", type=int, help="images in each export (default: 420; --gpu 1,500)")
-    ap.add_argument("--epochs", type=int, help="epochs of each pretraining (default: 50; --gpu 20)")
+    ap.add_argument("--epochs", type=int, help="epochs of each pretraining (default: 20; --gpu 20)")
     add_run_options(ap)
     args = ap.parse_args(argv)
     preset = settings(args.gpu, args.n, args.epochs)

@@ -28,7 +28,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null | tee
 # The settings can be overridden for a dry run on a CPU, e.g.
 #   PRETRAIN_ARGS="--probe-images 0" AUGMENT_ARGS="--device cpu --size 64 --workers 1 --batch 8 --images 32" \
 #   QUALITY_ARGS="--n 150 --epochs 1 --methods simclr --size 32 --no-baseline" \
-#   SITES_ARGS="--n 60 --epochs 1" GAUGES_ARGS="--n 60 --epochs 1 --seeds 0" bash benchmarks/gpu_session.sh
+#   SITES_ARGS="--n 100 --epochs 1" GAUGES_ARGS="--n 100 --epochs 1 --seeds 0" bash benchmarks/gpu_session.sh
 PRETRAIN_ARGS=${PRETRAIN_ARGS:---gpu}
 AUGMENT_ARGS=${AUGMENT_ARGS:---device cuda --workers 16 --batch 256}
 # One method at GPU scale, so the audit ends inside its share: 10,000 images of the five devices, 40

@@ -66,12 +66,12 @@ METHOD = "simclr"
 def settings(gpu: bool, n: int | None = None, epochs: int | None = None) -> AuditPreset:
     """The run's settings per site, from the CPU demo's or the GPU audit's preset.
 
-    CPU: 400 images per site and 80 epochs (three backbones: 400, 400 and 800 images), the demo's
+    CPU: 400 images per site and 30 epochs (three backbones: 400, 400 and 800 images), the demo's
     32 px views of a 64 px cache and ten-crop embeddings. GPU: 2,000 images per site, 30 epochs of
     128 px views at batch 256 (the GPU preset's 512 would leave 4 steps an epoch), whole-image embeddings.
     """
     base = (dataclasses.replace(PRESETS["gpu"], n=2000, epochs=30, batch_size=256) if gpu
-            else dataclasses.replace(PRESETS["cpu-demo"], n=400, epochs=80))
+            else dataclasses.replace(PRESETS["cpu-demo"], n=400, epochs=30))
     changes = {k: v for k, v in (("n", n), ("epochs", epochs)) if v is not None}
     # The devices come from SITE_MIXES, not from the preset.
     return dataclasses.replace(base, methods=(METHOD,), duplicates=0.0, devices=None, **changes)
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1], metavar="SEED",
                     help="pairs of seeds, site A's then site B's (default: 0 1)")
     ap.add_argument("--n", type=int, help="images per site (default: 400; --gpu 2,000)")
-    ap.add_argument("--epochs", type=int, help="pretraining epochs of each backbone (default: 80; --gpu 30)")
+    ap.add_argument("--epochs", type=int, help="pretraining epochs of each backbone (default: 30; --gpu 30)")
     add_run_options(ap)
     args = ap.parse_args(argv)
     if len(args.seeds) % 2 or len(set(args.seeds)) < len(args.seeds):
