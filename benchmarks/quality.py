@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from benchmarks._figures import default_json_path  # noqa: E402
 from radaudit.pipelines import stages  # noqa: E402
 from radaudit.models.presets import PRESETS, AuditPreset  # noqa: E402
 from radaudit.pacs.io import write_text  # noqa: E402
@@ -557,8 +558,7 @@ def main(argv: list[str] | None = None) -> None:
         print(PEER_MISSING, flush=True)
         args.peer = False
     if args.score is not None:
-        out = args.json or (Path(os.environ["OUT"]) / "quality-score.json" if os.environ.get("OUT")
-                            else Path(__file__).resolve().parent / "out" / "quality-score.json")
+        out = args.json or default_json_path("quality-score")
         rec = Recorder(out, {"score": str(args.score), "truth": str(args.truth), "argv": sys.argv[1:]})
         print(f"scoring {args.score} against {args.truth}; figures -> {out}", flush=True)
         score_data_dir(rec, args.score, args.truth, args.peer)
@@ -569,8 +569,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.methods:
         changes["methods"] = tuple(args.methods)
     preset = dataclasses.replace(preset, **changes)
-    out = args.json or (Path(os.environ["OUT"]) / "quality.json" if os.environ.get("OUT")
-                        else Path(__file__).resolve().parent / "out" / "quality.json")
+    out = args.json or default_json_path("quality")
     seeds = args.seeds or [args.seed]
     rec = Recorder(out, {**dataclasses.asdict(preset), "seeds": seeds, "backbone": args.backbone,
                          "argv": sys.argv[1:]})
