@@ -199,7 +199,7 @@ def estimate_wrong_labels(probs: np.ndarray, labels: np.ndarray, *, method: str 
     if y.size == 0:
         return 0
     p = check_probabilities(probs, y.size, name="probs")
-    if y.ndim != 1 or (y.size and (y.min() < 0 or y.max() >= p.shape[1])):
+    if y.ndim != 1 or y.min() < 0 or y.max() >= p.shape[1]:
         raise ValueError(f"labels must be class indices in [0, {p.shape[1]}), one per row of probs "
                          "(leave out the rows without a label)")
     if np.unique(y).size < 2:
