@@ -26,7 +26,7 @@ mean over the seeds and the knees pooled over them.
 
 Run from the repository root::
 
-    python benchmarks/gauges.py                     # 420 images, 50 epochs, seeds 0 1 2; about 11 min on 2 idle cores
+    python benchmarks/gauges.py                     # 420 images, 20 epochs, seeds 0 1 2: 10.5 min on 2 idle cores
     python benchmarks/gauges.py --seeds 3 4 5
     python benchmarks/gauges.py --gpu               # 1,500 images, 128 px, 20 epochs (about 3 min on one H100)
     python benchmarks/gauges.py --n 100 --epochs 2 --seeds 0   # a smoke test
@@ -34,9 +34,8 @@ Run from the repository root::
 The JSON goes to ``--json``, else ``$OUT/gauges.json`` where ``OUT`` is set, else
 ``benchmarks/out/gauges.json``.
 
-The times are estimates, from the CPU demo's epoch rate (120 epochs of 800 images in about 7
-minutes on 2 idle cores) and from ``benchmarks/quality.py --gpu``; neither setting has been timed
-on an idle machine or on a GPU.
+The CPU time was measured on 2 idle cores on 2026-12-07 (10 min 24 s; about 0.8 s a step of 64
+views of 32 px). The GPU time is an estimate from ``benchmarks/quality.py --gpu``, not yet timed.
 """
 
 from __future__ import annotations
@@ -72,7 +71,7 @@ def settings(gpu: bool, n: int | None = None, epochs: int | None = None) -> Audi
     """The run's settings, from the CPU demo's or the GPU audit's preset.
 
     CPU: 420 images (about 29 knees a seed) and 20 epochs, the demo's 32 px views of a 64 px cache
-    and ten-crop embeddings: six pretrainings in about 11 minutes. GPU: 1,500 images, 20 epochs of
+    and ten-crop embeddings: six pretrainings in 10.5 minutes. GPU: 1,500 images, 20 epochs of
     128 px views at batch 256, whole-image embeddings.
     """
     base = (dataclasses.replace(PRESETS["gpu"], n=1500, epochs=20, batch_size=256) if gpu
