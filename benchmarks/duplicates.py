@@ -12,7 +12,8 @@
    over the pixels would do).
 3. At ``--scale``: the cached images again, each in one of ten distinct versions (the eight
    flips and quarter turns, two of them with inverted grey levels: none is a duplicate of
-   another), fingerprinted, searched and verified; the same steps, timed.
+   another), through the stage's incremental core (``update_duplicates``): a first run over
+   all but ``--new-share`` of them (the baseline), then the nightly run that adds the rest.
 
 Figures go to ``benchmarks/out/duplicates.json`` (or ``$OUT``) as they are measured.
 """
@@ -103,6 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=10_000, help="images in the synthetic export")
     ap.add_argument("--scale", type=int, default=100_000, help="images for the scale run (0: skip)")
+    ap.add_argument("--new-share", type=float, default=0.01, help="share of new images on the nightly run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="keep the export and data dir here")
     ap.add_argument("--json", type=Path, default=None)
@@ -137,26 +139,55 @@ def main() -> None:
                  else f"{value:10d}")
 
     if args.scale:
-        section = f"{args.scale} images"
-        reps = -(-args.scale // n)
+        scale_run(figs, data, uids, aspect, patients, args.scale, args.new_share, work)
 
-        def scaled_fingerprints() -> tuple[np.ndarray, list[str]]:
-            fps, digests = [], []
-            for i in range(args.scale):
-                image = _version(np.asarray(cache.read(data, uids[i % n], mmap=True)), (i // n) % 10)
-                fps.append(fingerprint(image))
-                digests.append(pixel_digest(image))
-            return np.stack(fps), digests
 
-        big, big_digests = timed(figs, section, f"fingerprints and pixel hashes ({reps} versions of each image)",
-                                 scaled_fingerprints)
-        big_aspect = [aspect[i % n] for i in range(args.scale)]
-        big_patients = [f"{patients[i % n]}-{i // n}" for i in range(args.scale)]
-        timed(figs, section, "candidate search (16 x 16, within an aspect ratio)", candidate_pairs, big, big_aspect)
-        pairs = timed(figs, section, "find_duplicates (exact + candidates + verification)", find_duplicates, big,
-                      big_digests, big_aspect, big_patients)
-        timed(figs, section, "groups", duplicate_groups, pairs, [str(i) for i in range(args.scale)], big_patients)
-        figs.add(section, "pairs found", float(pairs.i.size), "", shown=f"{pairs.i.size:10d}")
+def scale_run(figs: Figures, data: Path, uids: list[str], aspect: list[object], patients: list[str | None],
+              scale: int, new_share: float, work: Path) -> None:
+    """The near-duplicate stage's first run over ``scale`` images less the night's, then the nightly
+    run that adds ``new_share`` of them: what each run fingerprints, searches and verifies."""
+    from radaudit.pipelines.stages.duplicates import update_duplicates
+
+    n = len(uids)
+    section = f"{scale} images"
+    reps = -(-scale // n)
+    spent = {"fingerprints": 0.0}
+
+    def fingerprints(rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        t = time.perf_counter()
+        fps, digests = [], []
+        for i in rows.tolist():
+            image = _version(np.asarray(cache.read(data, uids[i % n], mmap=True)), (i // n) % 10)
+            fps.append(fingerprint(image))
+            digests.append(pixel_digest(image))
+        spent["fingerprints"] += time.perf_counter() - t
+        return np.stack(fps), digests
+
+    big_ids = [str(i) for i in range(scale)]
+    big_aspect = [aspect[i % n] for i in range(scale)]
+    big_patients = [f"{patients[i % n]}-{i // n}" for i in range(scale)]
+    night = max(1, int(round(scale * new_share)))
+    # The night's images are spread over the archive, as new studies are (every image's versions
+    # stay distinct, so none is a copy of another).
+    late = np.random.default_rng(0).choice(scale, night, replace=False)
+    old = np.setdiff1d(np.arange(scale), late)
+    state = work / "duplicate_state"
+    t = time.perf_counter()
+    first = update_duplicates(state, [big_ids[i] for i in old], lambda r: fingerprints(old[r]),
+                              [big_aspect[i] for i in old], [big_patients[i] for i in old], full_rebuild=True)
+    first_s = time.perf_counter() - t
+    figs.add(section, f"first run over {old.size} images ({reps} versions of each; fingerprints, search, "
+                      f"verification; baseline)", first_s, "s")
+    figs.add(section, "  of which fingerprints and pixel hashes", spent["fingerprints"], "s")
+    spent["fingerprints"] = 0.0
+    t = time.perf_counter()
+    nightly = update_duplicates(state, big_ids, fingerprints, big_aspect, big_patients)
+    night_s = time.perf_counter() - t
+    figs.add(section, f"nightly run with {night} new images ({new_share:.0%})", night_s, "s")
+    figs.add(section, "  of which fingerprints and pixel hashes", spent["fingerprints"], "s")
+    figs.add(section, "nightly / first run", night_s / first_s, "x", shown=f"{night_s / first_s:10.3f}")
+    figs.add(section, "pairs found: first run, nightly run", float(first.i.size), "",
+             shown=f"{first.i.size:10d} {nightly.i.size:10d}")
 
 
 if __name__ == "__main__":

@@ -46,12 +46,19 @@ __all__ = [
     "FINGERPRINT_SIDE",
     "DuplicatePairs",
     "candidate_pairs",
+    "candidate_vectors",
+    "check_thresholds",
     "duplicate_groups",
+    "exact_pairs",
     "find_duplicates",
     "fingerprint",
     "gradient_magnitude",
+    "pair_similarity",
     "pixel_digest",
+    "same_patient",
+    "search_candidates",
     "shift_correlation",
+    "verified",
 ]
 
 FINGERPRINT_SIDE = 64
@@ -203,11 +210,105 @@ def _shrink(fps: np.ndarray, side: int) -> np.ndarray:
     """Mean-pool (N, S, S) fingerprints to (N, side*side), unknown as the image's mean, centred, unit norm."""
     n, s = fps.shape[0], fps.shape[1]
     f = s // side
-    mean = np.nanmean(fps.reshape(n, -1), axis=1) if n else np.zeros(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a flat image has no known pixel: zeros
+        mean = np.nanmean(fps.reshape(n, -1), axis=1) if n else np.zeros(0)
     filled = np.where(np.isnan(fps), np.nan_to_num(mean)[:, None, None], fps)
     x = filled[:, :side * f, :side * f].reshape(n, side, f, side, f).mean(axis=(2, 4)).reshape(n, -1)
     x -= x.mean(axis=1, keepdims=True)
     return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def candidate_vectors(fps: np.ndarray) -> np.ndarray:
+    """The search vectors of fingerprints: 16 x 16 mean-pooled, centred, unit norm (zeros for a flat image).
+
+    Each row depends on its own fingerprint only, so a nightly run stores them and computes the
+    new images' alone. Shape: (N, S, S) -> (N, 256), float32.
+    """
+    fps = np.asarray(fps, dtype=np.float32)
+    if fps.ndim != 3 or fps.shape[1] != fps.shape[2]:
+        raise ValueError(f"fps must have Shape: (N, S, S), got {fps.shape}")
+    return _shrink(fps, CANDIDATE_SIDE)
+
+
+def search_candidates(vectors: np.ndarray, buckets: Sequence[object] | None, live: np.ndarray,
+                      new: np.ndarray | None = None, nearest: np.ndarray | None = None, *, k: int = 8,
+                      budget: int = 1 << 24) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Candidate pairs that involve a new image: each new image's ``k`` most similar others in its
+    bucket, and the old images a new one enters the ``k`` nearest of.
+
+    With every image new this is the whole exact search (:func:`candidate_pairs`). A nightly run
+    passes the night's images as ``new`` and each old image's stored similarities to its ``k``
+    nearest (``nearest``, from the last run); pairs of two old images are the last run's and are
+    not searched again.
+
+    Args:
+        vectors: Shape: (N, D), from :func:`candidate_vectors`.
+        buckets: N keys; only images of one bucket are compared (None: one bucket).
+        live: Shape: (N,), False for flat images (never candidates).
+        new: Shape: (N,), the images to search for; None: all.
+        nearest: Shape: (N, k), each image's similarities to its nearest, descending, -inf where it
+            had fewer than ``k`` others; read for the old images only. None: no old image.
+        k: Candidates per image.
+        budget: Similarities held at once (memory: 4 bytes each, twice).
+
+    Returns:
+        ``(i, j, nearest)``: unique pairs with i < j, and ``nearest`` updated: the new images'
+        own, and the old images' merged with the new images that entered them.
+    """
+    z = np.asarray(vectors, dtype=np.float32)
+    n = z.shape[0]
+    new = np.ones(n, dtype=bool) if new is None else np.asarray(new, dtype=bool)
+    live = np.asarray(live, dtype=bool)
+    top = np.full((n, k), -np.inf, dtype=np.float32)
+    if nearest is not None:
+        top[~new] = np.asarray(nearest, dtype=np.float32)[~new]
+    keys = np.zeros(n, dtype=np.int64) if buckets is None else pd.factorize(pd.Series(list(buckets)))[0]
+    rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    entered: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (old image, new image, similarity)
+    for key in np.unique(keys[live & new]):
+        members = np.flatnonzero(live & (keys == key))
+        if members.size < 2:
+            continue
+        queries = np.flatnonzero(new[members])  # positions within members
+        old = ~new[members]
+        kk = min(k, members.size - 1)
+        step = max(1, budget // members.size)
+        for start in range(0, queries.size, step):
+            q = queries[start:start + step]
+            sim = z[members[q]] @ z[members].T  # (len(q), members)
+            sim[np.arange(q.size), q] = -np.inf
+            near = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
+            rows.append(members[np.repeat(q, kk)])
+            cols.append(members[near.ravel()])
+            best = -np.sort(-np.take_along_axis(sim, near, axis=1), axis=1)
+            top[members[q], :kk] = best
+            if old.any():
+                # An old image gains a new neighbour that beats its k-th nearest so far.
+                oi = np.flatnonzero(old)
+                s_old = sim[:, oi]
+                qi, oj = np.nonzero(s_old > top[members[oi], kk - 1][None, :])
+                if qi.size:
+                    entered.append((members[oi[oj]], members[q[qi]], s_old[qi, oj]))
+    if entered:
+        a = np.concatenate([e[0] for e in entered])
+        b = np.concatenate([e[1] for e in entered])
+        s = np.concatenate([e[2] for e in entered])
+        for image in np.unique(a):
+            mine = a == image
+            merged = np.concatenate([top[image], s[mine]])
+            kk = int(np.isfinite(top[image]).sum() + mine.sum())
+            keep = -np.sort(-merged)[:k]
+            cut = keep[min(k, kk) - 1]
+            top[image] = keep
+            won = b[mine][s[mine] >= cut]
+            rows.append(np.full(won.size, image, dtype=np.int64))
+            cols.append(won.astype(np.int64))
+    i, j = np.concatenate(rows), np.concatenate(cols)
+    if i.size == 0:
+        return i, j, top
+    pairs = np.unique(np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1), axis=0)
+    return pairs[:, 0], pairs[:, 1], top
 
 
 def candidate_pairs(fps: np.ndarray, buckets: Sequence[object] | None = None, *, k: int = 8,
@@ -229,26 +330,89 @@ def candidate_pairs(fps: np.ndarray, buckets: Sequence[object] | None = None, *,
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     live = ~np.isnan(fps).reshape(n, -1).all(axis=1)
-    keys = np.zeros(n, dtype=np.int64) if buckets is None else pd.factorize(pd.Series(list(buckets)))[0]
-    rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for key in np.unique(keys[live]):
-        members = np.flatnonzero(live & (keys == key))
-        if members.size < 2:
-            continue
-        z = _shrink(fps[members], CANDIDATE_SIDE)
-        kk = min(k, members.size - 1)
-        for start in range(0, members.size, block):
-            sim = z[start:start + block] @ z.T
-            idx = np.arange(start, min(start + block, members.size))
-            sim[idx - start, idx] = -np.inf
-            near = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
-            rows.append(members[np.repeat(idx, kk)])
-            cols.append(members[near.ravel()])
-    i, j = np.concatenate(rows), np.concatenate(cols)
-    if i.size == 0:
-        return i, j
-    pairs = np.unique(np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1), axis=0)
-    return pairs[:, 0], pairs[:, 1]
+    i, j, _ = search_candidates(candidate_vectors(fps), buckets, live, k=k, budget=block * max(n, 1))
+    return i, j
+
+
+def pair_similarity(fps: Any, i: np.ndarray, j: np.ndarray, *, grey_threshold: float = GREY_THRESHOLD,
+                    max_shift: int = MAX_SHIFT, chunk: int = 2048) -> np.ndarray:
+    """Grey-level and gradient correlations of candidate pairs, maximized over shifts.
+
+    A first look at half the resolution (a quarter of the pixels, 9 shifts instead of 25) drops
+    most candidates; gradients are compared only where the grey levels already reach
+    ``grey_threshold``. Below it a correlation is -1 (not computed).
+
+    Args:
+        fps: Fingerprints, Shape: (N, S, S): an array, or anything that fancy-indexes like one
+            (a store of memory-mapped parts).
+        i, j: Pair members, Shape: (P,).
+
+    Returns:
+        Shape: (P, 2): grey-level and gradient correlations.
+    """
+    sims = []
+    for s in range(0, len(i), chunk):
+        a, b = np.asarray(i[s:s + chunk]), np.asarray(j[s:s + chunk])
+        # Each image of the chunk is read and pooled once, however many pairs it is in.
+        members, where = np.unique(np.concatenate([a, b]), return_inverse=True)
+        f = np.asarray(fps[members], dtype=np.float32)
+        coarse = _pool2(f)
+        wa, wb = where[:a.size], where[a.size:]
+        fa, fb = f[wa], f[wb]
+        grey = np.full(a.size, -1.0)
+        near = shift_correlation(coarse[wa], coarse[wb], max(1, max_shift // 2)) >= grey_threshold - _COARSE_MARGIN
+        if near.any():
+            grey[near] = shift_correlation(fa[near], fb[near], max_shift)
+        grad = np.full(a.size, -1.0)
+        hopeful = grey >= grey_threshold
+        if hopeful.any():
+            grad[hopeful] = shift_correlation(gradient_magnitude(fa[hopeful]), gradient_magnitude(fb[hopeful]),
+                                              max_shift)
+        sims.append(np.stack([grey, grad], axis=1))
+    return np.concatenate(sims) if sims else np.zeros((0, 2))
+
+
+def same_patient(patients: Sequence[object] | None, i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    """Per pair, whether both images belong to one known patient (None or NaN: unknown)."""
+    owners = list(patients) if patients is not None else [None] * n
+    who = pd.factorize(pd.Series(["" if p is None else str(p) for p in owners]))[0]
+    known = np.array([p is not None and not (np.isscalar(p) and pd.isna(p)) and p is not pd.NA for p in owners],
+                     dtype=bool)
+    return (who[i] == who[j]) & known[i] & known[j]
+
+
+def verified(sim: np.ndarray, one_patient: np.ndarray, *, grey_threshold: float = GREY_THRESHOLD,
+             gradient_threshold: float = GRADIENT_THRESHOLD,
+             cross_patient_threshold: float = CROSS_PATIENT_THRESHOLD) -> np.ndarray:
+    """Which pairs are near duplicates: one patient's reach both one-patient thresholds, two
+    patients' (or an unknown one's) reach ``cross_patient_threshold`` in both correlations."""
+    sim = np.asarray(sim, dtype=np.float64).reshape(-1, 2)
+    if sim.shape[0] == 0:
+        return np.zeros(0, bool)
+    return np.where(one_patient, (sim[:, 0] >= grey_threshold) & (sim[:, 1] >= gradient_threshold),
+                    sim.min(axis=1) >= cross_patient_threshold)
+
+
+def check_thresholds(grey_threshold: float, gradient_threshold: float, cross_patient_threshold: float) -> None:
+    """Refuse thresholds outside (0, 1), or a cross-patient one below the one-patient ones."""
+    for name, value in (("grey_threshold", grey_threshold), ("gradient_threshold", gradient_threshold),
+                        ("cross_patient_threshold", cross_patient_threshold)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+            raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
+    if cross_patient_threshold < max(grey_threshold, gradient_threshold):
+        raise ValueError(f"cross_patient_threshold ({cross_patient_threshold}) must be at least the one-patient "
+                         f"thresholds ({grey_threshold}, {gradient_threshold}): a copy across patients needs more")
+
+
+def exact_pairs(digests: Sequence[str], live: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of consecutive images (by row) with equal pixel digests, flat images excluded (blank
+    exposures are not copies of each other): ``(i, j)``, i < j, chaining every group."""
+    n = len(digests)
+    codes = pd.factorize(pd.Series(list(digests)))[0]
+    order = np.lexsort((np.arange(n), codes))
+    same = (codes[order][1:] == codes[order][:-1]) & live[order][1:] & live[order][:-1]
+    ei, ej = order[:-1][same], order[1:][same]
+    return np.minimum(ei, ej).astype(np.int64), np.maximum(ei, ej).astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -292,55 +456,24 @@ def find_duplicates(fps: np.ndarray, digests: Sequence[str], buckets: Sequence[o
     n = fps.shape[0]
     if len(digests) != n or any(v is not None and len(v) != n for v in (buckets, patients)):
         raise ValueError(f"digests, buckets and patients need one entry per fingerprint ({n})")
-    for name, value in (("grey_threshold", grey_threshold), ("gradient_threshold", gradient_threshold),
-                        ("cross_patient_threshold", cross_patient_threshold)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-            raise ValueError(f"{name} must be a number in (0, 1); got {value!r}")
-    if cross_patient_threshold < max(grey_threshold, gradient_threshold):
-        raise ValueError(f"cross_patient_threshold ({cross_patient_threshold}) must be at least the one-patient "
-                         f"thresholds ({grey_threshold}, {gradient_threshold}): a copy across patients needs more")
+    check_thresholds(grey_threshold, gradient_threshold, cross_patient_threshold)
     if n == 0:
         empty = np.zeros(0, np.int64)
         return DuplicatePairs(empty, empty, np.zeros(0), np.zeros(0, bool))
-    flat = np.isnan(fps).reshape(n, -1).all(axis=1)
-    # 1. Exact: equal digests (flat images excluded: blank exposures are not copies of each other).
-    codes = pd.factorize(pd.Series(list(digests)))[0]
-    order = np.lexsort((np.arange(n), codes))
-    same = (codes[order][1:] == codes[order][:-1]) & ~flat[order][1:] & ~flat[order][:-1]
-    ei, ej = order[:-1][same], order[1:][same]
-    # 2. Candidates that are not already exact copies, verified on grey levels and gradients.
+    live = ~np.isnan(fps).reshape(n, -1).all(axis=1)
+    ei, ej = exact_pairs(digests, live)
+    # Candidates that are not already exact copies, verified on grey levels and gradients.
     ci, cj = candidate_pairs(fps, buckets, k=k)
+    codes = pd.factorize(pd.Series(list(digests)))[0]
     keep = codes[ci] != codes[cj]
     ci, cj = ci[keep], cj[keep]
-    coarse = _pool2(fps)
-    sims = []
-    for s in range(0, ci.size, chunk):
-        a, b = ci[s:s + chunk], cj[s:s + chunk]
-        # A first look at half the resolution (a quarter of the pixels, 9 shifts instead of 25)
-        # drops most candidates; only the rest are compared in full.
-        grey = np.full(a.size, -1.0)
-        near = shift_correlation(coarse[a], coarse[b], max(1, max_shift // 2)) >= grey_threshold - _COARSE_MARGIN
-        if near.any():
-            grey[near] = shift_correlation(fps[a[near]], fps[b[near]], max_shift)
-        grad = np.full(a.size, -1.0)
-        hopeful = grey >= grey_threshold  # gradients only where the grey levels already agree
-        if hopeful.any():
-            grad[hopeful] = shift_correlation(gradient_magnitude(fps[a[hopeful]]),
-                                              gradient_magnitude(fps[b[hopeful]]), max_shift)
-        sims.append(np.stack([grey, grad], axis=1))
-    sim = np.concatenate(sims) if sims else np.zeros((0, 2))
-    owners = list(patients) if patients is not None else [None] * n
-    who = pd.factorize(pd.Series(["" if p is None else str(p) for p in owners]))[0]
-    known = np.array([p is not None and not (np.isscalar(p) and pd.isna(p)) and p is not pd.NA for p in owners],
-                     dtype=bool)
-    one_patient = (who[ci] == who[cj]) & known[ci] & known[cj]
-    near = np.where(one_patient, (sim[:, 0] >= grey_threshold) & (sim[:, 1] >= gradient_threshold),
-                    sim.min(axis=1, initial=1.0) >= cross_patient_threshold) if sim.size else np.zeros(0, bool)
-    i = np.concatenate([np.minimum(ei, ej), ci[near]]).astype(np.int64)
-    j = np.concatenate([np.maximum(ei, ej), cj[near]]).astype(np.int64)
-    similarity = np.concatenate([np.ones(ei.size), sim[near].min(axis=1)])
-    exact = np.concatenate([np.ones(ei.size, bool), np.zeros(int(near.sum()), bool)])
-    return DuplicatePairs(i, j, similarity, exact)
+    sim = pair_similarity(fps, ci, cj, grey_threshold=grey_threshold, max_shift=max_shift, chunk=chunk)
+    near = verified(sim, same_patient(patients, ci, cj, n), grey_threshold=grey_threshold,
+                    gradient_threshold=gradient_threshold, cross_patient_threshold=cross_patient_threshold)
+    return DuplicatePairs(np.concatenate([ei, ci[near]]).astype(np.int64),
+                          np.concatenate([ej, cj[near]]).astype(np.int64),
+                          np.concatenate([np.ones(ei.size), sim[near].min(axis=1)]),
+                          np.concatenate([np.ones(ei.size, bool), np.zeros(int(near.sum()), bool)]))
 
 
 def duplicate_groups(pairs: DuplicatePairs, uids: Sequence[str], patients: Sequence[object],

@@ -25,8 +25,9 @@ from radaudit.pipelines.stages.data import (MAX_TIED_PATIENTS, TrainingSet, cros
                                             head_settings, issue_inputs, label_folds, live_index,
                                             load_audit_summary, load_near_duplicates, load_overrides,
                                             load_training_set, map_labels, pixel_features, read_vocabulary)
-from radaudit.pipelines.stages.steps import (Log, audit, cache_fingerprints, combine, compute_embeddings, compute_oof,
-                                             duplicate_inputs, find_near_duplicates, report, train_backbone)
+from radaudit.pipelines.stages.duplicates import cache_fingerprints, duplicate_inputs, find_near_duplicates
+from radaudit.pipelines.stages.steps import (Log, audit, combine, compute_embeddings, compute_oof, report,
+                                             train_backbone)
 from radaudit.pipelines.stages.store import (load_embeddings, load_probabilities, load_rows, save_embeddings,
                                              save_rows)
 from radaudit.pipelines.stages.truth import (LabelFractionScores, aligned_probabilities, copy_links, device_table,

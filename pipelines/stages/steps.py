@@ -19,9 +19,9 @@ import pandas as pd
 
 from radaudit.pacs import cache
 from radaudit.pacs import io as pio
-from radaudit.pacs.layout import (DUPLICATES_PATH, EMBED_DIR, FOLDS_FILE, ISSUES_PATH, MANIFEST_PATH, PROB_DIR,
-                                  SUMMARY_PATH, WEIGHTS_PATH, checkpoint_dir, method_dir)
-from radaudit.pipelines.stages.data import (TrainingSet, cross_fit_folds, issue_inputs, label_folds, live_index,
+from radaudit.pacs.layout import (EMBED_DIR, FOLDS_FILE, ISSUES_PATH, PROB_DIR, SUMMARY_PATH, WEIGHTS_PATH,
+                                  checkpoint_dir, method_dir)
+from radaudit.pipelines.stages.data import (TrainingSet, cross_fit_folds, issue_inputs, label_folds,
                                             load_audit_summary, load_overrides, load_training_set)
 from radaudit.pipelines.stages.store import (cache_keys, file_digest, load_embeddings, load_probabilities,
                                              previous_rows, save_rows)
@@ -32,8 +32,7 @@ if TYPE_CHECKING:  # the heavy modules load only when a stage runs
     from radaudit.models.train import PretrainConfig, PretrainResult
     from radaudit.pipelines.stages.reports import ReportFiles
 
-__all__ = ["Log", "audit", "cache_fingerprints", "combine", "compute_embeddings", "compute_oof", "duplicate_inputs",
-           "find_near_duplicates", "report", "train_backbone"]
+__all__ = ["Log", "audit", "combine", "compute_embeddings", "compute_oof", "report", "train_backbone"]
 
 Log = Callable[[str], None]
 
@@ -244,71 +243,6 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
     pio.write_text(data_dir / PROB_DIR / f"{method}.heads.json",
                    json.dumps({"l2": l2, "log_loss_by_l2": {f"{k2:g}": v for k2, v in losses.items()}}, indent=1))
     return result
-
-
-def find_near_duplicates(data_dir: str | os.PathLike[str], *, log: Log | None = None,
-                         **options: Any) -> pd.DataFrame:
-    """Group the cached, live images that are the same radiograph (:mod:`radaudit.pacs.duplicates`); write
-    ``audit/near_duplicates.parquet``.
-
-    Near duplicates are looked for among images of the same aspect ratio, and a pair of two
-    patients needs a near-perfect match (see :func:`radaudit.pacs.duplicates.find_duplicates`). A group's
-    original is the member first seen by the index, then the smallest UID.
-
-    Args:
-        options: For :func:`radaudit.pacs.duplicates.find_duplicates` (thresholds, ``k``).
-
-    Returns:
-        :func:`radaudit.pacs.duplicates.duplicate_groups`' rows.
-    """
-    from radaudit.pacs.duplicates import duplicate_groups, find_duplicates
-
-    uids, geometry, patients, first_seen = duplicate_inputs(data_dir)
-    fps, digests = cache_fingerprints(data_dir, uids, geometry, log=log)
-    aspect = (geometry["original_rows"] / geometry["original_columns"].clip(lower=1)).round(2).tolist()
-    pairs = find_duplicates(fps, digests, aspect, patients, **options)
-    groups = duplicate_groups(pairs, uids, patients, first_seen)
-    pio.write_parquet_frame(groups, Path(data_dir) / DUPLICATES_PATH)
-    return groups
-
-
-def duplicate_inputs(data_dir: str | os.PathLike[str]) -> tuple[list[str], pd.DataFrame, list[str | None],
-                                                                 list[str] | None]:
-    """What :func:`find_near_duplicates` needs of the cached, live images, sorted by UID: their UIDs,
-    their cache manifest rows (geometry), patient keys (None where absent) and when the index first
-    saw them (None for an index without that column)."""
-    data_dir = Path(data_dir)
-    live = live_index(data_dir).drop_duplicates("sop_instance_uid")
-    manifest = pd.read_parquet(data_dir / MANIFEST_PATH).drop_duplicates("sop_instance_uid", keep="last")
-    manifest = manifest[manifest["sop_instance_uid"].isin(live["sop_instance_uid"])].sort_values(
-        "sop_instance_uid", ignore_index=True)
-    facts = live.set_index("sop_instance_uid").reindex(manifest["sop_instance_uid"])
-    patients = [k if isinstance(k, str) else None for k in facts["patient_key"]]
-    first_seen = facts["first_seen"].astype(str).tolist() if "first_seen" in facts else None
-    return manifest["sop_instance_uid"].tolist(), manifest, patients, first_seen
-
-
-def cache_fingerprints(data_dir: str | os.PathLike[str], uids: Sequence[str], geometry: pd.DataFrame, *,
-                       log: Log | None = None) -> tuple[np.ndarray, list[str]]:
-    """:func:`radaudit.pacs.duplicates.fingerprint` and :func:`radaudit.pacs.duplicates.pixel_digest` of each cached image.
-
-    Args:
-        geometry: One cache manifest row per UID, same order.
-
-    Returns:
-        Shape: (N, S, S) fingerprints and N digests.
-    """
-    from radaudit.pacs.duplicates import FINGERPRINT_SIDE, GEOMETRY, fingerprint, pixel_digest
-
-    fps, digests = [], []
-    for i, (uid, facts) in enumerate(zip(uids, geometry[list(GEOMETRY)].to_dict("records"))):
-        image = cache.read(data_dir, uid, mmap=True)
-        fps.append(fingerprint(image, facts))
-        digests.append(pixel_digest(image))
-        if log is not None and (i + 1) % 10_000 == 0:
-            log(f"near_duplicates: fingerprinted {i + 1}/{len(uids)} images")
-    side = FINGERPRINT_SIDE
-    return (np.stack(fps) if fps else np.zeros((0, side, side), np.float32)), digests
 
 
 def combine(data_dir: str | os.PathLike[str], methods: Sequence[str], *, weights: str = "log_loss",

@@ -189,3 +189,29 @@ def test_an_empty_archive_and_unknown_patients() -> None:
     assert frozenset(("orig0", "copy")) in found and frozenset(("orig2", "shifted")) not in found
     with pytest.raises(ValueError, match="at least the one-patient"):
         find_duplicates(fps, digests, cross_patient_threshold=0.5)
+
+
+def test_searching_only_the_new_images_finds_every_pair_a_full_search_finds_with_a_new_image() -> None:
+    from radaudit.pacs.duplicates import search_candidates
+
+    rng = np.random.default_rng(5)
+    z = rng.standard_normal((120, 16)).astype(np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    buckets = rng.integers(0, 3, 120).tolist()
+    live = np.ones(120, dtype=bool)
+    live[7] = False  # a flat image: never a candidate
+    full_i, full_j, full_top = search_candidates(z, buckets, live, k=5)
+    new = np.zeros(120, dtype=bool)
+    new[rng.choice(120, 15, replace=False)] = True
+    # The last run saw only the old images: their nearest among themselves.
+    old_rows = np.flatnonzero(~new)
+    _, _, old_top = search_candidates(z[old_rows], [buckets[r] for r in old_rows], live[old_rows], k=5)
+    stored = np.full((120, 5), -np.inf, dtype=np.float32)
+    stored[old_rows] = old_top
+    inc_i, inc_j, inc_top = search_candidates(z, buckets, live, new, stored, k=5)
+
+    with_new = {(a, b) for a, b in zip(full_i.tolist(), full_j.tolist()) if new[a] or new[b]}
+    assert with_new and {(a, b) for a, b in zip(inc_i.tolist(), inc_j.tolist())} == with_new
+    np.testing.assert_allclose(inc_top[live], full_top[live], rtol=0, atol=1e-6)
+    assert 7 not in set(inc_i.tolist()) | set(inc_j.tolist())
+    assert all(buckets[a] == buckets[b] for a, b in with_new)
