@@ -56,12 +56,13 @@ def _labels(radaudit: RadauditConfig, method: str) -> np.ndarray:
     deps=["image_cache"], group_name="audit", kinds={"parquet"},
     description="Groups of images that are the same radiograph: identical pixels, re-encoded or re-exposed copies, "
     "copies under another patient (audit/near_duplicates.parquet; radaudit.pacs.duplicates). The heads' folds keep a "
-    "group on one side, and the report lists the copies as near_duplicate.",
+    "group on one side, and the report lists the copies as near_duplicate. A nightly run fingerprints, searches and "
+    "verifies only the new images (audit/duplicate_state/); full_rebuild starts from nothing.",
 )
 def near_duplicates(context: dg.AssetExecutionContext, radaudit: RadauditConfig) -> dg.MaterializeResult:
     """Find and group the near duplicates among the cached images."""
     with guarded(radaudit, "near_duplicates"):
-        groups = stages.find_near_duplicates(radaudit.data_dir, log=context.log.info)
+        groups = stages.find_near_duplicates(radaudit.data_dir, log=context.log.info, full_rebuild=radaudit.full_rebuild)
         copies = groups[groups["duplicate_of"].notna()]
         return dg.MaterializeResult(metadata={
             "dagster/row_count": len(groups), "groups": int(groups["group"].nunique()),

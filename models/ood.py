@@ -79,6 +79,8 @@ PIXEL_FEATURES: dict[str, tuple[int, str]] = {
 }
 # Columns of pixel_features(): the z-scored features, then flatness (judged against BLANK_FLATNESS).
 PIXEL_COLUMNS: tuple[str, ...] = (*PIXEL_FEATURES, "flatness")
+# Stored pixel features hold while this is unchanged: raise it whenever pixel_features() or flatness() change.
+PIXEL_FEATURES_VERSION = 1
 # flatness() below which an image is a blank or nearly blank exposure. On 1,080 in-domain images of
 # two multi-device demo-sized exports (64 px cache) flatness was at least 0.34 (1st percentile
 # 0.49) and on their 24 blank exposures (plain, marked, under-exposed) at most 0.26.

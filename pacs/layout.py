@@ -32,7 +32,7 @@ from pathlib import Path
 __all__ = [
     "CACHE_DIR", "CACHE_IMAGES_DIR", "DAGSTER_DIR", "DUPLICATES_PATH", "DUPLICATE_STATE_DIR", "EMBED_DIR", "ERRORS_PATH", "FOLDS_FILE",
     "HOLDER_FILE", "INDEX_PATH", "ISSUES_PATH", "KEY_FILE", "LABELS_PATH", "LOCK_FILE", "MANIFEST_PATH", "MODELS_DIR",
-    "OVERRIDES_PATH", "PROB_DIR", "REPORT_CSV", "REPORT_DIR", "REPORT_HTML", "REVIEW_DIR", "SUMMARY_PATH",
+    "OVERRIDES_PATH", "PIXEL_FEATURES_PATH", "PROB_DIR", "REPORT_CSV", "REPORT_DIR", "REPORT_HTML", "REVIEW_DIR", "SUMMARY_PATH",
     "THUMB_DIR", "VOCABULARY_PATH", "WEIGHTS_PATH", "checkpoint_dir", "method_dir",
 ]
 
@@ -55,6 +55,7 @@ ISSUES_PATH = Path("audit") / "label_issues.parquet"
 DUPLICATES_PATH = Path("audit") / "near_duplicates.parquet"
 DUPLICATE_STATE_DIR = Path("audit") / "duplicate_state"  # fingerprints and pairs a nightly run reuses
 SUMMARY_PATH = Path("audit") / "summary.json"
+PIXEL_FEATURES_PATH = Path("audit") / "pixel_features.parquet"  # by cache key, reused by the next run
 REPORT_DIR = Path("reports")
 REPORT_CSV = REPORT_DIR / "mislabel_report.csv"
 REPORT_HTML = REPORT_DIR / "mislabel_report.html"

@@ -20,7 +20,8 @@ import pandas as pd
 from radaudit.pacs import cache
 from radaudit.pacs import io as pio
 from radaudit.pacs.layout import (DUPLICATES_PATH, FOLDS_FILE, INDEX_PATH, LABELS_PATH, MANIFEST_PATH, OVERRIDES_PATH,
-                                  PROB_DIR, SUMMARY_PATH, VOCABULARY_PATH, method_dir)
+                                  PIXEL_FEATURES_PATH, PROB_DIR, SUMMARY_PATH, VOCABULARY_PATH, method_dir)
+from radaudit.pipelines.stages.store import cache_keys
 
 if TYPE_CHECKING:
     from radaudit.augment.dataset import CacheDataset
@@ -227,19 +228,41 @@ def load_audit_summary(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
 
-def pixel_features(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> pd.DataFrame:
-    """:func:`radaudit.models.ood.pixel_features` of every cached image in ``uids`` order, inside its content box."""
-    from radaudit.models.ood import PIXEL_COLUMNS
+def pixel_features(data_dir: str | os.PathLike[str], uids: Sequence[str], *, log: Any | None = None) -> pd.DataFrame:
+    """:func:`radaudit.models.ood.pixel_features` of every cached image in ``uids`` order, inside its content box.
+
+    The features are stored by cache key (``audit/pixel_features.parquet``): an image whose cached
+    pixels are unchanged keeps its row, so a nightly run reads only the night's images.
+    """
+    from radaudit.models.ood import PIXEL_COLUMNS, PIXEL_FEATURES_VERSION
     from radaudit.models.ood import pixel_features as features_of
 
     data_dir = Path(data_dir)
-    boxes = pd.read_parquet(data_dir / MANIFEST_PATH, columns=["sop_instance_uid", "content_height", "content_width"])
-    boxes = boxes.drop_duplicates("sop_instance_uid", keep="last").set_index("sop_instance_uid").reindex(list(uids))
-    rows = []
-    for uid, h, w in zip(uids, boxes["content_height"], boxes["content_width"]):
-        box = None if pd.isna(h) or pd.isna(w) else (int(h), int(w))
-        rows.append(features_of(cache.read(data_dir, uid, mmap=True), content=box))
-    return pd.DataFrame(rows, columns=list(PIXEL_COLUMNS))
+    columns = list(PIXEL_COLUMNS)
+    ids = pd.Index([f"{u}|{k}" for u, k in zip(uids, cache_keys(data_dir, uids))])
+    out = pd.DataFrame(np.nan, index=ids, columns=columns)
+    stored_path = data_dir / PIXEL_FEATURES_PATH
+    if stored_path.exists():
+        stored = pd.read_parquet(stored_path)
+        if {"id", "version", *columns} <= set(stored.columns):
+            stored = stored[stored["version"] == PIXEL_FEATURES_VERSION].drop_duplicates("id", keep="last")
+            out.update(stored.set_index("id")[columns])
+    todo = np.flatnonzero(out[columns[0]].isna().to_numpy())
+    if todo.size:
+        boxes = pd.read_parquet(data_dir / MANIFEST_PATH,
+                                columns=["sop_instance_uid", "content_height", "content_width"])
+        boxes = boxes.drop_duplicates("sop_instance_uid", keep="last").set_index("sop_instance_uid")
+        boxes = boxes.reindex([uids[i] for i in todo])
+        rows = []
+        for uid, h, w in zip(boxes.index, boxes["content_height"], boxes["content_width"]):
+            box = None if pd.isna(h) or pd.isna(w) else (int(h), int(w))
+            rows.append(features_of(cache.read(data_dir, uid, mmap=True), content=box))
+        out.iloc[todo] = pd.DataFrame(rows, columns=columns).to_numpy()
+        pio.write_parquet_frame(out.rename_axis("id").reset_index().assign(version=PIXEL_FEATURES_VERSION),
+                                stored_path)
+    if log is not None:
+        log(f"pixel evidence: {todo.size} images read, {len(ids) - todo.size} kept from the last run")
+    return out.reset_index(drop=True)
 
 
 def issue_inputs(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> dict[str, Any]:
