@@ -22,12 +22,14 @@ def oof_asset(method: str) -> dg.AssetsDefinition:
         deps=[dg.AssetKey(["embeddings", method]), "region_labels", "label_overrides", "near_duplicates"],
         group_name="audit", kinds={"numpy", "heads"}, description=f"Out-of-fold class probabilities of linear heads on the {method} "
         "embeddings (folds stratified by region, grouped by patient); null labels predicted by a head fit "
-        "on all labels (probabilities/" + method + ".npy).",
+        "on all labels (probabilities/" + method + ".npy). A nightly run keeps the last fit while its images, labels "
+        "and embeddings are unchanged, and scores the new images with its full head; full_rebuild fits again.",
     )
-    def oof(radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
+    def oof(context: dg.AssetExecutionContext, radaudit: RadauditConfig, audit: AuditConfig) -> dg.MaterializeResult:
         with guarded(radaudit, f"oof_probabilities/{method}"):
             result = stages.compute_oof(radaudit.data_dir, method, n_splits=audit.n_splits, seed=audit.seed,
-                                        l2=audit.head_l2, repeats=audit.head_repeats)
+                                        l2=audit.head_l2, repeats=audit.head_repeats,
+                                        reuse=not radaudit.full_rebuild, log=context.log.info)
             labelled = result.fold >= 0
             acc = float((result.probabilities[labelled].argmax(1) == _labels(radaudit, method)[labelled]).mean())
             l2 = stages.head_settings(radaudit.data_dir, method)["l2"]

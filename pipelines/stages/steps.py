@@ -174,7 +174,7 @@ def _embed_with(data_dir: Path, checkpoints: Path, name: str, ts: TrainingSet, *
 
 
 def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int = 10, seed: int = 0,
-                l2: float | None = None, repeats: int = 3) -> OOFResult:
+                l2: float | None = None, repeats: int = 3, reuse: bool = True, log: Log | None = None) -> OOFResult:
     """Out-of-fold probabilities of one method's linear heads (reviewed labels trusted); write
     ``probabilities/<method>.npy`` and the heads' L2 weight to ``probabilities/<method>.heads.json``.
 
@@ -189,6 +189,12 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
     exports of issue 12 (seeds 0-2): precision@k 0.750/0.703/0.703 against 0.766/0.703/0.672,
     the same mean (0.72 against 0.71) with less luck of the split; a 10-fold split alone gave
     0.750/0.688/0.703.
+
+    With ``reuse``, a nightly run keeps the last fit (:func:`_reuse_oof`): when every image the
+    last fit trained on is still here with the same label and the same embedding, and the
+    settings are the same, the old images keep their probabilities and the new images are scored
+    by the last fit's full head, which never saw them. Otherwise (a verdict changed a label, the
+    backbone was retrained, an image left) the heads are fit again.
     """
     from radaudit.models.heads import OOFResult, choose_l2, oof_probabilities
     from radaudit.models.validation import check_groups
@@ -198,6 +204,14 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
     k = len(ts.vocabulary)
     folds = cross_fit_folds(data_dir, method)
     losses: dict[float, float] = {}
+    settings = {"n_splits": n_splits, "seed": seed, "l2": l2, "repeats": repeats}
+    features = feature_keys(data_dir, method, ts.uids) if folds is None else None
+    if reuse and features is not None:
+        kept = _reuse_oof(data_dir, method, ts, features, settings)
+        if kept is not None:
+            if log is not None:
+                log(f"{method} heads: the last fit kept, {kept[1]} images scored by its full head")
+            return kept[0]
     if folds is None:
         x = load_embeddings(data_dir, method, ts.uids)
         labelled = ts.labels >= 0
@@ -236,13 +250,89 @@ def compute_oof(data_dir: str | os.PathLike[str], method: str, *, n_splits: int 
             heads.append(part.head)
         out_of_fold &= ts.labels >= 0
         result = OOFResult(probs, fold, out_of_fold, heads[0])
+    _save_head(data_dir / PROB_DIR / f"{method}.head.safetensors", result.head)
     save_rows(result.probabilities.astype(np.float32), data_dir / PROB_DIR / f"{method}.npy",
               pd.DataFrame({"sop_instance_uid": ts.uids, "label": ts.labels, "fold": result.fold,
-                            "out_of_fold": result.out_of_fold}),
+                            "out_of_fold": result.out_of_fold,
+                            "feature_key": features if features is not None else [None] * len(ts.uids)}),
               data_dir / PROB_DIR / f"{method}.rows.parquet")
     pio.write_text(data_dir / PROB_DIR / f"{method}.heads.json",
-                   json.dumps({"l2": l2, "log_loss_by_l2": {f"{k2:g}": v for k2, v in losses.items()}}, indent=1))
+                   json.dumps({"l2": l2, "log_loss_by_l2": {f"{k2:g}": v for k2, v in losses.items()},
+                               "settings": settings}, indent=1))
+    if log is not None:
+        log(f"{method} heads: fit on {int((ts.labels >= 0).sum())} labelled images")
     return result
+
+
+def feature_keys(data_dir: Path, method: str, uids: Sequence[str]) -> list[str] | None:
+    """Per image, what its stored embedding depends on (backbone weights and size, cached pixels);
+    None when the embeddings came from elsewhere (:func:`radaudit.pipelines.stages.store.save_embeddings`)."""
+    rows = pd.read_parquet(data_dir / EMBED_DIR / f"{method}.uids.parquet",
+                           columns=["sop_instance_uid", "cache_key", "model_key"])
+    if (rows["model_key"] == "external").any() or (rows["cache_key"] == "").any():
+        return None
+    rows = rows.drop_duplicates("sop_instance_uid", keep="last").set_index("sop_instance_uid").reindex(list(uids))
+    if rows["model_key"].isna().any():
+        return None
+    return (rows["model_key"] + "|" + rows["cache_key"]).tolist()
+
+
+def _save_head(path: Path, head: Any) -> None:
+    """A :class:`radaudit.models.heads.LinearHead` as safetensors, atomically."""
+    from safetensors.numpy import save_file
+
+    with pio.atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in head.state_dict().items()}, str(tmp))
+
+
+def _reuse_oof(data_dir: Path, method: str, ts: TrainingSet, features: list[str],
+               settings: dict[str, Any]) -> tuple[OOFResult, int] | None:
+    """The last fit's probabilities, extended to new images by its full head, and how many images
+    are new, where the fit still holds (see :func:`compute_oof`); None where it does not."""
+    from safetensors.numpy import load_file
+
+    from radaudit.models.heads import LinearHead, OOFResult
+
+    head_path = data_dir / PROB_DIR / f"{method}.head.safetensors"
+    heads_json = data_dir / PROB_DIR / f"{method}.heads.json"
+    if not (head_path.exists() and heads_json.exists()):
+        return None
+    if json.loads(heads_json.read_text(encoding="utf-8")).get("settings") != settings:
+        return None
+    try:
+        old_probs, old = load_probabilities(data_dir, method)
+    except (ValueError, OSError):
+        return None
+    if "feature_key" not in old or old["feature_key"].isna().any() or old_probs.shape[1] != len(ts.vocabulary):
+        return None
+    now = pd.DataFrame({"label": ts.labels, "feature_key": features}, index=pd.Index(ts.uids))
+    trained = old[old["label"] >= 0].set_index("sop_instance_uid")
+    here = now.reindex(trained.index)
+    if here["label"].isna().any() or not ((here["label"] == trained["label"]).all()
+                                          and (here["feature_key"] == trained["feature_key"]).all()):
+        return None  # an image the heads trained on left, or its label or embedding changed
+    position = pd.Series(np.arange(len(old)), index=old["sop_instance_uid"] + "|" + old["feature_key"]
+                         + "|" + old["label"].astype(str))
+    where = position[~position.index.duplicated(keep="last")].reindex(
+        [f"{u}|{f}|{y}" for u, f, y in zip(ts.uids, features, ts.labels)]).to_numpy()
+    kept = ~np.isnan(where)
+    n = len(ts.uids)
+    probs = np.zeros((n, len(ts.vocabulary)))
+    fold = np.full(n, -1, dtype=np.int64)
+    out_of_fold = ts.labels >= 0
+    src = where[kept].astype(np.int64)
+    probs[kept] = old_probs[src]
+    fold[kept] = old["fold"].to_numpy(np.int64)[src]
+    out_of_fold[kept] = old["out_of_fold"].to_numpy(bool)[src]
+    head = LinearHead.from_state_dict(load_file(str(head_path)))
+    if (~kept).any():
+        probs[~kept] = head.predict_proba(load_embeddings(data_dir, method, [u for u, k in zip(ts.uids, kept) if not k]))
+    result = OOFResult(probs, fold, out_of_fold, head)
+    save_rows(probs.astype(np.float32), data_dir / PROB_DIR / f"{method}.npy",
+              pd.DataFrame({"sop_instance_uid": ts.uids, "label": ts.labels, "fold": fold, "out_of_fold": out_of_fold,
+                            "feature_key": features}),
+              data_dir / PROB_DIR / f"{method}.rows.parquet")
+    return result, int((~kept).sum())
 
 
 def combine(data_dir: str | os.PathLike[str], methods: Sequence[str], *, weights: str = "log_loss",

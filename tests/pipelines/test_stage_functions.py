@@ -112,6 +112,48 @@ def test_compute_oof_writes_held_out_probabilities_and_the_chosen_l2(embedded, t
     assert settings["l2"] > 0 and f"{settings['l2']:g}" in settings["log_loss_by_l2"]
 
 
+def test_compute_oof_keeps_the_last_fit_and_scores_new_images_with_its_full_head(embedded, tmp_path):
+    from safetensors.numpy import load_file
+
+    from radaudit.models.heads import LinearHead
+
+    data = _copy(embedded[0], tmp_path)
+    ts = stages.load_training_set(data)
+    log: list[str] = []
+    first = stages.compute_oof(data, "simclr", n_splits=3, repeats=1, log=log.append)
+    assert log[-1].startswith("simclr heads: fit on")
+    stored, rows = stages.load_probabilities(data, "simclr")
+    assert stages.compute_oof(data, "simclr", n_splits=3, repeats=1, log=log.append).probabilities.shape == stored.shape
+    assert log[-1] == "simclr heads: the last fit kept, 0 images scored by its full head"
+    np.testing.assert_array_equal(stages.load_probabilities(data, "simclr")[0], stored)
+
+    # Two images the last fit never saw (one labelled, one not), as on a nightly run.
+    new = [int(np.flatnonzero(ts.labels >= 0)[0]), int(np.flatnonzero(ts.labels < 0)[0])]
+    keep = np.setdiff1d(np.arange(len(rows)), new)
+    stages.save_rows(stored[keep], data / layout.PROB_DIR / "simclr.npy", rows.iloc[keep].reset_index(drop=True),
+                     data / layout.PROB_DIR / "simclr.rows.parquet")
+    nightly = stages.compute_oof(data, "simclr", n_splits=3, repeats=1, log=log.append)
+    assert log[-1] == "simclr heads: the last fit kept, 2 images scored by its full head"
+    head = LinearHead.from_state_dict(load_file(str(data / layout.PROB_DIR / "simclr.head.safetensors")))
+    x = stages.load_embeddings(data, "simclr", [ts.uids[i] for i in new])
+    np.testing.assert_allclose(nightly.probabilities[new], head.predict_proba(x), atol=1e-6)
+    np.testing.assert_allclose(nightly.probabilities[keep], stored[keep], atol=0)
+    assert nightly.fold[new].tolist() == [-1, -1] and nightly.out_of_fold[new].tolist() == [True, False]
+    np.testing.assert_allclose(first.probabilities[keep], stored[keep], atol=1e-6)
+
+    # A changed label (a verdict) or other settings: the heads are fit again.
+    changed = rows.copy()
+    i = int(np.flatnonzero(changed["label"] >= 0)[1])
+    changed.loc[i, "label"] = (changed.loc[i, "label"] + 1) % N_CLASSES
+    stages.save_rows(stored, data / layout.PROB_DIR / "simclr.npy", changed, data / layout.PROB_DIR / "simclr.rows.parquet")
+    stages.compute_oof(data, "simclr", n_splits=3, repeats=1, log=log.append)
+    assert log[-1].startswith("simclr heads: fit on")
+    stages.compute_oof(data, "simclr", n_splits=3, repeats=2, log=log.append)
+    assert log[-1].startswith("simclr heads: fit on")
+    again = stages.compute_oof(data, "simclr", n_splits=3, repeats=2, reuse=False, log=log.append)
+    assert log[-1].startswith("simclr heads: fit on") and again.probabilities.shape == stored.shape
+
+
 def test_combine_weights_the_members_and_writes_the_ensemble(embedded, tmp_path):
     data = _copy(embedded[0], tmp_path)
     ts = stages.load_training_set(data)
