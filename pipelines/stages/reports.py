@@ -44,8 +44,9 @@ import html
 import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -124,6 +125,20 @@ def thumbnail_png(image: np.ndarray, size: int = 128) -> bytes:
 def thumbnail_jpeg(image: np.ndarray, size: int = 128) -> bytes:
     """A grey JPEG (quality :data:`JPEG_QUALITY`) of a 2-D uint8 image, its long side scaled to ``size`` pixels."""
     return _encoded(_shrunk(image, size), "JPEG")
+
+
+def _write_once(folder: Path, pixels: np.ndarray, encode: Callable[[], bytes], written: set[str]) -> str:
+    """Write ``encode()``, the PNG of ``pixels``, into ``folder`` as ``<pixel digest>.png``; return that name.
+
+    The name comes from the pixels alone (:func:`radaudit.pacs.duplicates.pixel_digest`): it names no
+    patient or UID, and a file of that name already there (this report's, or an earlier run's: every
+    write is whole) holds these pixels, so it is not written again.
+    """
+    name = f"{pixel_digest(pixels)}.png"
+    if name not in written and not (folder / name).is_file():
+        write_bytes(folder / name, encode())
+    written.add(name)
+    return name
 
 
 def _prune(folder: Path, keep: set[str]) -> None:
@@ -304,23 +319,19 @@ def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.Pa
     thumbs: set[str] = set()
     images: set[str] = set()
     if thumbnail:
+        thumb_paths = [""] * len(rows)
         for i, uid in enumerate(rows["sop_instance_uid"]):
             try:
                 img = cache.read(data_dir, uid)
             except KeyError:
                 continue  # not cached (e.g. undecodable): no thumbnail
-            name = f"{pixel_digest(img)}.png"  # from the pixels alone: it names no patient or UID
             small = _shrunk(img, thumbnail)
-            write_bytes(out_dir / thumbs_rel / name, _encoded(small, "PNG"))
-            thumbs.add(name)
-            rows.at[i, "thumbnail"] = f"{thumbs_rel}/{name}"
+            name = _write_once(out_dir / thumbs_rel, np.asarray(small), partial(_encoded, small, "PNG"), thumbs)
+            thumb_paths[i] = f"{thumbs_rel}/{name}"
             if i < top_html:
-                full = out_dir / images_rel / name
-                # Named by its pixels: a file already there holds them (an earlier run wrote it whole).
-                if name not in images and not full.is_file():
-                    write_bytes(full, _encoded(_shrunk(img, max(img.shape)), "PNG"))
-                images.add(name)
+                name = _write_once(out_dir / images_rel, img, partial(thumbnail_png, img, max(img.shape)), images)
                 shown[i] = _Shown(_encoded(small, "JPEG"), f"{images_rel}/{name}")
+        rows["thumbnail"] = thumb_paths
     columns = [c for c in CSV_COLUMNS if include_accession or c != "accession_number"]
     csv_path = data_dir / REPORT_CSV
     write_text(csv_path, _csv_text(rows, columns, delimiter, defuse_formulas))
@@ -462,9 +473,9 @@ _JS = """
     big.onload=function(){fit=Math.max(1,Math.floor(Math.min(window.innerWidth,window.innerHeight-80)/big.naturalWidth)); setZoom(fit);};
     caption.textContent='rank '+r.getAttribute('data-rank')+' \\u00b7 '+r.getAttribute('data-caption');
     big.onerror=function(){big.onerror=null; big.src=img.src;
-      caption.textContent+=' \\u00b7 thumbnail only: '+img.getAttribute('data-full')+
+      caption.textContent+=' \\u00b7 thumbnail only: '+img.getAttribute('data-large')+
         ' is not beside this file (copy the whole reports folder)';};
-    big.src=img.getAttribute('data-full')||img.src;
+    big.src=img.getAttribute('data-large')||img.src;
     box.classList.add('open');
   });
   big.addEventListener('click',function(){setZoom(zoom>=4*fit?fit:zoom*2);});
@@ -480,7 +491,7 @@ class _Shown:
     """An HTML row's images: the JPEG thumbnail to inline, the lossless file's URL relative to the report."""
 
     jpeg: bytes
-    full: str
+    large: str
 
 
 @dataclass(frozen=True)
@@ -545,7 +556,7 @@ def _html(rows: pd.DataFrame, images: dict[int, _Shown], csv_columns: list[str],
             kind, cls = _HTML_COLUMNS[c][1], _HTML_COLUMNS[c][2]
             if c == "thumbnail":
                 im = images.get(i)
-                inner = (f'<img class="thumb" alt="image {i + 1}" data-full="{esc(im.full)}" src="data:image/jpeg;'
+                inner = (f'<img class="thumb" alt="image {i + 1}" data-large="{esc(im.large)}" src="data:image/jpeg;'
                          f'base64,{base64.b64encode(im.jpeg).decode()}">' if im else "")
                 cells.append(f"<td>{inner}</td>")
                 continue

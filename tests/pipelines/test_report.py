@@ -107,7 +107,7 @@ def test_html_is_self_contained_sortable_filterable(tmp_path: Path) -> None:
     assert "http" not in page.lower().replace("hyperlink", "")
     assert "<link" not in page and "@import" not in page
     # Each row inlines a JPEG thumbnail; its full image is a file beside the report, named relatively.
-    assert page.count('src="data:image/jpeg;base64,') == 3 and page.count('data-full="images/') == 3
+    assert page.count('src="data:image/jpeg;base64,') == 3 and page.count('data-large="images/') == 3
     assert 'id="filter"' in page and 'id="kind"' in page and "addEventListener('click'" in page
     # The PACS text is shown escaped (its quotes would end an attribute), never as raw markup.
     assert "HÜFTE &quot;li&quot;, a.p.;" in page and 'HÜFTE "li"' not in page.split('id="review-data">')[0]
@@ -192,7 +192,7 @@ FLAGGED = ["1.2.826.0.1.3", "1.2.826.0.1.4", "1.2.826.0.1.1", "1.2.826.0.1.2"]  
 def inlined(page: str) -> list[tuple[bytes, str]]:
     """Each HTML row's inlined thumbnail (decoded) and the relative URL of its large view's file."""
     return [(base64.b64decode(data), full) for full, data in
-            re.findall(r'<img class="thumb"[^>]* data-full="([^"]+)" src="data:image/jpeg;base64,([^"]+)"', page)]
+            re.findall(r'<img class="thumb"[^>]* data-large="([^"]+)" src="data:image/jpeg;base64,([^"]+)"', page)]
 
 
 def test_thumbnails_are_small_jpegs_and_the_large_view_is_the_cache_lossless(tmp_path: Path) -> None:
