@@ -146,7 +146,8 @@ def mislabel_report(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
     with guarded(radaudit, "mislabel_report"):
         from radaudit.models.audit import flag_fraction
 
-        files = stages.report(radaudit.data_dir, include_accession=audit.include_accession, top_html=audit.report_top_html)
+        files = stages.report(radaudit.data_dir, include_accession=audit.include_accession,
+                              top_html=audit.report_top_html, thumbnail=audit.report_thumbnail)
         csv = pd.read_csv(files.csv_path, encoding="utf-8-sig")
         issues = pd.read_parquet(radaudit.data_path / ISSUES_PATH)
         fraction = flag_fraction(issues)
