@@ -20,6 +20,9 @@ cache; the reports folder is deleted before each round, the best of ``--rounds``
 - radaudit, rerun: :func:`write_report` over its own report, as a nightly run finds it (the large
   views' files are there: not written again).
 
+Last, the encoding choice: the mean size of a ``--thumbnail`` px thumbnail of these images as
+grey JPEG (what the HTML inlines) and as optimized PNG.
+
 Figures go to ``benchmarks/out/report.json`` (or ``$OUT``) as they are measured.
 """
 
@@ -46,7 +49,7 @@ from radaudit.pacs.io import write_bytes, write_text  # noqa: E402
 from radaudit.pacs.layout import REPORT_DIR, REPORT_HTML, REPORT_IMAGES_DIR, THUMB_DIR  # noqa: E402
 from radaudit.pacs.synth.anatomy import REGIONS  # noqa: E402
 from radaudit.pacs.synth.render import render_radiograph  # noqa: E402
-from radaudit.pipelines.stages.reports import ReportFiles, thumbnail_png, write_report  # noqa: E402
+from radaudit.pipelines.stages.reports import ReportFiles, thumbnail_jpeg, write_report  # noqa: E402
 
 SCENES = 28  # rendered scenes; the rows are their grainy, flipped variants
 GRAIN = 4.0  # grey levels
@@ -172,6 +175,13 @@ def main() -> None:
                  shown=f"{folder_mb(images):10.2f}")
         rerun = best_of(args.rounds, new, lambda: None)
         figs.add(section, "radaudit, rerun (images already there): write", rerun, "s", shown=f"{rerun:10.2f}")
+        sample = [cache.read(data, uid) for uid in issues["sop_instance_uid"][:100]]
+        png = np.mean([len(_png_optimized(img, args.thumbnail)) for img in sample]) / 1e3
+        jpeg = np.mean([len(thumbnail_jpeg(img, args.thumbnail)) for img in sample]) / 1e3
+        figs.add("thumbnail encoding", f"{args.thumbnail} px grey PNG (optimize), mean of 100", png, "kB",
+                 shown=f"{png:10.2f}")
+        figs.add("thumbnail encoding", f"{args.thumbnail} px grey JPEG (quality 85, inlined), mean of 100", jpeg, "kB",
+                 shown=f"{jpeg:10.2f}")
         figs.note(f"HTML {old_mb / new_mb:.1f}x smaller than the baseline's; written {old / cold:.1f}x as fast, "
                   f"{old / rerun:.1f}x on a rerun")
     finally:

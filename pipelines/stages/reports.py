@@ -64,8 +64,8 @@ __all__ = ["CSV_COLUMNS", "MAX_THUMBNAIL", "ReportFiles", "thumbnail_jpeg", "thu
 
 # The long side of the inlined thumbnails may not exceed this: 500 rows at 256 px stay under 10 MB of HTML.
 MAX_THUMBNAIL = 256
-# Grey JPEG at this quality measured 2.5x smaller than an optimized PNG on radiograph-like images
-# (benchmarks/report.py); the large view shows the lossless PNG.
+# Grey JPEG at this quality measured 2.5x smaller than an optimized PNG at 128 px on radiograph-like
+# images (benchmarks/report.py); the large view shows the lossless PNG.
 JPEG_QUALITY = 85
 
 
