@@ -132,8 +132,8 @@ def label_issues(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
 
 @dg.asset(
     deps=["label_issues"], group_name="audit",
-    description="The radiologists' report: reports/mislabel_report.csv (most suspect first) and a self-contained "
-    "HTML gallery reports/mislabel_report.html.",
+    description="The radiologists' report: reports/mislabel_report.csv (most suspect first) and an HTML gallery "
+    "reports/mislabel_report.html (thumbnails inlined, large views in reports/images/: no server needed).",
     check_specs=[
         dg.AssetCheckSpec("schema", asset="mislabel_report", description="The CSV has the documented columns."),
         dg.AssetCheckSpec("ranks_sorted", asset="mislabel_report", description="Ranks run 1, 2, ... in file order."),

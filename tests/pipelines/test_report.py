@@ -1,4 +1,4 @@
-"""Tests of radaudit.pipelines.stages.reports.write_report: columns, BOM, quoting, order, self-contained HTML, no PHI."""
+"""Tests of radaudit.pipelines.stages.reports.write_report: columns, BOM, quoting, order, HTML, images, no PHI."""
 
 from __future__ import annotations
 
