@@ -60,7 +60,7 @@ from radaudit.pacs.layout import REPORT_CSV, REPORT_DIR, REPORT_HTML, REPORT_IMA
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["CSV_COLUMNS", "MAX_THUMBNAIL", "ReportFiles", "thumbnail_jpeg", "thumbnail_png", "write_report"]
+__all__ = ["CSV_COLUMNS", "JPEG_QUALITY", "MAX_THUMBNAIL", "ReportFiles", "thumbnail_jpeg", "thumbnail_png", "write_report"]
 
 # The long side of the inlined thumbnails may not exceed this: 500 rows at 256 px stay under 10 MB of HTML.
 MAX_THUMBNAIL = 256
@@ -94,7 +94,7 @@ class ReportFiles:
     image_dir: Path
 
 
-def _shrunk(image: np.ndarray, size: int) -> "Image.Image":
+def _shrunk(image: np.ndarray, size: int) -> Image.Image:
     """A 2-D uint8 image as a grey Pillow image, its long side scaled down to ``size`` (never up)."""
     from PIL import Image
 
@@ -106,7 +106,7 @@ def _shrunk(image: np.ndarray, size: int) -> "Image.Image":
     return pil
 
 
-def _encoded(pil: "Image.Image", fmt: str) -> bytes:
+def _encoded(pil: Image.Image, fmt: str) -> bytes:
     """``pil`` as PNG (lossless; zlib's default level: ``optimize`` took 1.5-2.7x the time for 1-2% fewer
     bytes) or as JPEG."""
     buf = io.BytesIO()
