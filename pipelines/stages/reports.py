@@ -60,7 +60,8 @@ from radaudit.pacs.layout import REPORT_CSV, REPORT_DIR, REPORT_HTML, REPORT_IMA
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["CSV_COLUMNS", "JPEG_QUALITY", "MAX_THUMBNAIL", "ReportFiles", "thumbnail_jpeg", "thumbnail_png", "write_report"]
+__all__ = ["CSV_COLUMNS", "JPEG_QUALITY", "MAX_THUMBNAIL", "ReportFiles", "thumbnail_jpeg", "thumbnail_png",
+           "write_report"]
 
 # The long side of the inlined thumbnails may not exceed this: 500 rows at 256 px stay under 10 MB of HTML.
 MAX_THUMBNAIL = 256
