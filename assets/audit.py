@@ -135,8 +135,8 @@ def label_issues(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
 
 @dg.asset(
     deps=["label_issues"], group_name="audit",
-    description="The radiologists' report: reports/mislabel_report.csv (most suspect first) and a self-contained "
-    "HTML gallery reports/mislabel_report.html.",
+    description="The radiologists' report: reports/mislabel_report.csv (most suspect first) and an HTML gallery "
+    "reports/mislabel_report.html (thumbnails inlined, large views in reports/images/: no server needed).",
     check_specs=[
         dg.AssetCheckSpec("schema", asset="mislabel_report", description="The CSV has the documented columns."),
         dg.AssetCheckSpec("ranks_sorted", asset="mislabel_report", description="Ranks run 1, 2, ... in file order."),
@@ -149,7 +149,8 @@ def mislabel_report(context: dg.AssetExecutionContext, radaudit: RadauditConfig,
     with guarded(radaudit, "mislabel_report"):
         from radaudit.models.audit import flag_fraction
 
-        files = stages.report(radaudit.data_dir, include_accession=audit.include_accession, top_html=audit.report_top_html)
+        files = stages.report(radaudit.data_dir, include_accession=audit.include_accession,
+                              top_html=audit.report_top_html, thumbnail=audit.report_thumbnail)
         csv = pd.read_csv(files.csv_path, encoding="utf-8-sig")
         issues = pd.read_parquet(radaudit.data_path / ISSUES_PATH)
         fraction = flag_fraction(issues)

@@ -104,6 +104,8 @@ class AuditConfig(dg.ConfigurableResource):
     flag_count: str = "mixture_proportion"
     include_accession: bool = True
     report_top_html: int = 500
+    # Long side in pixels of the report's thumbnails, at most radaudit.pipelines.stages.reports.MAX_THUMBNAIL.
+    report_thumbnail: int = 128
     min_flag_fraction: float = 0.0
     max_flag_fraction: float = 0.5
     truth_path: str | None = None

@@ -19,7 +19,9 @@ these; :mod:`radaudit.models` and :mod:`radaudit.augment` never see a data dir::
     audit/label_issues.parquet       one row per image: the findings
     audit/near_duplicates.parquet    near-duplicate groups
     audit/summary.json               the audit's figures and warnings
-    reports/                         the radiologists' CSV, HTML and thumbnails
+    reports/                         the radiologists' CSV and HTML
+    reports/thumbnails/<digest>.png  small PNGs of the CSV's rows (named by a digest of the pixels, no identifier)
+    reports/images/<digest>.png      the HTML's images at the cache's size, lossless, loaded by its large view
     dagster/                         the CLI's Dagster instance (runs, event logs)
     .radaudit.lock, .radaudit.holder the lock one run at a time holds, and who holds it
 """
@@ -30,10 +32,11 @@ import os
 from pathlib import Path
 
 __all__ = [
-    "CACHE_DIR", "CACHE_IMAGES_DIR", "DAGSTER_DIR", "DUPLICATES_PATH", "DUPLICATE_STATE_DIR", "EMBED_DIR", "ERRORS_PATH", "FOLDS_FILE",
-    "HOLDER_FILE", "INDEX_PATH", "ISSUES_PATH", "KEY_FILE", "LABELS_PATH", "LOCK_FILE", "MANIFEST_PATH", "MODELS_DIR",
-    "OVERRIDES_PATH", "PIXEL_FEATURES_PATH", "PROB_DIR", "REPORT_CSV", "REPORT_DIR", "REPORT_HTML", "REVIEW_DIR", "SUMMARY_PATH",
-    "THUMB_DIR", "VOCABULARY_PATH", "WEIGHTS_PATH", "checkpoint_dir", "method_dir",
+    "CACHE_DIR", "CACHE_IMAGES_DIR", "DAGSTER_DIR", "DUPLICATES_PATH", "DUPLICATE_STATE_DIR", "EMBED_DIR",
+    "ERRORS_PATH", "FOLDS_FILE", "HOLDER_FILE", "INDEX_PATH", "ISSUES_PATH", "KEY_FILE", "LABELS_PATH", "LOCK_FILE",
+    "MANIFEST_PATH", "MODELS_DIR", "OVERRIDES_PATH", "PIXEL_FEATURES_PATH", "PROB_DIR", "REPORT_CSV", "REPORT_DIR",
+    "REPORT_HTML", "REPORT_IMAGES_DIR", "REVIEW_DIR", "SUMMARY_PATH", "THUMB_DIR", "VOCABULARY_PATH", "WEIGHTS_PATH",
+    "checkpoint_dir", "method_dir",
 ]
 
 INDEX_PATH = Path("index") / "dicom_index.parquet"
@@ -60,6 +63,7 @@ REPORT_DIR = Path("reports")
 REPORT_CSV = REPORT_DIR / "mislabel_report.csv"
 REPORT_HTML = REPORT_DIR / "mislabel_report.html"
 THUMB_DIR = REPORT_DIR / "thumbnails"
+REPORT_IMAGES_DIR = REPORT_DIR / "images"
 DAGSTER_DIR = Path("dagster")
 LOCK_FILE = ".radaudit.lock"
 HOLDER_FILE = ".radaudit.holder"

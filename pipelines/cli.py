@@ -218,8 +218,22 @@ def _share(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _thumbnail(text: str) -> int:
+    """An argument that must be a thumbnail size the report accepts: 0 to MAX_THUMBNAIL pixels."""
+    from radaudit.pipelines.stages.reports import MAX_THUMBNAIL
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_THUMBNAIL:
+        raise argparse.ArgumentTypeError(f"{text!r}: give pixels from 0 to {MAX_THUMBNAIL} (0: no images)")
+    return value
+
+
 def _add_audit_options(p: argparse.ArgumentParser) -> None:
     from radaudit.assets.resources import AuditConfig
+    from radaudit.pipelines.stages.reports import MAX_THUMBNAIL
 
     defaults = AuditConfig()
     p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"pretraining epochs (default {defaults.epochs})")
@@ -235,6 +249,9 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-scratch", action="store_true",
                    help="train selected backbones anew instead of resuming or keeping their last checkpoint")
     p.add_argument("--no-accession", action="store_true", help="leave the Accession Number out of the report")
+    p.add_argument("--thumbnail", type=_thumbnail, default=defaults.report_thumbnail, metavar="PX",
+                   help=f"long side of the report's inlined thumbnails (default {defaults.report_thumbnail}, "
+                        f"at most {MAX_THUMBNAIL}; the large view shows the cached image at full size)")
     p.add_argument("--methods", nargs="+", default=list(defaults.methods), choices=list(METHODS),
                    help=f"methods to pretrain and ensemble (default: {' '.join(defaults.methods)})")
     p.add_argument("--embed-crop", type=_share, default=defaults.embed_crop, metavar="SHARE",
@@ -249,7 +266,7 @@ def _audit_config(args: argparse.Namespace) -> Any:
                        backbone=args.backbone, seed=args.seed, from_scratch=args.from_scratch,
                        devices=args.devices, gauge_dir=args.gauge_dir,
                        include_accession=not args.no_accession, methods=list(dict.fromkeys(args.methods)),
-                       embed_crop=args.embed_crop)
+                       embed_crop=args.embed_crop, report_thumbnail=args.thumbnail)
 
 
 def _resource(export: str | os.PathLike[str], data: str | os.PathLike[str], args: argparse.Namespace) -> Any:

@@ -1,20 +1,30 @@
-"""The radiologists' report: a ranked CSV and a self-contained HTML gallery of suspect labels.
+"""The radiologists' report: a ranked CSV and an HTML gallery of suspect labels, one folder, no server.
 
-Written under ``<data dir>/reports/``, every file atomically (temp file + rename):
+Written under ``<data dir>/reports/``:
 
 - ``mislabel_report.csv``: most suspect first, the columns of ``CSV_COLUMNS`` (without
   ``accession_number`` when ``include_accession=False``). UTF-8 with a byte-order mark and
   minimal quoting (the ``csv`` module quotes fields with the delimiter, quotes or line breaks),
   so Excel and LibreOffice open umlauts and commas in PACS strings cleanly. Text that a
   spreadsheet would run as a formula (starting with ``= + - @``, tab or CR) gets a leading ``'``.
-- ``thumbnails/<uid>.png``: a small PNG of each reported image's cached pixels; the CSV's
+- ``thumbnails/<digest>.png``: a small PNG of each reported image's cached pixels; the CSV's
   ``thumbnail`` column holds the path relative to ``reports/``.
-- ``mislabel_report.html``: the top ``top_html`` rows with their cached images inlined as
-  ``data:`` URIs, inline CSS and JS, no request to anything outside the file; click a column
+- ``images/<digest>.png``: each HTML row's cached image at the size the cache holds, lossless,
+  written once; the HTML's large view loads it by its relative URL (file:// needs no server).
+- ``mislabel_report.html``: the top ``top_html`` rows, each with a grey JPEG thumbnail of at most
+  :data:`MAX_THUMBNAIL` px inlined as a ``data:`` URI (500 rows stay a few MB, where the full
+  images inlined made about 20 MB), inline CSS and JS, no request outside ``reports/``; click a column
   header to sort, type in the box or pick an issue kind to filter, click a thumbnail to see the
   image large (fit to the window, then 2x and 4x on click). Each row has a verdict control; verdicts are kept in the
   browser's local storage and "Save verdicts" downloads them as a review CSV (the report's
   columns plus ``verdict``, UTF-8 with BOM) that :mod:`radaudit.pacs.review` reads from ``review/``.
+
+``<digest>`` is a hash of the pixels (:func:`radaudit.pacs.duplicates.pixel_digest`): no UID or
+other identifier in a file name, an image shown by two rows is one file, a rerun finds unchanged
+images already written, and a page of an earlier report left open never shows another image under
+a reused name. Every file is written atomically (temp file + rename), the images before the CSV
+and HTML that name them, and the earlier report's images are removed only after them, so whatever
+crashes, the report on disk refers only to files that are there.
 
 Only the columns listed here ever leave the inputs (an allow-list): patient names, birth dates
 or any other column of ``meta`` are never written.
@@ -34,18 +44,30 @@ import html
 import io
 import json
 import os
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from radaudit.pacs.io import write_bytes, write_text
-from radaudit.pacs.layout import REPORT_CSV, REPORT_DIR, REPORT_HTML, REVIEW_DIR, THUMB_DIR
+from radaudit.pacs.duplicates import pixel_digest
+from radaudit.pacs.io import is_temp_name, write_bytes, write_text
+from radaudit.pacs.layout import REPORT_CSV, REPORT_DIR, REPORT_HTML, REPORT_IMAGES_DIR, REVIEW_DIR, THUMB_DIR
 
-__all__ = ["CSV_COLUMNS", "ReportFiles", "thumbnail_png", "write_report"]
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = ["CSV_COLUMNS", "JPEG_QUALITY", "MAX_THUMBNAIL", "ReportFiles", "thumbnail_jpeg", "thumbnail_png",
+           "write_report"]
+
+# The long side of the inlined thumbnails may not exceed this: 500 rows at 256 px stay under 10 MB of HTML.
+MAX_THUMBNAIL = 256
+# Grey JPEG at this quality measured 2.5x smaller than an optimized PNG at 128 px on radiograph-like
+# images (benchmarks/report.py); the large view shows the lossless PNG.
+JPEG_QUALITY = 85
 
 
 CSV_COLUMNS: tuple[str, ...] = (
@@ -59,7 +81,6 @@ _ISSUE_COLUMNS = ("sop_instance_uid", "label", "label_quality", "suggested_regio
                   "ood_score", "issue", "rank")
 _META_COLUMNS = ("sop_instance_uid", "study_instance_uid", "path", "recorded_raw")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-_SAFE_NAME = re.compile(r"[0-9A-Za-z._-]{1,128}\Z")
 
 
 @dataclass(frozen=True)
@@ -71,10 +92,11 @@ class ReportFiles:
     thumbnail_dir: Path
     n_csv_rows: int
     n_html_rows: int
+    image_dir: Path
 
 
-def thumbnail_png(image: np.ndarray, size: int = 128) -> bytes:
-    """A PNG of a 2-D uint8 image, its long side scaled to ``size`` pixels."""
+def _shrunk(image: np.ndarray, size: int) -> Image.Image:
+    """A 2-D uint8 image as a grey Pillow image, its long side scaled down to ``size`` (never up)."""
     from PIL import Image
 
     img = np.asarray(image)
@@ -82,13 +104,51 @@ def thumbnail_png(image: np.ndarray, size: int = 128) -> bytes:
         raise ValueError(f"image must be 2-D (a cached radiograph), got shape {img.shape}")
     pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8), mode="L")
     pil.thumbnail((size, size), Image.Resampling.LANCZOS)
+    return pil
+
+
+def _encoded(pil: Image.Image, fmt: str) -> bytes:
+    """``pil`` as PNG (lossless; zlib's default level: ``optimize`` took 1.5-2.7x the time for 1-2% fewer
+    bytes) or as JPEG."""
     buf = io.BytesIO()
-    pil.save(buf, format="PNG", optimize=True)
+    if fmt == "JPEG":
+        pil.save(buf, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+    else:
+        pil.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def _thumb_name(uid: str) -> str:
-    return f"{uid}.png" if _SAFE_NAME.match(uid) else f"{hashlib.sha1(uid.encode()).hexdigest()}.png"
+def thumbnail_png(image: np.ndarray, size: int = 128) -> bytes:
+    """A PNG of a 2-D uint8 image, its long side scaled to ``size`` pixels (lossless at its own size)."""
+    return _encoded(_shrunk(image, size), "PNG")
+
+
+def thumbnail_jpeg(image: np.ndarray, size: int = 128) -> bytes:
+    """A grey JPEG (quality :data:`JPEG_QUALITY`) of a 2-D uint8 image, its long side scaled to ``size`` pixels."""
+    return _encoded(_shrunk(image, size), "JPEG")
+
+
+def _write_once(folder: Path, pixels: np.ndarray, encode: Callable[[], bytes], written: set[str]) -> str:
+    """Write ``encode()``, the PNG of ``pixels``, into ``folder`` as ``<pixel digest>.png``; return that name.
+
+    The name comes from the pixels alone (:func:`radaudit.pacs.duplicates.pixel_digest`): it names no
+    patient or UID, and a file of that name already there (this report's, or an earlier run's: every
+    write is whole) holds these pixels, so it is not written again.
+    """
+    name = f"{pixel_digest(pixels)}.png"
+    if name not in written and not (folder / name).is_file():
+        write_bytes(folder / name, encode())
+    written.add(name)
+    return name
+
+
+def _prune(folder: Path, keep: set[str]) -> None:
+    """Remove the files in ``folder`` that the report just written does not name (an earlier report's)."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.name not in keep and path.is_file() and not is_temp_name(path.name):
+            path.unlink(missing_ok=True)
 
 
 def _defuse(value: str) -> str:
@@ -121,9 +181,12 @@ def _validate(issues: pd.DataFrame, meta: pd.DataFrame, class_names: Sequence[st
             or sugg.isna().any() or (sugg < 0).any() or (sugg >= len(names)).any():
         raise ValueError(f"issues has region indices outside 0..{len(names) - 1} (or -1 for null labels); "
                          "pass the class_names the probabilities were computed with")
-    for name, value, low in (("top_html", top_html, 0), ("thumbnail", thumbnail, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if isinstance(top_html, bool) or not isinstance(top_html, (int, np.integer)) or top_html < 0:
+        raise ValueError(f"top_html must be an integer >= 0, got {top_html!r}")
+    if isinstance(thumbnail, bool) or not isinstance(thumbnail, (int, np.integer)) \
+            or not 0 <= thumbnail <= MAX_THUMBNAIL:
+        raise ValueError(f"thumbnail must be an integer from 0 to {MAX_THUMBNAIL} (the long side in pixels of "
+                         f"the thumbnails; 0: no images), got {thumbnail!r}")
     if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"'\r\n":
         raise ValueError(f"delimiter must be one character such as ',' or ';', got {delimiter!r}")
     return names
@@ -219,7 +282,11 @@ def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.Pa
                  class_names: Sequence[str], include_accession: bool = True, include_all: bool = False,
                  top_html: int = 500, thumbnail: int = 128, delimiter: str = ",",
                  defuse_formulas: bool = True, warnings: Sequence[str] = ()) -> ReportFiles:
-    """Write the CSV, the thumbnails and the HTML gallery under ``<data_dir>/reports/``.
+    """Write the CSV, the thumbnails, the HTML gallery and its images under ``<data_dir>/reports/``.
+
+    The images go first, each file atomically; then the CSV and the HTML that name them; last, the
+    files of an earlier report that these do not name are removed. A crash at any point leaves a
+    report (the earlier or this one) whose every image is on disk.
 
     Args:
         issues: :func:`radaudit.models.audit.find_issues` output with ``sop_instance_uid``.
@@ -233,7 +300,8 @@ def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.Pa
             identifying).
         include_all: Every image, not only flagged ones (thumbnails for all of them too).
         top_html: Rows in the HTML gallery (the most suspect ones).
-        thumbnail: Thumbnail long side in pixels; 0 writes none.
+        thumbnail: Long side in pixels of the thumbnails (the CSV's PNG files, the JPEGs inlined in the
+            HTML), at most :data:`MAX_THUMBNAIL`; 0 writes no images at all (nor the large view's).
         delimiter: CSV field separator (``";"`` for spreadsheets in German locales).
         defuse_formulas: Prefix free-text cells that start like a formula with ``'``.
         warnings: Shown at the top of the HTML (e.g. the audit's "features too weak" warning).
@@ -247,19 +315,24 @@ def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.Pa
     data_dir = Path(data_dir)
     out_dir = data_dir / REPORT_DIR
     rows = _rows(issues, meta, names, include_all)
-    pngs: dict[int, bytes] = {}
+    thumbs_rel, images_rel = (d.relative_to(REPORT_DIR).as_posix() for d in (THUMB_DIR, REPORT_IMAGES_DIR))
+    shown: dict[int, _Shown] = {}
+    thumbs: set[str] = set()
+    images: set[str] = set()
     if thumbnail:
+        thumb_paths = [""] * len(rows)
         for i, uid in enumerate(rows["sop_instance_uid"]):
             try:
                 img = cache.read(data_dir, uid)
             except KeyError:
                 continue  # not cached (e.g. undecodable): no thumbnail
-            png = thumbnail_png(img, thumbnail)
-            rel = f"{THUMB_DIR.relative_to(REPORT_DIR).as_posix()}/{_thumb_name(uid)}"
-            write_bytes(out_dir / rel, png)
-            rows.at[i, "thumbnail"] = rel
-            if i < top_html:  # the HTML shows the cached image at its full resolution when clicked
-                pngs[i] = thumbnail_png(img, max(img.shape))
+            small = _shrunk(img, thumbnail)
+            name = _write_once(out_dir / thumbs_rel, np.asarray(small), partial(_encoded, small, "PNG"), thumbs)
+            thumb_paths[i] = f"{thumbs_rel}/{name}"
+            if i < top_html:
+                name = _write_once(out_dir / images_rel, img, partial(thumbnail_png, img, max(img.shape)), images)
+                shown[i] = _Shown(_encoded(small, "JPEG"), f"{images_rel}/{name}")
+        rows["thumbnail"] = thumb_paths
     columns = [c for c in CSV_COLUMNS if include_accession or c != "accession_number"]
     csv_path = data_dir / REPORT_CSV
     write_text(csv_path, _csv_text(rows, columns, delimiter, defuse_formulas))
@@ -268,8 +341,11 @@ def write_report(issues: pd.DataFrame, meta: pd.DataFrame, data_dir: str | os.Pa
     review = Review(folder=str(data_dir.resolve() / REVIEW_DIR), columns=columns,
                     cells=_csv_cells(html_rows, columns, defuse_formulas), regions=names,
                     store=hashlib.sha1(str(data_dir.resolve()).encode()).hexdigest()[:12])
-    write_text(html_path, _html(html_rows, pngs, columns, issues, [str(w) for w in warnings], review))
-    return ReportFiles(csv_path, html_path, data_dir / THUMB_DIR, len(rows), len(html_rows))
+    write_text(html_path, _html(html_rows, shown, columns, issues, [str(w) for w in warnings], review))
+    _prune(data_dir / THUMB_DIR, thumbs)
+    _prune(data_dir / REPORT_IMAGES_DIR, images)
+    return ReportFiles(csv_path, html_path, data_dir / THUMB_DIR, len(rows), len(html_rows),
+                       data_dir / REPORT_IMAGES_DIR)
 
 
 _CSS = """
@@ -387,7 +463,8 @@ _JS = """
       function(){toast('copied '+full);},
       function(){window.prompt('Copy:',full);});
   });
-  // The image large: click a thumbnail (it fits the window); click the image to zoom 2x, 4x, back; Esc closes.
+  // The image large, from the lossless file beside the report: click a thumbnail (it fits the window); click the
+  // image to zoom 2x, 4x, back; Esc closes. Without that file (the HTML copied alone) the thumbnail stands in.
   var box=document.getElementById('lightbox'), big=document.getElementById('big'), caption=document.getElementById('caption');
   var zoom=1, fit=1;
   function setZoom(z){zoom=z; big.style.width=(big.naturalWidth*z)+'px'; big.style.cursor=z>=4*fit?'zoom-out':'zoom-in';}
@@ -395,8 +472,11 @@ _JS = """
     var img=e.target.closest('img.thumb'); if(!img)return;
     var r=img.closest('tr');
     big.onload=function(){fit=Math.max(1,Math.floor(Math.min(window.innerWidth,window.innerHeight-80)/big.naturalWidth)); setZoom(fit);};
-    big.src=img.src;
     caption.textContent='rank '+r.getAttribute('data-rank')+' \\u00b7 '+r.getAttribute('data-caption');
+    big.onerror=function(){big.onerror=null; big.src=img.src;
+      caption.textContent+=' \\u00b7 thumbnail only: '+img.getAttribute('data-large')+
+        ' is not beside this file (copy the whole reports folder)';};
+    big.src=img.getAttribute('data-large')||img.src;
     box.classList.add('open');
   });
   big.addEventListener('click',function(){setZoom(zoom>=4*fit?fit:zoom*2);});
@@ -405,6 +485,14 @@ _JS = """
   reviewedCount(); apply();
 })();
 """
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """An HTML row's images: the JPEG thumbnail to inline, the lossless file's URL relative to the report."""
+
+    jpeg: bytes
+    large: str
 
 
 @dataclass(frozen=True)
@@ -451,7 +539,7 @@ def _short(uid: str) -> str:
     return uid if len(uid) <= _UID_TAIL + 1 else "\u2026" + uid[-_UID_TAIL:]
 
 
-def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], issues: pd.DataFrame,
+def _html(rows: pd.DataFrame, images: dict[int, _Shown], csv_columns: list[str], issues: pd.DataFrame,
           warnings: list[str], review: Review) -> str:
     esc = html.escape
     counts = issues["issue"].value_counts()
@@ -468,9 +556,9 @@ def _html(rows: pd.DataFrame, pngs: dict[int, bytes], csv_columns: list[str], is
         for c in cols:
             kind, cls = _HTML_COLUMNS[c][1], _HTML_COLUMNS[c][2]
             if c == "thumbnail":
-                png = pngs.get(i)
-                inner = (f'<img class="thumb" alt="image {i + 1}" src="data:image/png;base64,'
-                         f'{base64.b64encode(png).decode()}">' if png else "")
+                im = images.get(i)
+                inner = (f'<img class="thumb" alt="image {i + 1}" data-large="{esc(im.large)}" src="data:image/jpeg;'
+                         f'base64,{base64.b64encode(im.jpeg).decode()}">' if im else "")
                 cells.append(f"<td>{inner}</td>")
                 continue
             if c == "verdict":

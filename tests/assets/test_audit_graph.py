@@ -1,5 +1,8 @@
 """The whole asset graph on a tiny synthetic export: every stage writes what the next one reads."""
 
+import base64
+import io
+import re
 import shutil
 from pathlib import Path
 
@@ -7,6 +10,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from radaudit.assets.resources import AuditConfig, RadauditConfig
 from radaudit.pipelines import stages
@@ -24,7 +28,7 @@ def audited(tmp_path_factory) -> tuple[Path, Path, dg.ExecuteInProcessResult]:
     resources = {
         "radaudit": RadauditConfig(export_dir=str(export), data_dir=str(data), cache_size=32, workers=2),
         "audit": AuditConfig(epochs=1, batch_size=16, image_size=32, on_cpu="as_is", num_workers=0, n_splits=3,
-                             truth_path=str(truth), max_flag_fraction=1.0),
+                             truth_path=str(truth), max_flag_fraction=1.0, report_thumbnail=16),
     }
     result = dg.materialize(list(defs.assets), resources=resources)
     return data, truth, result
@@ -93,6 +97,10 @@ def test_report_is_ranked_and_checked(audited):
     assert {"sop_instance_uid", "accession_number", "recorded_region", "suggested_region", "issue"} <= set(csv.columns)
     html = (data / "reports" / "mislabel_report.html").read_text(encoding="utf-8")
     assert '<table id="report">' in html and html.count("<tr data-issue=") == len(csv)
+    # report_thumbnail reaches the report: 16 px thumbnails inlined, the large view at the cache's 32 px.
+    first = re.search(r'data-large="([^"]+)" src="data:image/jpeg;base64,([^"]+)"', html)
+    assert max(Image.open(io.BytesIO(base64.b64decode(first.group(2)))).size) == 16
+    assert max(Image.open(data / "reports" / first.group(1)).size) == 32
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["schema"] and checks["ranks_sorted"] and checks["flag_fraction"]
     (mat,) = result.asset_materializations_for_node("mislabel_report")

@@ -220,6 +220,14 @@ def test_embed_crop_outside_zero_to_one_is_refused_before_any_work(tmp_path, cap
     assert not (tmp_path / "data").exists()
 
 
+def test_a_thumbnail_above_256_px_is_refused_before_any_work(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", "--export", str(tmp_path), "--data", str(tmp_path / "data"), "--thumbnail", "512"])
+    assert exc.value.code == 2
+    assert "--thumbnail: '512': give pixels from 0 to 256 (0: no images)" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
 def test_demo_prints_the_figures_then_one_line_per_device(capsys):
     device = {"images": 40, "in_domain": 38, "labelled_in_domain": 36, "truly_mislabelled": 4, "precision_at_k": 0.75,
               "false_flags": 1, "false_flag_rate": 1 / 36, "ood_false_positives": 0, "ood_fp_share": 0.0,

@@ -1,9 +1,11 @@
-"""Tests of radaudit.pipelines.stages.reports.write_report: columns, BOM, quoting, order, self-contained HTML, no PHI."""
+"""Tests of radaudit.pipelines.stages.reports.write_report: columns, BOM, quoting, order, HTML, images, no PHI."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
+import os
 import re
 from pathlib import Path
 
@@ -12,8 +14,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from radaudit.pipelines.stages import reports
 from radaudit.pipelines.stages.reports import CSV_COLUMNS, write_report
-from radaudit.pacs.cache import write_image
+from radaudit.pacs.cache import read, write_image
 
 NAMES = ["skull", "chest", "hand", "knee"]
 NASTY = 'HÜFTE "li", a.p.; 2 Ebenen\nseitl. Größe'
@@ -42,7 +45,7 @@ def make_inputs(tmp_path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         "recorded_raw": ["Schädel", "Thorax", None, "Hand", NASTY, "Thorax"][::-1],
         "patient_name": ["Müller^Hans"] * 6,
         "patient_birth_date": ["19500101"] * 6,
-        "patient_key": ["k"] * 6,
+        "patient_key": [f"PKEY{i}" for i in range(6)][::-1],
     })
     rng = np.random.default_rng(0)
     for uid in uids[:5]:  # the last one is not cached
@@ -103,7 +106,8 @@ def test_html_is_self_contained_sortable_filterable(tmp_path: Path) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
     assert "http" not in page.lower().replace("hyperlink", "")
     assert "<link" not in page and "@import" not in page
-    assert page.count('src="data:image/png;base64,') == 3
+    # Each row inlines a JPEG thumbnail; its full image is a file beside the report, named relatively.
+    assert page.count('src="data:image/jpeg;base64,') == 3 and page.count('data-large="images/') == 3
     assert 'id="filter"' in page and 'id="kind"' in page and "addEventListener('click'" in page
     # The PACS text is shown escaped (its quotes would end an attribute), never as raw markup.
     assert "HÜFTE &quot;li&quot;, a.p.;" in page and 'HÜFTE "li"' not in page.split('id="review-data">')[0]
@@ -125,6 +129,8 @@ def test_bad_inputs_name_the_fix(tmp_path: Path) -> None:
         write_report(issues, meta, tmp_path, class_names=NAMES[:2])
     with pytest.raises(ValueError, match="delimiter"):
         write_report(issues, meta, tmp_path, class_names=NAMES, delimiter=";;")
+    with pytest.raises(ValueError, match="thumbnail must be an integer from 0 to 256"):
+        write_report(issues, meta, tmp_path, class_names=NAMES, thumbnail=257)
     assert not (tmp_path / "reports" / "mislabel_report.csv").exists()
 
 
@@ -178,3 +184,108 @@ def test_an_uncertain_suggestion_shows_its_runner_up(tmp_path: Path) -> None:
     old = write_report(issues.drop(columns=["second_region", "second_probability"]), meta, tmp_path / "old",
                        class_names=NAMES, thumbnail=0)
     assert (pd.read_csv(old.csv_path, encoding="utf-8-sig", keep_default_na=False)["second_region"] == "").all()
+
+
+FLAGGED = ["1.2.826.0.1.3", "1.2.826.0.1.4", "1.2.826.0.1.1", "1.2.826.0.1.2"]  # make_inputs' rows, most suspect first
+
+
+def inlined(page: str) -> list[tuple[bytes, str]]:
+    """Each HTML row's inlined thumbnail (decoded) and the relative URL of its large view's file."""
+    return [(base64.b64decode(data), full) for full, data in
+            re.findall(r'<img class="thumb"[^>]* data-large="([^"]+)" src="data:image/jpeg;base64,([^"]+)"', page)]
+
+
+def test_thumbnails_are_small_jpegs_and_the_large_view_is_the_cache_lossless(tmp_path: Path) -> None:
+    issues, meta = make_inputs(tmp_path)
+    # A tall image: the long side scales to the limit, the large view keeps the cache's shape.
+    y, x = np.mgrid[0:64, 0:40]
+    smooth = 3 * y + 2 * x + np.random.default_rng(1).integers(0, 9, (64, 40))
+    write_image(tmp_path, FLAGGED[2], smooth.astype(np.uint8))
+    files = write_report(issues, meta, tmp_path, class_names=NAMES, thumbnail=32)
+    page = files.html_path.read_text(encoding="utf-8")
+    shown = inlined(page)
+    assert len(shown) == len(FLAGGED)
+    uris = re.findall(r'data:[^"]*', page)
+    assert len(uris) == len(set(uris)) == len(FLAGGED)  # one thumbnail per row, nothing inlined twice
+    for (jpeg, full), uid in zip(shown, FLAGGED):
+        cached = read(tmp_path, uid)
+        thumb = Image.open(io.BytesIO(jpeg))
+        assert thumb.format == "JPEG" and thumb.mode == "L"
+        assert thumb.size == ((20, 32) if uid == FLAGGED[2] else (32, 32))
+        assert full.startswith("images/") and (files.html_path.parent / full).parent == files.image_dir
+        with Image.open(files.html_path.parent / full) as big:
+            assert big.format == "PNG" and big.mode == "L"
+            np.testing.assert_array_equal(np.asarray(big), cached)  # lossless, at the cache's size
+    # The inlined thumbnail is that image: the smooth one matches its lossless PNG thumbnail closely.
+    df = pd.read_csv(files.csv_path, encoding="utf-8-sig", keep_default_na=False).set_index("sop_instance_uid")
+    with Image.open(files.csv_path.parent / df.loc[FLAGGED[2], "thumbnail"]) as png:
+        assert np.abs(np.asarray(Image.open(io.BytesIO(shown[2][0])), float) - np.asarray(png, float)).mean() < 3
+
+
+def test_no_identifier_in_any_file_name(tmp_path: Path) -> None:
+    issues, meta = make_inputs(tmp_path)
+    write_report(issues, meta, tmp_path, class_names=NAMES, include_all=True)
+    names = [p.relative_to(tmp_path / "reports").as_posix() for p in (tmp_path / "reports").rglob("*") if p.is_file()]
+    assert len(names) == 2 + 5 + 5  # CSV and HTML, every cached image's thumbnail and large view
+    secrets = [*meta["sop_instance_uid"], *meta["study_instance_uid"], *meta["patient_key"], "ACCNO", "PAT", "1.2.826"]
+    for name in names:
+        assert not any(secret in name for secret in secrets), name
+        assert re.fullmatch(r"mislabel_report\.(csv|html)|(thumbnails|images)/[0-9a-f]{32}\.png", name), name
+
+
+def test_a_new_report_removes_the_earlier_ones_images_and_keeps_the_unchanged(tmp_path: Path) -> None:
+    issues, meta = make_inputs(tmp_path)
+    by_uid = tmp_path / "reports" / "thumbnails" / f"{FLAGGED[0]}.png"  # as reports named them before issue 24
+    by_uid.parent.mkdir(parents=True)
+    by_uid.write_bytes(b"old")
+    first = write_report(issues, meta, tmp_path, class_names=NAMES)
+    kept = first.html_path.parent / inlined(first.html_path.read_text(encoding="utf-8"))[1][1]
+    inode = kept.stat().st_ino
+    write_image(tmp_path, FLAGGED[0], np.full((64, 64), 7, np.uint8))  # re-cached: other pixels, another name
+    second = write_report(issues, meta, tmp_path, class_names=NAMES, top_html=2)
+    named = {Path(full).name for _, full in inlined(second.html_path.read_text(encoding="utf-8"))}
+    assert len(named) == 2 and set(os.listdir(second.image_dir)) == named
+    csv_thumbs = pd.read_csv(second.csv_path, encoding="utf-8-sig", keep_default_na=False)["thumbnail"]
+    assert set(os.listdir(second.thumbnail_dir)) == {Path(t).name for t in csv_thumbs} and not by_uid.exists()
+    assert kept.stat().st_ino == inode  # the unchanged image was not written again
+    third = write_report(issues, meta, tmp_path, class_names=NAMES, thumbnail=0)
+    assert "data:" not in third.html_path.read_text(encoding="utf-8")
+    assert os.listdir(third.image_dir) == [] and os.listdir(third.thumbnail_dir) == []
+
+
+@pytest.mark.parametrize("crash_at", ["image", "html"])
+def test_a_crash_while_writing_leaves_a_whole_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     crash_at: str) -> None:
+    issues, meta = make_inputs(tmp_path)
+    first = write_report(issues, meta, tmp_path, class_names=NAMES)
+    before = first.html_path.read_text(encoding="utf-8")
+    pixels = {uid: read(tmp_path, uid) for uid in FLAGGED}
+    rng = np.random.default_rng(5)
+    for uid in FLAGGED:  # every image re-cached: the next report names other files
+        write_image(tmp_path, uid, rng.integers(0, 256, (48, 48), dtype=np.uint8))
+    real_bytes, real_text = reports.write_bytes, reports.write_text
+    calls: list[Path] = []
+
+    def crashing_bytes(path: Path, data: bytes) -> None:
+        calls.append(Path(path))
+        if crash_at == "image" and Path(path).parent == first.image_dir and len(calls) > 3:
+            raise OSError("No space left on device")
+        real_bytes(path, data)
+
+    def crashing_text(path: Path, text: str) -> None:
+        if crash_at == "html" and Path(path).suffix == ".html":
+            raise OSError("No space left on device")
+        real_text(path, text)
+
+    monkeypatch.setattr(reports, "write_bytes", crashing_bytes)
+    monkeypatch.setattr(reports, "write_text", crashing_text)
+    with pytest.raises(OSError, match="No space"):
+        write_report(issues, meta, tmp_path, class_names=NAMES)
+    assert first.html_path.read_text(encoding="utf-8") == before  # the earlier report, whole
+    for (_, full), uid in zip(inlined(before), FLAGGED):
+        with Image.open(first.html_path.parent / full) as big:
+            np.testing.assert_array_equal(np.asarray(big), pixels[uid])
+    monkeypatch.undo()
+    again = write_report(issues, meta, tmp_path, class_names=NAMES)  # the next run tidies up
+    named = {Path(full).name for _, full in inlined(again.html_path.read_text(encoding="utf-8"))}
+    assert set(os.listdir(again.image_dir)) == named and len(named) == len(FLAGGED)

@@ -147,17 +147,27 @@ def test_a_radiologist_reviews_in_the_html_report_and_the_next_run_applies_it(tm
         assert set(shown_after(region)) == naming and 0 < len(naming) < len(csv)
         shown_after("")
 
-        # The image large, at the cache's full resolution (64 px), zoomed on click.
+        # The image large, at the cache's full resolution (64 px), from its file beside the report, zoomed on click.
         page.js("document.querySelector('img.thumb').click()")
         page.wait_for("document.getElementById('lightbox').classList.contains('open') && "
                       "document.getElementById('big').naturalWidth")
         assert page.js("document.getElementById('big').naturalWidth") == 64
+        assert page.js("document.getElementById('big').src").startswith(report.parent.as_uri() + "/images/")
         width = page.js("document.getElementById('big').getBoundingClientRect().width")
         page.js("document.getElementById('big').click()")
         assert page.js("document.getElementById('big').getBoundingClientRect().width") == 2 * width
         page.shot(shots / "image_large.png")
         page.js("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape'}))")
         assert not page.js("document.getElementById('lightbox').classList.contains('open')")
+        # The HTML without its images folder (copied alone): the thumbnail stands in, and the caption says why.
+        images = data / "reports" / "images"
+        images.rename(tmp_path / "images-away")
+        page.js("document.querySelectorAll('img.thumb')[1].click()")
+        page.wait_for("document.getElementById('caption').textContent.indexOf('thumbnail only') >= 0")
+        assert page.js("document.getElementById('big').src").startswith("data:image/jpeg;base64,")
+        page.wait_for("document.getElementById('big').naturalWidth === 64")  # the 64 px cache's thumbnail
+        page.js("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape'}))")
+        (tmp_path / "images-away").rename(images)
 
         # Verdicts on three rows, kept across a reload.
         verdicts = {csv["sop_instance_uid"][0]: "confirm", csv["sop_instance_uid"][1]: "reject",
