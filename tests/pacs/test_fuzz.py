@@ -434,7 +434,8 @@ def test_ingest_config_checks_the_worker_memory_limit(tmp_path):
 def test_ingest_survives_a_seeded_corpus_of_every_mutation(tmp_path):
     sources = fuzz.default_sources(synth_n=8, synth_dir=tmp_path)
     n = 15 * len(fuzz.KINDS)
-    # Zip bombs past half the workers' memory limit, so the header reader refuses them (300 KB each on disk).
+    # Zip bombs past the workers' memory limit, the least allowed (300 KB each on disk): the header reader
+    # refuses them.
     bombs = {"zip_bomb_bytes": 300 << 20}
     corpus = fuzz.write_corpus(tmp_path / "export", n, seed=1, sources=sources, **bombs)
     assert set(corpus["kind"]) == set(fuzz.KINDS) and corpus["kind"].value_counts().min() >= 14
@@ -444,7 +445,7 @@ def test_ingest_survives_a_seeded_corpus_of_every_mutation(tmp_path):
 
     t0 = time.perf_counter()
     # An escaping exception fails here.
-    index, errors, key = _ingest(tmp_path / "export", tmp_path / "data", worker_memory_mb=512)
+    index, errors, key = _ingest(tmp_path / "export", tmp_path / "data", worker_memory_mb=256)
     wall = time.perf_counter() - t0
     hashes = {path_key(p, key): p for p in corpus["path"]}
     in_index, in_errors = set(index["path_hash"]), set(errors["path_hash"])
@@ -458,7 +459,7 @@ def test_ingest_survives_a_seeded_corpus_of_every_mutation(tmp_path):
     assert errors["reason"].str.len().min() > 5
     bomb_reasons = errors.set_index("path_hash")["reason"].reindex(
         [path_key(p, key) for p in corpus.loc[corpus["kind"] == "zip_bomb", "path"]])
-    assert bomb_reasons.str.startswith("needs more than the 512 MiB memory limit to read: ").all()
+    assert bomb_reasons.str.startswith("needs more than the 256 MiB memory limit to read: ").all()
     # Every written cached image belongs to an index row.
     assert (tmp_path / "data" / "cache").exists() and os.listdir(tmp_path / "data" / "cache" / "images")
 
