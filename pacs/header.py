@@ -196,8 +196,8 @@ def read_header(path: str | os.PathLike[str], *, key: bytes, memory_limit_mb: in
         key: Pseudonymization key for the patient key.
         memory_limit_mb: The memory the reading may use (a worker's limit, see
             ``radaudit.pacs.index.run_isolated``): a deflated dataset that inflates to more than half
-            of it is refused before pydicom inflates it (pydicom holds about twice the inflated
-            size). None: no check.
+            of it is refused before pydicom inflates it (pydicom's reading peaks at about twice the
+            inflated size). None: no check.
 
     Raises:
         HeaderError: With a readable reason when the file is not an indexable DICOM image.
@@ -234,9 +234,10 @@ def read_header(path: str | os.PathLike[str], *, key: bytes, memory_limit_mb: in
                 raise EOFError(fp.refused)
             pixel = _probe_pixel_element(fp, ds)
             if pixel is None and _transfer_syntax(ds) == pydicom.uid.DeflatedExplicitVRLittleEndian:
-                # The dataset was inflated into memory, so the file position says nothing: look again.
-                full = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
-                pixel = PixelElement(offset=-1, length=None) if "PixelData" in full else None
+                # The dataset was inflated into memory (ds.buffer), where stop_before_pixels left the
+                # position: look there, without a second inflation. No offset in the file to check.
+                inflated = _probe_pixel_element(ds.buffer, ds) if ds.buffer is not None else None
+                pixel = PixelElement(offset=-1, length=None) if inflated is not None else None
         except _PYDICOM_ERRORS as exc:
             raise HeaderError(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
 

@@ -8,12 +8,19 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
 from radaudit.pacs import fuzz
 from radaudit.pacs.header import HeaderError, read_header
-from radaudit.pacs.inflate import InflationRefused, _TopLevelHeaders, check_inflation, deflated_dataset_start
+from radaudit.pacs.inflate import (
+    DEFLATED,
+    InflationRefused,
+    _TopLevelHeaders,
+    check_inflation,
+    deflated_dataset_start,
+)
 
 
 def _short(tag: int, vr: bytes, value: bytes) -> bytes:
@@ -86,3 +93,16 @@ def test_the_header_reader_refuses_a_zip_bomb_under_a_memory_limit_and_reads_a_r
     assert refused.value.stage == "header"
     real = get_testdata_file("image_dfl.dcm")
     assert read_header(real, key=b"k", memory_limit_mb=256) == read_header(real, key=b"k")
+
+
+def test_the_header_reader_finds_pixel_data_in_a_deflated_dataset_with_one_inflation(tmp_path, monkeypatch):
+    source = pydicom.dcmread(get_testdata_file("image_dfl.dcm"))
+    del source.PixelData
+    source.save_as(tmp_path / "no_pixels.dcm", enforce_file_format=True)
+    with pytest.raises(HeaderError, match=r"^no Pixel Data element \(not an image\)$"):
+        read_header(tmp_path / "no_pixels.dcm", key=b"k")
+    inflations = []
+    real = zlib.decompress
+    monkeypatch.setattr(zlib, "decompress", lambda *args: inflations.append(1) or real(*args))
+    row = read_header(get_testdata_file("image_dfl.dcm"), key=b"k", memory_limit_mb=256)
+    assert (row["rows"], row["columns"], row["transfer_syntax_uid"], len(inflations)) == (512, 512, DEFLATED, 1)
