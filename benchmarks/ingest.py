@@ -1,6 +1,6 @@
 """Ingest speed: header indexing and cache scaling, each against a baseline measured in the same run.
 
-    python benchmarks/ingest.py [--copies 40] [--workers 2] [--rounds 3] [--small 10 60]
+    python benchmarks/ingest.py [--copies 40] [--workers 2] [--rounds 3] [--small 10 60] [--parts abcd]
 
 (a) Header indexing, files/s: ``radaudit.pacs.index.update_index`` (content sniffing, header-only parse,
     pseudonymization, pixel plausibility) against a naive indexer that reads each whole file with
@@ -143,17 +143,20 @@ def bench_cache(copies: int, size: int) -> None:
 
 
 def bench_small_runs(sizes: list[int], workers: int, rounds: int, size: int) -> None:
-    """Print the header stage of small runs in this process and in workers, and the whole ingest now, in ms."""
+    """Print, in ms, the header stage of small runs in this process, in 1 and in ``workers`` worker
+    processes, and the whole ingest now."""
     print(f"(d) small runs, best of {rounds} rounds: header stage (update_index) in this process (before) vs in "
-          f"{workers} worker(s) under the {MEMORY_MB} MiB limit (now); whole ingest now ({size} px cache)")
+          f"worker processes under the {MEMORY_MB} MiB limit (now); whole ingest now ({workers} workers, "
+          f"{size} px cache)")
     names = RADIOGRAPHS + SMALL
+    counts = sorted({1, workers})
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp) / "export"
             paths = make_export(root, names, -(-n // len(names)))
             for extra in paths[n:]:
                 extra.unlink()
-            seconds: dict[str, list[float]] = {"in process": [], "workers": [], "ingest": []}
+            seconds: dict[int | str, list[float]] = {0: [], **{w: [] for w in counts}, "ingest": []}
             for r in range(rounds):
                 for name, times in seconds.items():
                     clear_memos()
@@ -164,16 +167,15 @@ def bench_small_runs(sizes: list[int], workers: int, rounds: int, size: int) -> 
                                                          cache=CacheParams(size=size), pseudonym_key="bench"))
                         assert result.stats["cached"] == n, result.errors
                     else:
-                        update = update_index(root, data, key=b"bench", workers=workers, worker_memory_mb=MEMORY_MB,
-                                              isolated=name == "workers")
+                        update = update_index(root, data, key=b"bench", workers=max(1, int(name)),
+                                              worker_memory_mb=MEMORY_MB, isolated=name != 0)
                         assert len(update.index) == n, update.errors
                     times.append(time.perf_counter() - t0)
                     wait_for_workers()
         ms = {name: 1000 * min(s) for name, s in seconds.items()}
-        extra = ms["workers"] - ms["in process"]
-        print(f"    {n:3d} files: headers in this process {ms['in process']:7.1f} ms, in workers {ms['workers']:7.1f} ms "
-              f"({extra:+.1f} ms); whole ingest now {ms['ingest']:7.1f} ms (the workers' share: "
-              f"{100 * extra / ms['ingest']:+.1f} %)")
+        shown = ", ".join(f"{w} worker(s) {ms[w]:.0f} ms ({ms[w] - ms[0]:+.0f})" for w in counts)
+        print(f"    {n:3d} files: headers in this process {ms[0]:.0f} ms, {shown}; whole ingest now "
+              f"{ms['ingest']:.0f} ms")
 
 
 def bench_decode() -> None:
@@ -189,15 +191,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="turns of each contender in the header benchmark")
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--small", type=int, nargs="*", default=[10, 60], help="file counts of the small runs (d)")
+    parser.add_argument("--small", type=int, nargs="+", default=[10, 60], help="file counts of the small runs (d)")
+    parser.add_argument("--parts", default="abcd", help="which figures to measure (default %(default)s)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "export"
-        paths = make_export(root, RADIOGRAPHS + SMALL, args.copies)
-        bench_headers(root, paths, args.workers, args.rounds)
-    bench_cache(args.cache_copies, args.size)
-    bench_decode()
-    if args.small:
+    if "a" in args.parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "export"
+            paths = make_export(root, RADIOGRAPHS + SMALL, args.copies)
+            bench_headers(root, paths, args.workers, args.rounds)
+    if "c" in args.parts:
+        bench_cache(args.cache_copies, args.size)
+    if "b" in args.parts:
+        bench_decode()
+    if "d" in args.parts:
         bench_small_runs(args.small, args.workers, args.rounds, args.size)
 
 
