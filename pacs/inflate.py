@@ -1,7 +1,7 @@
 """Bounded inflation of a deflated dataset (Deflated Explicit VR Little Endian), before pydicom inflates it.
 
 pydicom reads a deflated dataset with one ``zlib.decompress`` of the whole stream, so a file of a
-few hundred KB can ask for gigabytes (a zip bomb: deflate packs zeros about 1,000 to 1). The
+megabyte can ask for a gigabyte (a zip bomb: deflate packs zeros about 1,000 to 1). The
 reader then holds the inflated stream and a copy of its values: about twice the inflated size.
 :func:`check_inflation` inflates the stream in 1 MiB steps, keeping none of it, and refuses it
 once it passes a cap; it reads the top-level element headers as they come, so an element that
@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from pydicom.filereader import data_element_generator
 
-__all__ = ["DEFLATED", "InflationRefused", "check_inflation", "deflated_dataset_start"]
+__all__ = ["DEFLATED", "DEFLATED_BYTES", "InflationRefused", "check_inflation", "deflated_dataset_start"]
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 DEFLATED_BYTES = DEFLATED.encode("ascii")
