@@ -372,7 +372,8 @@ def test_a_header_read_that_hangs_or_kills_its_worker_is_one_error_row(tmp_path,
     # The hanging file is alone in a folder named after its patient, whose header nobody read; the
     # crashing one sits beside indexed files in an ordinary folder.
     # A small run: its headers are read in a worker too.
-    names = [f"im{i:02d}.dcm" for i in range(3)] + ["Knie li/im.dcm", "Knie li/im666.dcm", "Schmidt Erika 0815/hang.dcm"]
+    names = [f"im{i:02d}.dcm" for i in range(3)] + ["Knie li/im.dcm", "Knie li/im666.dcm",
+                                                    "Schmidt Erika 0815/hang.dcm"]
     for name in names:
         (export / name).parent.mkdir(exist_ok=True)
         (export / name).write_bytes(ct)  # one instance many times: all indexed, one cached
