@@ -33,7 +33,7 @@ class RadauditConfig(dg.ConfigurableResource):
     retry_errors: bool = False
     region_map: str | None = None
     pseudonym_key: str | None = None
-    # Address space one decode worker may add (MiB); None: no limit (radaudit.pacs.ingest.IngestConfig).
+    # Address space one header or decode worker may add (MiB); None: no limit (radaudit.pacs.ingest.IngestConfig).
     worker_memory_mb: int | None = 4096
     # How long a step waits for another run that holds the data dir (radaudit.pacs.lock) before it fails.
     lock_wait_s: float = 6 * 3600.0

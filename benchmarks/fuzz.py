@@ -1,13 +1,15 @@
 """Fuzz the ingest: N mutated DICOM files through ``radaudit.pacs.ingest.run_ingest``, every file accounted for.
 
-    python benchmarks/fuzz.py [--n 10000] [--seed 0] [--workers 2] [--timeout 10] [--json out.json]
+    python benchmarks/fuzz.py [--n 10000] [--seed 0] [--workers 2] [--timeout 10] [--worker-memory-mb 256]
+                              [--zip-bomb-mb 300] [--json out.json]
 
 Writes N files mutated by ``radaudit.pacs.fuzz`` (each kind in turn, over pydicom's test files, pydicom-data
 and a small synthetic export; every file its own SOP Instance UID, so every one reaches the
-decoder), ingests them with a 64 px cache and a per-file timeout, and reports:
+decoder), ingests them with a 64 px cache, a per-file timeout and a per-worker memory limit, and reports:
 
 - crashes of the run: an exception escaping ``run_ingest``, or the ingest process dying (must be 0);
 - hangs: files whose error reason says they took longer than the timeout (bounded by it; counted apart);
+- per kind, files refused for memory: over the worker limit, or out of memory (zip bombs must all be);
 - files in the index, in the errors, in neither (must be 0) and in both (must be 0), per mutation kind;
 - wall time against the baseline: the same number of unmutated files (same sources, unique UIDs)
   ingested the same way in the same run;
@@ -15,7 +17,11 @@ decoder), ingests them with a 64 px cache and a per-file timeout, and reports:
   workers are) and of the ingest process itself.
 
 Each ingest runs in its own forked process, so its figures are its own and a crash of it is seen.
-Exit status 1 when a check fails (a crash, a file in neither or in both tables).
+Exit status 1 when a check fails (a crash, a file in neither or in both tables, a zip bomb indexed).
+
+The memory limit is 256 MiB by default (the least the ingest allows), not its 4,096: a zip bomb is
+refused once it inflates past half the limit, and every 13th file is one (an archive holds few), so
+each costs at most 128 MiB of inflation instead of 2 GiB; ``--zip-bomb-mb`` must stay above half the limit.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from radaudit.pacs.pseudo import load_or_create_key, path_key  # noqa: E402
 
 KEY = "fuzz-benchmark-key"
 HANG_WORDS = "took longer than"
+MEMORY_WORDS = "memory limit|out of memory"
 
 
 def _ingest_child(config: IngestConfig, conn: Any) -> None:
@@ -115,11 +122,16 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=10.0, help="file timeout of the ingest, s (default 10)")
     parser.add_argument("--cache-size", type=int, default=64, help="cached image side, px (default 64)")
-    parser.add_argument("--worker-memory-mb", type=int, default=IngestConfig.worker_memory_mb,
+    parser.add_argument("--worker-memory-mb", type=int, default=256,
                         help="IngestConfig.worker_memory_mb (0: no limit; default %(default)s)")
+    parser.add_argument("--zip-bomb-mb", type=int, default=300,
+                        help="what each zip bomb inflates past, MiB (default %(default)s: about 0.3 MB on disk)")
     parser.add_argument("--json", default=None, help="figures file (default $OUT/fuzz.json or benchmarks/out/)")
     parser.add_argument("--out", default=None, help="keep the corpora and data here (default: a temporary folder)")
     args = parser.parse_args()
+    if not args.worker_memory_mb or args.zip_bomb_mb <= args.worker_memory_mb // 2:
+        parser.error("--zip-bomb-mb must exceed half of --worker-memory-mb, which must be set: the ingest refuses "
+                     "a zip bomb once it inflates past half the limit")
     warnings.simplefilter("ignore")
     logging.getLogger("pacs").setLevel(logging.ERROR)  # one warning per failed file: the tables have them
 
@@ -128,7 +140,7 @@ def main() -> int:
     figures = Figures("fuzz", args.json, {k: v for k, v in vars(args).items()} | {"cpus": mp.cpu_count()})
     t0 = time.perf_counter()
     sources = fuzz.default_sources(synth_dir=root)
-    corpus = fuzz.write_corpus(root / "export", args.n, args.seed, sources)
+    corpus = fuzz.write_corpus(root / "export", args.n, args.seed, sources, zip_bomb_bytes=args.zip_bomb_mb << 20)
     baseline_corpus = fuzz.write_corpus(root / "baseline", args.n, args.seed, sources, mutated=False)
     figures.note(f"{len(sources)} sources; {args.n} mutated and {args.n} unmutated files written in "
                  f"{time.perf_counter() - t0:.0f} s under {root}")
@@ -144,7 +156,8 @@ def main() -> int:
     neither = int((~acc["in_index"] & ~acc["in_errors"]).sum())
     both = int((acc["in_index"] & acc["in_errors"]).sum())
 
-    section = f"{args.n} mutated files, {args.workers} workers, timeout {args.timeout:g} s"
+    section = (f"{args.n} mutated files, {args.workers} workers, timeout {args.timeout:g} s, "
+               f"memory limit {args.worker_memory_mb or 'none'} MiB")
     figures.add(section, "files", len(acc), "files", shown=f"{len(acc):10d}")
     figures.add(section, "crashes of the run (must be 0)", crashes, "", shown=f"{crashes:10d}")
     figures.add(section, "hangs (error: took longer than the timeout)", int(hang.sum()), "files",
@@ -165,16 +178,18 @@ def main() -> int:
     if base["traceback"] is not None:
         figures.note(f"baseline run failed:\n{base['traceback']}")
 
-    figures.note("per kind: files, index, errors, hangs, worker crashes, out of memory")
+    figures.note("per kind: files, index, errors, hangs, worker crashes, refused for memory")
     for kind, g in acc.groupby("kind"):
         reasons = g["reason"].fillna("")
         crashed = int(reasons.str.contains("crashed").sum())
-        oom = int(reasons.str.contains("out of memory").sum())
+        oom = int(reasons.str.contains(MEMORY_WORDS).sum())
         figures.add("per kind", kind, len(g), "files", shown=(
             f"{len(g):6d}  index {int(g['in_index'].sum()):5d}  errors {int(g['in_errors'].sum()):5d}  "
-            f"hangs {int(reasons.str.contains(HANG_WORDS).sum()):3d}  crashed {crashed:3d}  oom {oom:3d}"),
+            f"hangs {int(reasons.str.contains(HANG_WORDS).sum()):3d}  crashed {crashed:3d}  memory {oom:4d}"),
             index=int(g["in_index"].sum()), errors=int(g["in_errors"].sum()),
-            hangs=int(reasons.str.contains(HANG_WORDS).sum()), worker_crashes=crashed, out_of_memory=oom)
+            hangs=int(reasons.str.contains(HANG_WORDS).sum()), worker_crashes=crashed, memory=oom)
+    bombs_indexed = int(acc.loc[acc["kind"] == "zip_bomb", "in_index"].sum())
+    figures.add(section, "zip bombs indexed (must be 0)", bombs_indexed, "files", shown=f"{bombs_indexed:10d}")
     common = collections.Counter(r[:90] for r in acc["reason"].dropna()).most_common(20)
     figures.note("most common reasons:\n" + "\n".join(f"{n:6d}  {r}" for r, n in common))
     odd = acc[hang | acc["reason"].fillna("").str.contains("crashed|out of memory")]
@@ -182,7 +197,7 @@ def main() -> int:
         figures.note("hangs, worker crashes and out-of-memory rows:\n" + odd[["path", "source", "mutation", "reason"]]
                      .to_string(max_colwidth=90))
 
-    failed = crashes or neither or both or (base["traceback"] is not None)
+    failed = crashes or neither or both or bombs_indexed or (base["traceback"] is not None)
     if args.out or failed:
         io.write_parquet_frame(acc, root / "outcome.parquet")  # per file: source, mutation, table, reason
     if failed:

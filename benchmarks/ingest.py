@@ -1,6 +1,6 @@
 """Ingest speed: header indexing and cache scaling, each against a baseline measured in the same run.
 
-    python benchmarks/ingest.py [--copies 40] [--workers 2] [--rounds 3]
+    python benchmarks/ingest.py [--copies 40] [--workers 2] [--rounds 3] [--small 10 60] [--parts abcd]
 
 (a) Header indexing, files/s: ``radaudit.pacs.index.update_index`` (content sniffing, header-only parse,
     pseudonymization, pixel plausibility) against a naive indexer that reads each whole file with
@@ -10,11 +10,17 @@
     export on disk or a network share is met: ``posix_fadvise(DONTNEED)`` before each contender).
     Each update_index run starts with the header reader's memos empty, as a fresh process. The
     contenders take turns for ``--rounds`` rounds; each one's best round is reported (the machine
-    may be shared: the best round is the one least disturbed).
+    may be shared: the best round is the one least disturbed). update_index reads in worker
+    processes under the per-file time and memory limits; "in this process" is the same reader
+    with neither (``isolated=False``).
 (b) Caching the JPEG 2000 radiographs at 256 px, reduced against full decode: ``benchmarks/decode.py``,
     run as its own process (its peak RSS figures need a small parent), printed at the end.
 (c) The cache step (decode, border removal, orientation, resize, write) on the JPEG 2000
     radiographs with 1 and 2 worker processes, and the peak RSS of one worker on the largest.
+(d) Small runs (``--small``: 10 and 60 files, a steward re-ingesting a folder, the tests): the
+    header stage read in this process, as runs under 64 files were before their reads moved to
+    workers under the memory limit, against the same stage in workers now; and the whole ingest
+    (headers, decode, cache) now, for scale. Best of ``--rounds``, contenders taking turns.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ from radaudit.pacs.cache import CacheParams  # noqa: E402
 from radaudit.pacs.ingest import IngestConfig, run_ingest  # noqa: E402
 from radaudit.pacs.header import HEADER_TAGS, clear_memos  # noqa: E402
 from radaudit.pacs.index import update_index, wait_for_workers  # noqa: E402
+
+MEMORY_MB = IngestConfig.worker_memory_mb
 
 RADIOGRAPHS = ["RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG3_UNCI.dcm", "RG3_J2KR.dcm", "RG1_J2KI.dcm", "RG3_J2KI.dcm"]
 SMALL = ["CT_small.dcm", "MR_small.dcm", "MR_small_jp2klossless.dcm", "SC_rgb.dcm", "emri_small.dcm", "JPEG-LL.dcm"]
@@ -81,7 +89,7 @@ def bench_headers(root: Path, paths: list[Path], workers: int, rounds: int = 3) 
     """Print files/s of the naive indexer and of update_index, warm and cold, and their ratios."""
     print(f"(a) header indexing, {len(paths)} files ({sum(p.stat().st_size for p in paths) / 1e6:.0f} MB), "
           f"best of {rounds} rounds")
-    names = ("naive", "ours-1", f"ours-{workers}")
+    names = ("naive", "ours-0", "ours-1", f"ours-{workers}")
     for cache_state in ("warm", "cold"):
         seconds: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(rounds):
@@ -97,15 +105,19 @@ def bench_headers(root: Path, paths: list[Path], workers: int, rounds: int = 3) 
                     if name == "naive":
                         naive_index(paths)
                     else:
-                        update = update_index(root, data, key=b"bench", workers=int(name.split("-")[1]))
+                        n = int(name.split("-")[1])
+                        update = update_index(root, data, key=b"bench", workers=max(n, 1), isolated=n > 0,
+                                              worker_memory_mb=MEMORY_MB)
                         assert len(update.index) == len(paths), update.errors
                     seconds[name].append(time.perf_counter() - t0)
+                wait_for_workers()
         rates = {name: len(paths) / min(seconds[name]) for name in names}
         print(f"  page cache {cache_state}:")
-        print(f"    naive dcmread indexer       : {rates['naive']:8.0f} files/s")
-        for name in ("ours-1", f"ours-{workers}"):
-            label = f"update_index, {name.split('-')[1]} process(es)"
-            print(f"    {label:28s}: {rates[name]:8.0f} files/s   ratio {rates[name] / rates['naive']:5.1f}x")
+        print(f"    naive dcmread indexer             : {rates['naive']:8.0f} files/s")
+        for name in names[1:]:
+            n = int(name.split("-")[1])
+            label = f"update_index, {n} worker(s)" if n else "update_index, in this process"
+            print(f"    {label:34s}: {rates[name]:8.0f} files/s   ratio {rates[name] / rates['naive']:5.1f}x")
 
 
 def bench_cache(copies: int, size: int) -> None:
@@ -130,6 +142,42 @@ def bench_cache(copies: int, size: int) -> None:
     print(f"    peak RSS of a worker process: {peak_mb:.0f} MB")
 
 
+def bench_small_runs(sizes: list[int], workers: int, rounds: int, size: int) -> None:
+    """Print, in ms, the header stage of small runs in this process, in 1 and in ``workers`` worker
+    processes, and the whole ingest now."""
+    print(f"(d) small runs, best of {rounds} rounds: header stage (update_index) in this process (before) vs in "
+          f"worker processes under the {MEMORY_MB} MiB limit (now); whole ingest now ({workers} workers, "
+          f"{size} px cache)")
+    names = RADIOGRAPHS + SMALL
+    counts = sorted({1, workers})
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "export"
+            paths = make_export(root, names, -(-n // len(names)))
+            for extra in paths[n:]:
+                extra.unlink()
+            seconds: dict[int | str, list[float]] = {0: [], **{w: [] for w in counts}, "ingest": []}
+            for r in range(rounds):
+                for name, times in seconds.items():
+                    clear_memos()
+                    data = Path(tmp) / f"data-{name}-{r}"
+                    t0 = time.perf_counter()
+                    if name == "ingest":
+                        result = run_ingest(IngestConfig(export_dir=root, data_dir=data, workers=workers,
+                                                         cache=CacheParams(size=size), pseudonym_key="bench"))
+                        assert result.stats["cached"] == n, result.errors
+                    else:
+                        update = update_index(root, data, key=b"bench", workers=max(1, int(name)),
+                                              worker_memory_mb=MEMORY_MB, isolated=name != 0)
+                        assert len(update.index) == n, update.errors
+                    times.append(time.perf_counter() - t0)
+                    wait_for_workers()
+        ms = {name: 1000 * min(s) for name, s in seconds.items()}
+        shown = ", ".join(f"{w} worker(s) {ms[w]:.0f} ms ({ms[w] - ms[0]:+.0f})" for w in counts)
+        print(f"    {n:3d} files: headers in this process {ms[0]:.0f} ms, {shown}; whole ingest now "
+              f"{ms['ingest']:.0f} ms")
+
+
 def bench_decode() -> None:
     """Print figure (b): ``benchmarks/decode.py`` in its own process."""
     print("(b) JPEG 2000 caching, reduced vs full decode (benchmarks/decode.py)", flush=True)
@@ -143,13 +191,20 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3, help="turns of each contender in the header benchmark")
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--small", type=int, nargs="+", default=[10, 60], help="file counts of the small runs (d)")
+    parser.add_argument("--parts", default="abcd", help="which figures to measure (default %(default)s)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "export"
-        paths = make_export(root, RADIOGRAPHS + SMALL, args.copies)
-        bench_headers(root, paths, args.workers, args.rounds)
-    bench_cache(args.cache_copies, args.size)
-    bench_decode()
+    if "a" in args.parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "export"
+            paths = make_export(root, RADIOGRAPHS + SMALL, args.copies)
+            bench_headers(root, paths, args.workers, args.rounds)
+    if "c" in args.parts:
+        bench_cache(args.cache_copies, args.size)
+    if "b" in args.parts:
+        bench_decode()
+    if "d" in args.parts:
+        bench_small_runs(args.small, args.workers, args.rounds, args.size)
 
 
 if __name__ == "__main__":

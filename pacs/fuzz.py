@@ -9,8 +9,9 @@ Kinds (:data:`KINDS`): random bit flips, truncation, a wrong declared length, un
 on an element that is not a sequence, thousands of nested sequences, a sequence item holding
 copies of itself, absurd image geometry (Rows, Columns, Bits Allocated, Samples per Pixel,
 Number of Frames), absurd Instance/Series Numbers, a bad Transfer Syntax UID (unknown, garbage,
-empty, missing, or one that contradicts the encoding), huge lengths on OB/OW/UN elements, and a
-JPEG / JPEG 2000 codestream header that declares a huge image.
+empty, missing, or one that contradicts the encoding), huge lengths on OB/OW/UN elements, a
+JPEG / JPEG 2000 codestream header that declares a huge image, and a zip bomb (a deflated dataset
+that inflates past a given size).
 
 Sources: pydicom's test files and pydicom-data (:func:`default_sources`), plus a small synthetic
 export (``radaudit.pacs.synth.generate_export``). Write a corpus and ingest it::
@@ -28,6 +29,7 @@ import io
 import os
 import struct
 import tempfile
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,7 @@ from radaudit.pacs.discover import Kind, sniff_bytes
 
 __all__ = [
     "KINDS",
+    "ZIP_BOMB_BYTES",
     "Element",
     "Layout",
     "default_sources",
@@ -51,6 +54,7 @@ __all__ = [
     "parse",
     "with_instance_uid",
     "write_corpus",
+    "zip_bomb",
 ]
 
 UNDEFINED = 0xFFFFFFFF
@@ -63,6 +67,9 @@ DEFLATED, RLE, JPEG_BASELINE, J2K = ("1.2.840.10008.1.2.1.99", "1.2.840.10008.1.
 NATIVE = frozenset({IMPLICIT_LE, EXPLICIT_LE, EXPLICIT_BE})
 # Sources larger than this are skipped by default: a 10,000-file corpus stays a few hundred MB.
 MAX_SOURCE_BYTES = 1 << 20
+# What a zip bomb inflates past by default: about 1 MB on disk.
+ZIP_BOMB_BYTES = 1 << 30
+_MIB = 1 << 20
 _LARGE_VRS = frozenset({"OB", "OW", "UN", "OB or OW", "US or OW", "OB or OW or UN"})
 
 
@@ -602,6 +609,67 @@ def codestream_size(data: bytes, layout: Layout | None, rng: np.random.Generator
     return bytes(out), f"JPEG frame header {side} x {side}"
 
 
+# Private (odd) groups a zip bomb's element may take: the first that the file does not use.
+_BOMB_GROUPS = (0x0009, 0x0011, 0x0013, 0x0015, 0x0017, 0x7FE1)
+
+
+def zip_bomb(data: bytes, layout: Layout | None, rng: np.random.Generator, *,
+             inflated_bytes: int = ZIP_BOMB_BYTES) -> tuple[bytes, str] | None:
+    """Make the file a deflated dataset (Deflated Explicit VR Little Endian) that inflates past ``inflated_bytes``.
+
+    A private element of zeros joins the dataset: one OB value of that length, or 1 MiB fragments
+    of an undefined-length OB value (whose size no element header gives away). Zeros deflate
+    about 1,000 to 1, so 1 GiB takes about 1 MB on disk, and the stream is built without the
+    inflated bytes (:func:`_deflate_repeated`). Applies to explicit VR little endian files with a
+    file meta (the encoding a deflated dataset has).
+    """
+    if inflated_bytes < 1:
+        raise ValueError(f"inflated_bytes must be positive, got {inflated_bytes}")
+    if layout is None or not layout.has_meta or layout.deflated or layout.implicit or not layout.little:
+        return None
+    ts = layout.find(TRANSFER_SYNTAX)
+    group = next((g for g in _BOMB_GROUPS if g not in {e.tag >> 16 for e in _top(layout)}), None)
+    if ts is None or group is None:
+        return None
+    out = _replace(data, layout, ts, _encode(TRANSFER_SYNTAX, "UI", DEFLATED.encode(), implicit=False, little=True))
+    shift = len(out) - len(data)  # the new Transfer Syntax UID's length moves the dataset
+    start = layout.dataset_start + shift
+    tag = group << 16 | 0x1000
+    at = next((e.start for e in _top(layout) if e.tag > tag), len(data)) + shift
+    copies = -(-inflated_bytes // _MIB)
+    fragments = bool(rng.random() < 0.5)
+    creator = _encode(group << 16 | 0x0010, "LO", b"RADAUDIT ZIP BOMB", implicit=False, little=True)
+    head = _pack(group, 2, True) + _pack(0x1000, 2, True) + b"OB\0\0"
+    if fragments:
+        head += _pack(UNDEFINED, 4, True)
+        chunk = _pack(0xFFFE, 2, True) + _pack(0xE000, 2, True) + _pack(_MIB, 4, True) + bytes(_MIB)
+        end = _pack(0xFFFE, 2, True) + _pack(0xE0DD, 2, True) + bytes(4)
+    else:
+        head += _pack(copies * _MIB, 4, True)
+        chunk, end = bytes(_MIB), b""
+    stream = _deflate_repeated(out[start:at] + creator + head, chunk, copies, end + out[at:])
+    shape = f"{copies} fragments of 1 MiB, undefined length" if fragments else "one value"
+    return out[:start] + stream + b"\0" * (len(stream) % 2), f"{_tag(tag)} OB, {copies} MiB of zeros in {shape}"
+
+
+def _deflate_repeated(prefix: bytes, chunk: bytes, copies: int, suffix: bytes) -> bytes:
+    """Raw deflate of ``prefix + chunk * copies + suffix``, built without the inflated bytes.
+
+    A full flush empties the compressor's history, so ``chunk`` compressed after one gives the
+    same bytes each time: it is compressed twice, compared, and the block repeated (each copy
+    is compressed where the two differ).
+    """
+    co = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [co.compress(prefix) + co.flush(zlib.Z_FULL_FLUSH)]
+    blocks = [co.compress(chunk) + co.flush(zlib.Z_FULL_FLUSH) for _ in range(min(copies, 2))]
+    if copies > 2 and blocks[0] == blocks[1]:
+        parts.append(blocks[0] * copies)
+    else:
+        parts += blocks + [co.compress(chunk) + co.flush(zlib.Z_FULL_FLUSH) for _ in range(copies - 2)]
+    parts.append(co.compress(suffix) + co.flush())
+    return b"".join(parts)
+
+
 MUTATORS: dict[str, Mutator] = {
     "bit_flip": bit_flip,
     "truncate": truncate,
@@ -614,15 +682,18 @@ MUTATORS: dict[str, Mutator] = {
     "absurd_number": absurd_number,
     "bad_transfer_syntax": bad_transfer_syntax,
     "codestream_size": codestream_size,
+    "zip_bomb": zip_bomb,
 }
 KINDS: tuple[str, ...] = tuple(MUTATORS)
 
 
-def mutate(data: bytes, rng: np.random.Generator, *, kinds: Sequence[str] | None = None) -> tuple[bytes, str]:
+def mutate(data: bytes, rng: np.random.Generator, *, kinds: Sequence[str] | None = None,
+           zip_bomb_bytes: int = ZIP_BOMB_BYTES) -> tuple[bytes, str]:
     """Apply one mutation to a DICOM file's bytes; return the bytes and ``"<kind>:<detail>"``.
 
     Kinds are tried in a random order until one applies to the file (a deflated file has no
-    Rows to make absurd); bit flips and truncation apply to any non-empty bytes.
+    Rows to make absurd); bit flips and truncation apply to any non-empty bytes. A zip bomb
+    inflates past ``zip_bomb_bytes``.
 
     Raises:
         ValueError: An unknown kind, or no given kind applies to these bytes.
@@ -631,13 +702,14 @@ def mutate(data: bytes, rng: np.random.Generator, *, kinds: Sequence[str] | None
     unknown = [k for k in kinds if k not in MUTATORS]
     if unknown:
         raise ValueError(f"unknown mutation kinds {unknown}; valid: {', '.join(KINDS)}")
+    mutators = {**MUTATORS, "zip_bomb": functools.partial(zip_bomb, inflated_bytes=zip_bomb_bytes)}
     try:
         layout: Layout | None = parse(data)
     except ValueError:
         layout = None
     for i in rng.permutation(len(kinds)):
         kind = kinds[int(i)]
-        result = MUTATORS[kind](data, layout, rng)
+        result = mutators[kind](data, layout, rng)
         if result is not None:
             return result[0], f"{kind}:{result[1]}"
     raise ValueError(f"none of the mutations {kinds} applies to this file")
@@ -713,7 +785,7 @@ def corpus_path(i: int) -> str:
 
 def write_corpus(
     out_dir: str | os.PathLike[str], n: int, seed: int, sources: Sequence[tuple[str, bytes]] | None = None, *,
-    kinds: Sequence[str] | None = None, mutated: bool = True,
+    kinds: Sequence[str] | None = None, mutated: bool = True, zip_bomb_bytes: int = ZIP_BOMB_BYTES,
 ) -> pd.DataFrame:
     """Write ``n`` mutated DICOM files under ``out_dir`` (each atomically); one row per file.
 
@@ -728,6 +800,8 @@ def write_corpus(
         sources: (name, bytes) of valid DICOM files; None: :func:`default_sources`.
         kinds: Mutation kinds to cycle through; None: all of :data:`KINDS`.
         mutated: False writes the unique-UID copies unmutated (kind ``none``): a baseline corpus.
+        zip_bomb_bytes: What each zip bomb inflates past (its file is about a thousandth of it):
+            past half the ingest's ``worker_memory_mb`` for the bombs to be refused.
 
     Returns:
         Columns ``path`` (relative to ``out_dir``), ``source``, ``kind``, ``mutation``, ``size``.
@@ -744,7 +818,7 @@ def write_corpus(
         rng = np.random.default_rng([seed, i])
         uid = generate_uid(entropy_srcs=[str(seed), str(i)])
         kind = kinds[i % len(kinds)]
-        name, data, mutation = _draw(sources, rng, uid, kind if mutated else None)
+        name, data, mutation = _draw(sources, rng, uid, kind if mutated else None, zip_bomb_bytes)
         rel = corpus_path(i)
         pio.write_bytes(out / rel, data)
         rows.append({"path": rel, "source": name, "kind": mutation.partition(":")[0], "mutation": mutation,
@@ -753,7 +827,7 @@ def write_corpus(
 
 
 def _draw(sources: Sequence[tuple[str, bytes]], rng: np.random.Generator, uid: str,
-          kind: str | None) -> tuple[str, bytes, str]:
+          kind: str | None, zip_bomb_bytes: int = ZIP_BOMB_BYTES) -> tuple[str, bytes, str]:
     """A source, with ``uid``, and mutated with ``kind`` (redrawing the source up to 50 times where
     the kind does not apply, then any kind). Four draws in five are among the sources with Pixel
     Data, so that most files reach the decoder."""
@@ -765,7 +839,8 @@ def _draw(sources: Sequence[tuple[str, bytes]], rng: np.random.Generator, uid: s
         if kind is None:
             return name, data, "none:"
         try:
-            mutated, mutation = mutate(data, rng, kinds=[kind] if attempt < 50 else None)
+            mutated, mutation = mutate(data, rng, kinds=[kind] if attempt < 50 else None,
+                                       zip_bomb_bytes=zip_bomb_bytes)
         except ValueError:
             continue
         return name, mutated, mutation

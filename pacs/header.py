@@ -3,8 +3,9 @@
 Only the tags the index needs are parsed (``specific_tags``), the pixel data is never read,
 large values are deferred, and a large read past the end of the file is refused (file meta
 values are never deferred), so a damaged length field cannot make the reader allocate or read
-gigabytes. The file is opened once; conversions of header values that files share
-(a study's UIDs, the modality, sizes, descriptions) are memoized on their raw bytes.
+gigabytes; nor, under a memory limit, can a deflated dataset that inflates to gigabytes
+(:mod:`radaudit.pacs.inflate`). The file is opened once; conversions of header values that
+files share (a study's UIDs, the modality, sizes, descriptions) are memoized on their raw bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
 from radaudit.pacs.discover import Kind, sniff_bytes
+from radaudit.pacs.inflate import DEFLATED_BYTES, InflationRefused, check_inflation, deflated_dataset_start
 from radaudit.pacs.pseudo import identifier_tokens, pseudonymize
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -107,6 +109,9 @@ _PLAUSIBILITY_TAGS = {
     )
 }
 _SNIFF_BYTES = 132
+# The Transfer Syntax UID comes within this many bytes of a sane file meta; a deflated one is checked
+# (see _check_inflation). One read of the file's start either way.
+_HEAD_BYTES = 512
 # RecursionError: sequences nested thousands deep; zlib.error: a dataset declared deflated that is not.
 _PYDICOM_ERRORS = (InvalidDicomError, EOFError, struct.error, OSError, ValueError, KeyError,
                    NotImplementedError, OverflowError, TypeError, IndexError, RecursionError, zlib.error)
@@ -183,12 +188,16 @@ class PixelElement:
     length: int | None  # None for encapsulated (undefined length)
 
 
-def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
+def read_header(path: str | os.PathLike[str], *, key: bytes, memory_limit_mb: int | None = None) -> dict[str, Any]:
     """Read one file's header into an index row (without path, size or mtime).
 
     Args:
         path: The file.
         key: Pseudonymization key for the patient key.
+        memory_limit_mb: The memory the reading may use (a worker's limit, see
+            ``radaudit.pacs.index.run_isolated``): a deflated dataset that inflates to more than half
+            of it is refused before pydicom inflates it (pydicom's reading peaks at about twice the
+            inflated size). None: no check.
 
     Raises:
         HeaderError: With a readable reason when the file is not an indexable DICOM image.
@@ -201,15 +210,17 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
     with fp:
         try:
             file_size = fp.size
-            head = fp.read(_SNIFF_BYTES)
+            head = fp.read(_HEAD_BYTES)
         except OSError as exc:
             raise HeaderError(f"cannot read file: {exc.strerror or exc}", stage="discover") from exc
-        kind = sniff_bytes(head)
+        kind = sniff_bytes(head[:_SNIFF_BYTES])
         if kind is Kind.EMPTY:
             raise HeaderError("empty file (0 bytes)", stage="discover")
         if kind is Kind.NOT_DICOM:
             raise HeaderError(f"not DICOM: {_describe_foreign(head)}", stage="discover", severity="skipped")
 
+        if memory_limit_mb is not None and DEFLATED_BYTES in head:
+            _check_inflation(fp, kind, memory_limit_mb)
         try:
             fp.seek(0)
             ds = pydicom.dcmread(
@@ -223,9 +234,10 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
                 raise EOFError(fp.refused)
             pixel = _probe_pixel_element(fp, ds)
             if pixel is None and _transfer_syntax(ds) == pydicom.uid.DeflatedExplicitVRLittleEndian:
-                # The dataset was inflated into memory, so the file position says nothing: look again.
-                full = pydicom.dcmread(path, defer_size=_DEFER_BYTES)
-                pixel = PixelElement(offset=-1, length=None) if "PixelData" in full else None
+                # The dataset was inflated into memory (ds.buffer), where stop_before_pixels left the
+                # position: look there, without a second inflation. No offset in the file to check.
+                inflated = _probe_pixel_element(ds.buffer, ds) if ds.buffer is not None else None
+                pixel = PixelElement(offset=-1, length=None) if inflated is not None else None
         except _PYDICOM_ERRORS as exc:
             raise HeaderError(f"unreadable DICOM header: {type(exc).__name__}: {exc}") from exc
 
@@ -257,6 +269,19 @@ def read_header(path: str | os.PathLike[str], *, key: bytes) -> dict[str, Any]:
         exc.identifiers = row[IDENTIFIERS]
         raise
     return row
+
+
+def _check_inflation(fp: _BoundedFile, kind: Kind, memory_limit_mb: int) -> None:
+    """Refuse a deflated dataset whose reading would need more than ``memory_limit_mb``, before pydicom inflates it."""
+    start = deflated_dataset_start(fp, 132 if kind is Kind.PART10 else 0)
+    if start is None:
+        return
+    try:
+        check_inflation(fp, start, (memory_limit_mb << 20) // 2)
+    except InflationRefused as exc:
+        raise HeaderError(f"needs more than the {memory_limit_mb} MiB memory limit to read: {exc}") from exc
+    except OSError as exc:
+        raise HeaderError(f"cannot read file: {exc.strerror or exc}", stage="discover") from exc
 
 
 def _other_modality_attributes(ds: Dataset, encodings: list[str], enc_key: tuple[str, ...]) -> str | None:

@@ -31,8 +31,6 @@ from radaudit.pacs.pseudo import Redactor, path_key
 
 
 STAGES = ("discover", "header", "pixels")
-# Fewer files than this are read in this process: a worker pool costs more than it saves.
-POOL_MIN_FILES = 64
 # Headers read per worker job: one job per file costs more in scheduling and IPC than the reading.
 HEADER_CHUNK = 32
 
@@ -133,6 +131,7 @@ def update_index(
     file_timeout_s: float = 60.0,
     now: pd.Timestamp | None = None,
     worker_memory_mb: int | None = None,
+    isolated: bool = True,
 ) -> IndexUpdate:
     """Scan the export and bring the index and error tables up to date (in memory; see ``write``).
 
@@ -142,10 +141,11 @@ def update_index(
         key: Pseudonymization key.
         full_rebuild: Ignore the previous tables and read every file again.
         retry_errors: Read again files that failed before even if they did not change.
-        workers: Processes for header reading (1 = in this process).
-        file_timeout_s: Wall-time limit for reading one header in a worker process.
+        workers: Worker processes for header reading.
+        file_timeout_s: Wall-time limit for reading one header.
         now: Timestamp for first_seen / missing_since (default: the current time).
         worker_memory_mb: Address space a header worker process may add (``run_isolated``); None: no limit.
+        isolated: False reads the headers in this process, under neither limit (see ``read_headers``).
     """
     root = Path(export_root)
     if not root.is_dir():
@@ -198,7 +198,7 @@ def update_index(
         kept["present"] = present
 
     rows, header_errors = read_headers(root, todo, key=key, workers=workers, now=now, timeout_s=file_timeout_s,
-                                       path_hashes=hashes, memory_limit_mb=worker_memory_mb)
+                                       path_hashes=hashes, memory_limit_mb=worker_memory_mb, isolated=isolated)
     errors_now = [error_row(p, None, None, "discover", reason, now, path_hash=path_key(p, key))
                   for p, reason in walk_errors]
     _redact(rows, header_errors + errors_now, kept_index=kept_index, kept_errors=kept_errors, real_paths=real_paths,
@@ -344,22 +344,26 @@ def _redact(rows: list[dict[str, Any]], error_rows: list[dict[str, Any]], *, kep
 
 def read_headers(
     root: Path, files: Sequence[FoundFile], *, key: bytes, workers: int, now: pd.Timestamp, timeout_s: float = 60.0,
-    path_hashes: Mapping[str, str] | None = None, memory_limit_mb: int | None = None,
+    path_hashes: Mapping[str, str] | None = None, memory_limit_mb: int | None = None, isolated: bool = True,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Read the headers of ``files``; return (index rows, error rows).
 
-    With several workers and at least ``POOL_MIN_FILES`` files, headers are read in worker
-    processes, ``HEADER_CHUNK`` files per job, each file under ``timeout_s`` (``run_isolated``): a
-    file that hangs the reader or kills its worker is one error row. Small runs read in this
-    process, where the pool would cost more than the reading.
+    Headers are read in worker processes, ``HEADER_CHUNK`` files per job, each file under
+    ``timeout_s`` and ``memory_limit_mb`` (``run_isolated``), whatever the number of files: a file
+    that hangs the reader, kills its worker or needs more memory than the limit is one error row.
+    A run of a few files uses one worker, which costs a fork (about 10 ms), not the pool's
+    scaling. The reader also bounds a deflated dataset's inflation by the limit
+    (:func:`radaudit.pacs.header.read_header`).
 
     Args:
         path_hashes: ``path_key(f.path, key)`` of the files where the caller has it already.
-        memory_limit_mb: Address space each worker process may add (see ``run_isolated``).
+        memory_limit_mb: Address space each worker process may add (see ``run_isolated``); None: no limit.
+        isolated: False reads in this process, under neither limit: for a debugger or a profiler,
+            and the baseline of ``benchmarks/ingest.py``.
     """
-    jobs = [(str(root / f.path), key) for f in files]
+    jobs = [(str(root / f.path), key, memory_limit_mb) for f in files]
     results: list[dict[str, Any] | HeaderError | JobFailure]
-    if workers > 1 and len(jobs) >= POOL_MIN_FILES:
+    if isolated:
         results = run_isolated(_read_one, jobs, workers=workers, timeout_s=timeout_s,
                                action="reading the header", actor="header reader", chunk_size=HEADER_CHUNK,
                                memory_limit_mb=memory_limit_mb)
@@ -382,12 +386,18 @@ def read_headers(
     return rows, errors
 
 
-def _read_one(job: tuple[str, bytes]) -> dict[str, Any] | HeaderError:
-    path, key = job
+def _read_one(job: tuple[str, bytes, int | None]) -> dict[str, Any] | HeaderError:
+    """Worker entry point: one file's index row, or the error saying why it has none.
+
+    A MemoryError propagates: ``run_isolated`` turns it into a reason that names the limit.
+    """
+    path, key, memory_limit_mb = job
     try:
-        return read_header(path, key=key)
+        return read_header(path, key=key, memory_limit_mb=memory_limit_mb)
     except HeaderError as exc:
         return exc
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001 - a damaged file must become a row, whatever pydicom raises
         return HeaderError(f"unexpected {type(exc).__name__} while reading the header: {exc}")
 
@@ -429,7 +439,8 @@ def run_isolated(
         chunk_size: Jobs per worker task (1: each job alone).
         memory_limit_mb: Address space each worker may map beyond what it inherits (``RLIMIT_AS``,
             see :func:`limit_address_space`): a decoder that tries to allocate more fails in that
-            worker (``MemoryError``, or the worker dies), which becomes the job's reason. None: no limit.
+            worker (``MemoryError``: "decoding needs more than the 256 MiB memory limit"; or the
+            worker dies), which becomes the job's reason. None: no limit.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -449,12 +460,12 @@ def run_isolated(
         ]
         for chunk, future in zip(chunks, futures):
             if len(chunk) == 1:
-                results.append(_result(future, timeout_s, action, actor))
+                results.append(_result(future, timeout_s, action, actor, memory_limit_mb))
             else:
-                outcome = _result(future, timeout_s * len(chunk), action, actor)
+                outcome = _result(future, timeout_s * len(chunk), action, actor, memory_limit_mb)
                 if isinstance(outcome, JobFailure):
                     alone = [pool.schedule(fn, args=(job,), timeout=timeout_s) for job in chunk]
-                    outcome = [_result(f, timeout_s, action, actor) for f in alone]
+                    outcome = [_result(f, timeout_s, action, actor, memory_limit_mb) for f in alone]
                 results.extend(outcome)
             if progress:
                 progress(len(results), len(jobs))
@@ -499,7 +510,7 @@ def _run_chunk(fn: Callable[[Any], Any], chunk: list[Any]) -> list[Any]:
     return [fn(job) for job in chunk]
 
 
-def _result(future: Any, timeout_s: float, action: str, actor: str) -> Any:
+def _result(future: Any, timeout_s: float, action: str, actor: str, memory_limit_mb: int | None) -> Any:
     """The future's result, or a ``JobFailure`` saying why there is none."""
     try:
         return future.result()
@@ -508,6 +519,8 @@ def _result(future: Any, timeout_s: float, action: str, actor: str) -> Any:
     except ProcessExpired as exc:
         return JobFailure(f"{actor} crashed (exit code {exc.exitcode}{_signal_note(exc.exitcode)})")
     except MemoryError:
+        if memory_limit_mb:
+            return JobFailure(f"{action} needs more than the {memory_limit_mb} MiB memory limit")
         return JobFailure(f"{actor} ran out of memory")
     except Exception as exc:  # noqa: BLE001 - any failure of one job becomes that job's reason
         return JobFailure(f"{type(exc).__name__}: {exc}")

@@ -1,8 +1,9 @@
 """Ingest: export folder -> instance index, ingest errors and image cache, in one incremental pass.
 
 Headers are read first (cheap); then the pixels of new or changed instances are decoded in a pool
-of worker processes, each file under a time limit (``radaudit.pacs.index.run_isolated``, which large header
-runs use too), so a damaged file that hangs or crashes a decoder costs one error row, not the run.
+of worker processes, each file under a time and a memory limit (``radaudit.pacs.index.run_isolated``,
+which header reading uses too, however few the files), so a damaged file that hangs or crashes a
+decoder, or needs more memory than the limit, costs one error row, not the run.
 A file whose pixels fail moves from the index to the errors with stage ``pixels``: every file ends
 in exactly one of the two tables.
 
@@ -46,9 +47,10 @@ class IngestConfig:
         full_rebuild: Forget the previous index and cache and process every file again.
         retry_errors: Try again files that failed in an earlier run although they did not change.
         pseudonym_key: Key for the patient pseudonym; None = generated once under the data dir.
-        worker_memory_mb: Address space a worker process may add beyond what it inherits (MiB):
-            a damaged file whose decoder asks for more becomes an error row instead of exhausting
-            the machine's memory. None: no limit.
+        worker_memory_mb: Address space a header or decode worker process may add beyond what it
+            inherits (MiB): a damaged file whose reader or decoder asks for more, or a deflated
+            dataset that inflates past half of it, becomes an error row instead of exhausting the
+            machine's memory. None: no limit.
     """
 
     export_dir: str | os.PathLike[str]

@@ -316,7 +316,9 @@ def _read_dataset(path: Path) -> Dataset:
             warnings.simplefilter("always")
             ds = pydicom.dcmread(path, force=kind is Kind.RAW, defer_size=_DEFER_BYTES)
             if _transfer_syntax(ds) == _DEFLATED:
-                # Deferred values would be re-read from the compressed file: read it whole.
+                # Deferred values would be re-read from the compressed file: read it whole. The first
+                # read's inflated copy goes first, so that the two never take memory at once.
+                del ds
                 ds = pydicom.dcmread(path, force=kind is Kind.RAW)
     except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError, IndexError,
             NotImplementedError, OverflowError) as exc:

@@ -11,6 +11,7 @@ import resource
 import struct
 import time
 import warnings
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -212,6 +213,49 @@ def test_codestream_size_edits_the_jpeg_2000_size_only():
     assert _read(out).Rows == 64 and len(out) == len(data)
 
 
+def _inflated_size(data: bytes, start: int, cap: int) -> int:
+    """Bytes the raw deflate stream at ``data[start:]`` inflates to, counted 1 MiB at a time up to ``cap``."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending, total = data[start:], 0
+    while total <= cap and not inflater.eof:
+        out = inflater.decompress(pending, 1 << 20)
+        pending, total = inflater.unconsumed_tail, total + len(out)
+        if not out and not pending:
+            break
+    return total
+
+
+# zip_bomb draws its shape: seed 0 one OB value, seed 2 1 MiB fragments of an undefined-length value.
+@pytest.mark.parametrize(("seed", "shape"), [(0, "one value"), (2, "257 fragments of 1 MiB, undefined length")])
+def test_zip_bomb_is_a_small_deflated_file_that_inflates_past_the_requested_size(seed, shape):
+    data = _file("CT_small.dcm")
+    requested = 256 << 20
+    out, name = fuzz.mutate(data, np.random.default_rng(seed), kinds=["zip_bomb"], zip_bomb_bytes=requested + 1)
+    assert name == f"zip_bomb:(0013,1000) OB, 257 MiB of zeros in {shape}"
+    assert len(out) < requested // 800
+    layout = fuzz.parse(out)
+    assert layout.transfer_syntax == fuzz.DEFLATED
+    assert requested < _inflated_size(out, layout.dataset_start, cap=requested + (2 << 20)) <= requested + (2 << 20)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_zip_bomb_keeps_the_dataset_and_adds_a_private_element_of_zeros(seed):
+    data = _file("CT_small.dcm")
+    out, name = fuzz.mutate(data, np.random.default_rng(seed), kinds=["zip_bomb"], zip_bomb_bytes=3 << 20)
+    before, after = _read(data), _read(out)
+    assert after.file_meta.TransferSyntaxUID == pydicom.uid.DeflatedExplicitVRLittleEndian
+    assert after[0x00130010].value == "RADAUDIT ZIP BOMB"
+    zeros = after[0x00131000].value
+    if "fragments" in name:  # pydicom keeps an undefined-length OB value's items as they are
+        item = struct.pack("<HHL", 0xFFFE, 0xE000, 1 << 20) + bytes(1 << 20)
+        assert zeros == item * 3
+    else:
+        assert zeros == bytes(3 << 20)
+    del after[0x00130010], after[0x00131000]
+    assert after == before
+    assert fuzz.zip_bomb(out, fuzz.parse(out), np.random.default_rng(0)) is None  # deflated already
+
+
 def test_mutate_rejects_unknown_kinds_and_is_deterministic():
     data = _file("CT_small.dcm")
     with pytest.raises(ValueError, match="unknown mutation kinds"):
@@ -314,7 +358,7 @@ def test_worker_memory_limit_bounds_a_decoder_that_allocates_what_the_codestream
 
 def _header_in_worker(path, memory_limit_mb: int = 256) -> str:
     """The header reader's outcome for one file, read as the ingest reads it: in a worker under a memory limit."""
-    [result] = ix.run_isolated(ix._read_one, [(str(path), b"k")], workers=1, timeout_s=30,
+    [result] = ix.run_isolated(ix._read_one, [(str(path), b"k", memory_limit_mb)], workers=1, timeout_s=30,
                                action="reading the header", actor="header reader", memory_limit_mb=memory_limit_mb)
     return str(result) if isinstance(result, Exception) else "read"
 
@@ -371,7 +415,10 @@ def test_run_isolated_memory_limit_turns_a_large_allocation_into_a_reason():
     results = ix.run_isolated(_allocate, [16, 1024], workers=2, timeout_s=30, action="allocating",
                               actor="allocator", memory_limit_mb=256)
     assert results[0] == 16
-    assert isinstance(results[1], ix.JobFailure) and results[1].reason == "allocator ran out of memory"
+    assert isinstance(results[1], ix.JobFailure)
+    assert results[1].reason == "allocating needs more than the 256 MiB memory limit"
+    unlimited = ix.run_isolated(_allocate, [16], workers=1, timeout_s=30, action="allocating", actor="allocator")
+    assert unlimited == [16]
 
 
 def test_ingest_config_checks_the_worker_memory_limit(tmp_path):
@@ -387,14 +434,18 @@ def test_ingest_config_checks_the_worker_memory_limit(tmp_path):
 def test_ingest_survives_a_seeded_corpus_of_every_mutation(tmp_path):
     sources = fuzz.default_sources(synth_n=8, synth_dir=tmp_path)
     n = 15 * len(fuzz.KINDS)
-    corpus = fuzz.write_corpus(tmp_path / "export", n, seed=1, sources=sources)
+    # Zip bombs past the workers' memory limit, the least allowed (300 KB each on disk): the header reader
+    # refuses them.
+    bombs = {"zip_bomb_bytes": 300 << 20}
+    corpus = fuzz.write_corpus(tmp_path / "export", n, seed=1, sources=sources, **bombs)
     assert set(corpus["kind"]) == set(fuzz.KINDS) and corpus["kind"].value_counts().min() >= 14
-    assert fuzz.write_corpus(tmp_path / "again", 12, seed=1, sources=sources).equals(corpus.head(12))
+    assert fuzz.write_corpus(tmp_path / "again", 12, seed=1, sources=sources, **bombs).equals(corpus.head(12))
     fifth = corpus["path"][5]
     assert (tmp_path / "again" / fifth).read_bytes() == (tmp_path / "export" / fifth).read_bytes()
 
     t0 = time.perf_counter()
-    index, errors, key = _ingest(tmp_path / "export", tmp_path / "data")  # an escaping exception fails here
+    # An escaping exception fails here.
+    index, errors, key = _ingest(tmp_path / "export", tmp_path / "data", worker_memory_mb=256)
     wall = time.perf_counter() - t0
     hashes = {path_key(p, key): p for p in corpus["path"]}
     in_index, in_errors = set(index["path_hash"]), set(errors["path_hash"])
@@ -406,6 +457,9 @@ def test_ingest_survives_a_seeded_corpus_of_every_mutation(tmp_path):
     assert wall < 60 + len(hangs) * TIMEOUT_S
     assert len(in_index) > n // 10  # mutations that leave a file readable (absurd numbers, deep sequences)
     assert errors["reason"].str.len().min() > 5
+    bomb_reasons = errors.set_index("path_hash")["reason"].reindex(
+        [path_key(p, key) for p in corpus.loc[corpus["kind"] == "zip_bomb", "path"]])
+    assert bomb_reasons.str.startswith("needs more than the 256 MiB memory limit to read: ").all()
     # Every written cached image belongs to an index row.
     assert (tmp_path / "data" / "cache").exists() and os.listdir(tmp_path / "data" / "cache" / "images")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import os
 import re
 import signal
@@ -19,7 +20,7 @@ import pydicom
 import pyarrow.parquet as pq
 import pytest
 
-from radaudit.pacs import cache
+from radaudit.pacs import cache, fuzz, header
 from radaudit.pacs import index as ix
 from radaudit.pacs.cache import MANIFEST_SCHEMA, CacheParams
 from radaudit.pacs.layout import ERRORS_PATH, INDEX_PATH
@@ -370,8 +371,9 @@ def test_a_header_read_that_hangs_or_kills_its_worker_is_one_error_row(tmp_path,
     ct = good_sources["PAT1/ST1/SE1/IM0002.DCM"].read_bytes()
     # The hanging file is alone in a folder named after its patient, whose header nobody read; the
     # crashing one sits beside indexed files in an ordinary folder.
-    names = [f"im{i:02d}.dcm" for i in range(ix.POOL_MIN_FILES - 1)] + ["Knie li/im.dcm", "Knie li/im666.dcm",
-                                                                        "Schmidt Erika 0815/hang.dcm"]
+    # A small run: its headers are read in a worker too.
+    names = [f"im{i:02d}.dcm" for i in range(3)] + ["Knie li/im.dcm", "Knie li/im666.dcm",
+                                                    "Schmidt Erika 0815/hang.dcm"]
     for name in names:
         (export / name).parent.mkdir(exist_ok=True)
         (export / name).write_bytes(ct)  # one instance many times: all indexed, one cached
@@ -398,6 +400,51 @@ def test_a_header_read_that_hangs_or_kills_its_worker_is_one_error_row(tmp_path,
     index = pd.read_parquet(tmp_path / "data" / INDEX_PATH)
     assert sorted(index["path"]) == sorted(names[:-2])
     assert result.stats["cached"] == 1
+
+
+def _bomb_export(export: Path, good_sources, seed: int) -> None:
+    """Two good files and a zip bomb (``IM000003.dcm``, 1 GiB of zeros, about 1 MB on disk): a 3-file run."""
+    export.mkdir()
+    (export / "ct.dcm").write_bytes(good_sources["PAT1/ST1/SE1/IM0002.DCM"].read_bytes())
+    (export / "mr.dcm").write_bytes(good_sources["PAT2/Röntgen/älter.dcm"].read_bytes())
+    source = pydicom.dcmread(good_sources["PAT1/ST1/SE1/IM0002.DCM"])
+    source.SOPInstanceUID = source.file_meta.MediaStorageSOPInstanceUID = "2.25.99"
+    with io.BytesIO() as f:
+        source.save_as(f, enforce_file_format=True)
+        bomb, _ = fuzz.mutate(f.getvalue(), np.random.default_rng(seed), kinds=["zip_bomb"], zip_bomb_bytes=1 << 30)
+    assert len(bomb) < 2 << 20
+    (export / "IM000003.dcm").write_bytes(bomb)
+
+
+def _tables_on_disk(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    return pd.read_parquet(data / INDEX_PATH), pd.read_parquet(data / ERRORS_PATH)
+
+
+# fuzz.zip_bomb draws its shape: seed 0 one OB value, seed 2 1 MiB fragments of an undefined-length value.
+@pytest.mark.parametrize(("seed", "reason"), [
+    (0, "an element of its deflated dataset declares 1,073,741,824 bytes: it would inflate to more than 128 MiB"),
+    (2, "its deflated dataset inflates to more than 128 MiB"),
+])
+def test_a_zip_bomb_is_quarantined_with_its_reason(tmp_path, good_sources, seed, reason):
+    _bomb_export(tmp_path / "export", good_sources, seed)
+    run_ingest(config(tmp_path / "export", tmp_path / "data", worker_memory_mb=256))
+    index, errors = _tables_on_disk(tmp_path / "data")
+    assert sorted(index["path"]) == ["ct.dcm", "mr.dcm"]
+    assert len(cache.cached_uids(tmp_path / "data")) == 2
+    assert errors[["path", "stage", "reason"]].values.tolist() == [
+        ["IM000003.dcm", "header", f"needs more than the 256 MiB memory limit to read: {reason}"]]
+
+
+def test_a_small_run_reads_its_headers_under_the_worker_memory_limit(tmp_path, good_sources, monkeypatch):
+    # Without the inflation check, pydicom inflates the bomb whole: under the worker's limit that fails
+    # in the worker, not in this process (a run of 3 files used to read its headers here, unlimited).
+    monkeypatch.setattr(header, "_check_inflation", lambda *args: None)  # workers are forked: they see it
+    _bomb_export(tmp_path / "export", good_sources, 0)
+    run_ingest(config(tmp_path / "export", tmp_path / "data", worker_memory_mb=256))
+    index, errors = _tables_on_disk(tmp_path / "data")
+    assert sorted(index["path"]) == ["ct.dcm", "mr.dcm"]
+    assert errors[["path", "stage", "reason"]].values.tolist() == [
+        ["IM000003.dcm", "header", "reading the header needs more than the 256 MiB memory limit"]]
 
 
 def _job(x: int) -> int:
