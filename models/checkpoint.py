@@ -9,8 +9,9 @@ Layout under a checkpoint directory::
     epoch-0003/state.json          epoch, global step, method, backbone, per-epoch loss history
 
 An epoch folder is written under a temporary name and renamed into place, then ``latest.json``
-is replaced (temp + rename): a crash at any moment leaves the previous checkpoint intact and
-``latest.json`` pointing at a complete one. Only the newest ``keep_last`` epoch folders are kept.
+is replaced (temp + rename), each file and rename fsynced before :func:`save_checkpoint` returns:
+a crash at any moment leaves the previous checkpoint intact and ``latest.json`` pointing at a
+complete one. Only the newest ``keep_last`` epoch folders are kept.
 
 :class:`SafetensorsCheckpointIO` plugs this format into Lightning, so ``trainer.save_checkpoint``
 and ``trainer.fit(ckpt_path=...)`` (resume) use it; :func:`load_backbone` gives the backbone
@@ -109,6 +110,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)  # the rename itself survives a power cut
 
 
 def save_checkpoint(directory: PathLike, model: nn.Module | Mapping[str, torch.Tensor], epoch: int,
