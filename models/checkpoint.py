@@ -154,7 +154,9 @@ def save_checkpoint(directory: PathLike, model: nn.Module | Mapping[str, torch.T
 
     name = f"epoch-{epoch:04d}"
     final = root / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    # Temporary names end in .tmp: the data dir's sweep (radaudit.pacs.io.remove_stale_temps) removes
+    # what a killed writer left.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
     try:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=st_meta)
         if optimizer_state is not None:
@@ -166,7 +168,7 @@ def save_checkpoint(directory: PathLike, model: nn.Module | Mapping[str, torch.T
                 os.fsync(fh.fileno())
         old = None
         if final.exists():  # re-saving an epoch: move the old one aside first
-            old = root / f".{name}.old.{os.getpid()}"
+            old = root / f".{name}.old.{os.getpid()}.tmp"
             os.replace(final, old)
         os.replace(tmp, final)
         if old is not None:
