@@ -6,7 +6,7 @@ the same batch on 1 or N GPUs). Every epoch ends with a checkpoint (:mod:`radaud
 written before the epoch's log line; a crashed run started again with the same ``checkpoint_dir``
 resumes after the last complete epoch, with optimizer, schedule, loss history, step count and
 random state restored: on the CPU it trains the remaining epochs bitwise as the uninterrupted run
-would (same machine, thread count and library versions; ``tests/models/test_resume.py``).
+would (same machine, thread count and library versions; ``tests/models/test_train.py``).
 
 Without a GPU the same code runs on the CPU; with ``on_cpu="shrink"`` (default) it first shrinks
 the settings (:meth:`PretrainConfig.for_cpu`), and either way it logs
