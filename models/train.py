@@ -438,8 +438,8 @@ class _RandomState(Callback):
             self.sampler_generator.set_state(sampler)
         kind, keys, pos, has_gauss, gauss = states["numpy"]
         states["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)
-        if not torch.cuda.is_available():
-            states.pop("torch.cuda", None)  # a GPU run resumed on the CPU
+        # A GPU run resumed on the CPU, or on fewer GPUs: the states of the devices there are.
+        states["torch.cuda"] = states.get("torch.cuda", [])[:torch.cuda.device_count()]
         _set_rng_states(states)
 
 
@@ -612,7 +612,8 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
         logger=False,
         enable_progress_bar=config.progress_bar,
         enable_model_summary=False,
-        callbacks=[epoch_end, _RandomState(loader), *callbacks, *([TQDMProgressBar(refresh_rate=10)] if config.progress_bar else [])],
+        callbacks=[epoch_end, _RandomState(loader), *callbacks,
+                   *([TQDMProgressBar(refresh_rate=10)] if config.progress_bar else [])],
         plugins=[SafetensorsCheckpointIO(keep_last=config.keep_checkpoints)],
         default_root_dir=root,
         benchmark=cuda,

@@ -115,7 +115,8 @@ def test_kill_at_every_stage_then_rerun_gives_the_uninterrupted_report(export, t
     for checkpoint in ("epoch-0001", "epoch-0002"):  # the backbone's whole state, both epochs
         ours, theirs = (load_checkpoint(checkpoint_dir(d, "simclr") / checkpoint) for d in (killed, straight))
         assert ours.state["history"] == theirs.state["history"]
-        assert all(torch.equal(ours.state_dict[k], v) for k, v in theirs.state_dict.items()), checkpoint
+        assert all(torch.equal(ours.state_dict[k], v) for k, v in theirs.state_dict.items()), \
+            checkpoint
     assert html_of(killed) == html_of(straight)
     for name in ("embeddings/simclr.npy", "probabilities/simclr.npy", "probabilities/ensemble.npy"):
         np.testing.assert_array_equal(np.load(killed / name), np.load(straight / name), err_msg=name)
