@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 __all__ = ["CacheDataset", "StackedCacheDataset", "make_loader"]
 
@@ -190,11 +190,16 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, pin_memo
             when CUDA is available.
         shuffle: Reshuffle every epoch.
         drop_last: Drop the last incomplete batch (contrastive losses prefer full batches).
-        seed: Seed of the shuffling order.
+        seed: Seed of the shuffling order and of the workers.
         prefetch_factor: Batches each worker keeps ready.
 
     Returns:
-        Batches ``(images, labels)``: images (B, 1, H, W) uint8, labels (B,) int64.
+        Batches ``(images, labels)``: images (B, 1, H, W) uint8, labels (B,) int64. With ``shuffle``
+        the loader's ``sampler`` is a :class:`~torch.utils.data.RandomSampler` with a generator of
+        its own: its state after an epoch fixes the next epoch's order, so a checkpoint can save
+        it (:func:`radaudit.models.train.pretrain` does). The loader's ``generator`` only seeds the
+        workers; a shared one would draw the workers' base seed between two epochs' orders in
+        one run and not in another (persistent workers draw it once per run, not per epoch).
     """
     if not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -202,10 +207,14 @@ def make_loader(dataset: Dataset, batch_size: int, *, workers: int = 0, pin_memo
         raise ValueError(f"workers must be an int >= 0, got {workers!r}")
     if pin_memory is None:
         pin_memory = torch.cuda.is_available()
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    def generator() -> torch.Generator | None:
+        return torch.Generator().manual_seed(seed) if seed is not None else None
+
     kwargs: dict[str, object] = {}
     if workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=prefetch_factor)
+    if shuffle:
+        kwargs.update(sampler=RandomSampler(dataset, generator=generator()))
     collate = _collate_stacked if isinstance(dataset, StackedCacheDataset) else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
-                      pin_memory=pin_memory, generator=generator, collate_fn=collate, **kwargs)
+    return DataLoader(dataset, batch_size=batch_size, drop_last=drop_last, num_workers=workers,
+                      pin_memory=pin_memory, generator=generator(), collate_fn=collate, **kwargs)

@@ -9,8 +9,9 @@ Layout under a checkpoint directory::
     epoch-0003/state.json          epoch, global step, method, backbone, per-epoch loss history
 
 An epoch folder is written under a temporary name and renamed into place, then ``latest.json``
-is replaced (temp + rename): a crash at any moment leaves the previous checkpoint intact and
-``latest.json`` pointing at a complete one. Only the newest ``keep_last`` epoch folders are kept.
+is replaced (temp + rename), each file and rename fsynced before :func:`save_checkpoint` returns:
+a crash at any moment leaves the previous checkpoint intact and ``latest.json`` pointing at a
+complete one. Only the newest ``keep_last`` epoch folders are kept.
 
 :class:`SafetensorsCheckpointIO` plugs this format into Lightning, so ``trainer.save_checkpoint``
 and ``trainer.fit(ckpt_path=...)`` (resume) use it; :func:`load_backbone` gives the backbone
@@ -109,6 +110,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)  # the rename itself survives a power cut
 
 
 def save_checkpoint(directory: PathLike, model: nn.Module | Mapping[str, torch.Tensor], epoch: int,
@@ -152,7 +154,9 @@ def save_checkpoint(directory: PathLike, model: nn.Module | Mapping[str, torch.T
 
     name = f"epoch-{epoch:04d}"
     final = root / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    # Temporary names end in .tmp: the data dir's sweep (radaudit.pacs.io.remove_stale_temps) removes
+    # what a killed writer left.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
     try:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=st_meta)
         if optimizer_state is not None:
@@ -164,7 +168,7 @@ def save_checkpoint(directory: PathLike, model: nn.Module | Mapping[str, torch.T
                 os.fsync(fh.fileno())
         old = None
         if final.exists():  # re-saving an epoch: move the old one aside first
-            old = root / f".{name}.old.{os.getpid()}"
+            old = root / f".{name}.old.{os.getpid()}.tmp"
             os.replace(final, old)
         os.replace(tmp, final)
         if old is not None:

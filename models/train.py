@@ -2,9 +2,11 @@
 
 One :class:`PretrainConfig` runs on CPU, one GPU or N GPUs (DDP with SyncBatchNorm and
 negatives gathered across devices; ``batch_size`` is global, so the learning rate and the loss see
-the same batch on 1 or N GPUs). Every epoch ends with a checkpoint (:mod:`radaudit.models.checkpoint`); a
-crashed run started again with the same ``checkpoint_dir`` resumes after the last complete epoch,
-with optimizer, schedule, loss history and step count restored.
+the same batch on 1 or N GPUs). Every epoch ends with a checkpoint (:mod:`radaudit.models.checkpoint`),
+written before the epoch's log line; a crashed run started again with the same ``checkpoint_dir``
+resumes after the last complete epoch, with optimizer, schedule, loss history, step count and
+random state restored: on the CPU it trains the remaining epochs bitwise as the uninterrupted run
+would (same machine, thread count and library versions; ``tests/models/test_train.py``).
 
 Without a GPU the same code runs on the CPU; with ``on_cpu="shrink"`` (default) it first shrinks
 the settings (:meth:`PretrainConfig.for_cpu`), and either way it logs
@@ -38,9 +40,10 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from radaudit.augment import DEFAULT_IMAGE_SIZE
 from radaudit.augment.dataset import make_loader
@@ -87,7 +90,8 @@ class PretrainConfig:
             back, off otherwise (always off on CPU).
         channels_last: Channels-last memory format for the backbone.
         num_workers: DataLoader workers per device (they only read uint8 arrays).
-        seed: Seeds Python, numpy, torch, the loader's shuffling and the augmentations.
+        seed: Seeds Python, numpy, torch, the loader's shuffling and the augmentations; a resumed
+            run takes their states from the checkpoint.
         checkpoint_dir: Where the per-epoch checkpoints go; None: no checkpoints, no resume.
         keep_checkpoints: Newest epoch checkpoints to keep.
         max_steps: Stop after this many optimizer steps in total (None: run all epochs); the
@@ -358,7 +362,7 @@ def knn_monitor(dataset: Dataset, labels: Sequence[int] | np.ndarray, *, size: i
 
 
 class _EpochEnd(Callback):
-    """Closes the epoch's loss, runs the evaluation, logs and writes the checkpoint."""
+    """Closes the epoch's loss, runs the evaluation, writes the checkpoint, then logs the epoch."""
 
     def __init__(self, config: PretrainConfig, log: Log, eval_fn: EvalFn | None = None, eval_every: int = 1,
                  *, tf32: bool = False) -> None:
@@ -383,19 +387,60 @@ class _EpochEnd(Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert isinstance(pl_module, ContrastiveModule)
         loss = pl_module.close_epoch()
-        if trainer.is_global_zero:
-            shown = f"{loss:.4f}" if loss is not None else "n/a"
-            epoch = trainer.current_epoch + 1
-            evaluated = ""
-            if self.eval_fn is not None and (epoch % self.eval_every == 0 or epoch == self.config.epochs):
-                metrics = {k: float(v) for k, v in self.eval_fn(pl_module.backbone).items()}
-                self.metrics.append({"epoch": epoch, **metrics})
-                evaluated = ", " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            self.emit(f"{self.config.method} epoch {epoch}/{self.config.epochs}: loss {shown}, "
-                      f"step {trainer.global_step}, {time.perf_counter() - self.t0:.1f} s{evaluated}")
+        epoch = trainer.current_epoch + 1
+        evaluated = ""
+        if trainer.is_global_zero and self.eval_fn is not None and (
+                epoch % self.eval_every == 0 or epoch == self.config.epochs):
+            metrics = {k: float(v) for k, v in self.eval_fn(pl_module.backbone).items()}
+            self.metrics.append({"epoch": epoch, **metrics})
+            evaluated = ", " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        # The checkpoint is on disk (fsynced) before the line says the epoch is done: a run
+        # killed at that line resumes after this epoch, not before it.
         if self.config.checkpoint_dir is not None:
             trainer.save_checkpoint(self.config.checkpoint_dir, weights_only=False)
             self.last_checkpoint = latest_checkpoint(self.config.checkpoint_dir)
+        if trainer.is_global_zero:
+            shown = f"{loss:.4f}" if loss is not None else "n/a"
+            self.emit(f"{self.config.method} epoch {epoch}/{self.config.epochs}: loss {shown}, "
+                      f"step {trainer.global_step}, {time.perf_counter() - self.t0:.1f} s{evaluated}")
+
+
+class _RandomState(Callback):
+    """Keeps the random state in every checkpoint, so that a resumed run replays the epochs it missed.
+
+    Saved at each checkpoint and restored before training resumes: Python's, numpy's, torch's
+    and CUDA's global generators (Lightning's ``_collect_rng_states``, as its ``ddp_spawn``
+    launcher hands them to the ranks) and the generator of the loader's sampler, whose state
+    after epoch ``e`` fixes the order of epoch ``e + 1``. The augmentations need nothing here:
+    :class:`radaudit.models.base.ContrastiveModule` reseeds them at every epoch start from
+    ``(seed, epoch, rank)``. The workers need nothing either: they only read bytes, and the
+    loader's own generator, which seeds them once per run, starts from the seed in every run.
+    A DDP run's sampler is Lightning's ``DistributedSampler``, which shuffles by ``(seed, epoch)``.
+    """
+
+    def __init__(self, loader: DataLoader) -> None:
+        gen = getattr(loader.sampler, "generator", None)
+        self.sampler_generator = gen if isinstance(gen, torch.Generator) else None
+
+    def state_dict(self) -> dict[str, Any]:
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        # Checkpoints are read with torch.load(weights_only=True), which refuses numpy arrays.
+        kind, keys, pos, has_gauss, gauss = states.pop("numpy")
+        states["numpy"] = (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss)
+        if self.sampler_generator is not None:
+            states["sampler"] = self.sampler_generator.get_state()
+        return states
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = dict(state_dict)
+        sampler = states.pop("sampler", None)
+        if sampler is not None and self.sampler_generator is not None:
+            self.sampler_generator.set_state(sampler)
+        kind, keys, pos, has_gauss, gauss = states["numpy"]
+        states["numpy"] = (kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss)
+        # A GPU run resumed on the CPU, or on fewer GPUs: the states of the devices there are.
+        states["torch.cuda"] = states.get("torch.cuda", [])[:torch.cuda.device_count()]
+        _set_rng_states(states)
 
 
 def _guard_broken_omegaconf() -> None:
@@ -567,7 +612,8 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
         logger=False,
         enable_progress_bar=config.progress_bar,
         enable_model_summary=False,
-        callbacks=[epoch_end, *callbacks, *([TQDMProgressBar(refresh_rate=10)] if config.progress_bar else [])],
+        callbacks=[epoch_end, _RandomState(loader), *callbacks,
+                   *([TQDMProgressBar(refresh_rate=10)] if config.progress_bar else [])],
         plugins=[SafetensorsCheckpointIO(keep_last=config.keep_checkpoints)],
         default_root_dir=root,
         benchmark=cuda,

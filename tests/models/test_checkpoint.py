@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from radaudit.models.checkpoint import (
     save_checkpoint,
 )
 from radaudit.models.simclr import SimCLRModel
+from radaudit.pacs.io import remove_stale_temps
 
 
 @pytest.fixture
@@ -64,6 +67,23 @@ def test_incomplete_folder_is_ignored(tmp_path: Path, model: SimCLRModel) -> Non
     (tmp_path / "epoch-0002" / WEIGHTS_FILE).write_bytes(b"partial")  # no state.json: never completed
     (tmp_path / LATEST_FILE).unlink()
     assert latest_checkpoint(tmp_path) == tmp_path / "epoch-0001"
+
+
+def test_a_writer_killed_mid_save_leaves_the_last_checkpoint_and_only_swept_temps(tmp_path: Path,
+                                                                                   model: SimCLRModel) -> None:
+    save_checkpoint(tmp_path, model, 1)
+    pid = os.fork()
+    if pid == 0:  # the child dies by SIGKILL after the weights, before the optimizer state
+        torch.save = lambda *_a, **_k: os.kill(os.getpid(), signal.SIGKILL)
+        save_checkpoint(tmp_path, model, 2, {"step": 1})
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".epoch-0002.")]
+    assert (left / WEIGHTS_FILE).is_file() and not (left / OPTIMIZER_FILE).exists()
+    assert latest_checkpoint(tmp_path) == tmp_path / "epoch-0001"
+    assert remove_stale_temps(tmp_path) == [left]  # the next run's sweep of the data dir removes it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch-0001", LATEST_FILE]
 
 
 def test_weights_are_plain_safetensors(tmp_path: Path, model: SimCLRModel) -> None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +15,8 @@ import pytorch_lightning as pl
 import torch
 from safetensors.torch import load_file
 
-from radaudit.models.checkpoint import WEIGHTS_FILE, backbone_state, latest_checkpoint, load_backbone
+from radaudit.models.checkpoint import (WEIGHTS_FILE, backbone_state, latest_checkpoint, load_backbone,
+                                       load_checkpoint)
 from radaudit.models.data import ArrayDataset
 from radaudit.models.train import PretrainConfig, knn_monitor, pretrain
 
@@ -79,6 +84,97 @@ def test_resume_after_crash(tiny_dataset: ArrayDataset, tmp_path: Path) -> None:
     again = pretrain(config, tiny_dataset, log=lines.append)  # all epochs done: nothing to train
     assert again.steps_this_run == 0 and again.history == result.history
     assert lines[-1].startswith("nothing to train")
+
+    # The resumed epoch is the one an uninterrupted run trains: the same order, views and weights.
+    straight = pretrain(config.replace(checkpoint_dir=str(tmp_path / "straight")), tiny_dataset)
+    assert straight.history == result.history
+    theirs = load_checkpoint(tmp_path / "straight").state_dict
+    for k, v in load_checkpoint(tmp_path).state_dict.items():
+        assert torch.equal(theirs[k], v), k
+
+
+def resume_case(checkpoint_dir: str) -> tuple[PretrainConfig, ArrayDataset]:
+    """The run the kill test trains: BYOL, one loader worker, 24 images, batch 8 (3 steps an epoch),
+    3 epochs. The killed child processes import this, so they train what the test compares."""
+    images = np.random.default_rng(1).integers(0, 256, (24, 40, 40), dtype=np.uint8)
+    dataset = ArrayDataset(images, np.array([0, 1, 2, -1] * 6, dtype=np.int64))
+    config = PretrainConfig(method="byol", checkpoint_dir=checkpoint_dir, on_cpu="as_is",
+                            **{**TINY, "epochs": 3, "warmup_epochs": 1, "num_workers": 1})
+    return config, dataset
+
+
+# Trains resume_case in a child process and, right after printing the line the test waits for
+# (an epoch's log line, or "step N" after optimizer step N), stops to wait for the test's SIGKILL.
+KILLED_CHILD = """
+import sys, time
+import pytorch_lightning as pl, torch
+sys.path.insert(0, sys.argv[1])
+from test_train import resume_case
+from radaudit.models.train import pretrain
+
+torch.set_num_threads(1)
+checkpoint_dir, wanted = sys.argv[2], sys.argv[3]
+
+
+def log(line):
+    print(line, flush=True)
+    if line.startswith(wanted):
+        time.sleep(600)
+
+
+class StopAtStep(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        log(f"step {trainer.global_step}")
+
+
+config, dataset = resume_case(checkpoint_dir)
+pretrain(config, dataset, log=log, callbacks=[StopAtStep()])
+"""
+
+
+def _train_until_killed(checkpoint_dir: Path, wanted: str, log: Path) -> None:
+    """Run KILLED_CHILD and SIGKILL it as soon as it prints a line starting with ``wanted``."""
+    with open(log, "w") as errors:
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, str(Path(__file__).parent), str(checkpoint_dir),
+                                 wanted], stdout=subprocess.PIPE, stderr=errors, text=True)
+    assert proc.stdout is not None
+    watchdog = threading.Timer(120, proc.kill)  # a child that never prints fails the test instead of hanging it
+    watchdog.start()
+    for line in proc.stdout:
+        if line.startswith(wanted):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.stdout.close()
+    rc = proc.wait()
+    watchdog.cancel()
+    assert rc == -signal.SIGKILL, f"the child ended (rc {rc}) before printing {wanted!r}:\n{log.read_text()[-3000:]}"
+
+
+def test_runs_killed_at_an_epoch_line_and_mid_epoch_resume_into_the_uninterrupted_one(tmp_path: Path) -> None:
+    """kill -9 at epoch 1's log line, then again in epoch 3 (after its first step); the rerun's
+    weights, momentum encoder and loss history equal an uninterrupted run's, bit for bit."""
+    straight_config, dataset = resume_case(str(tmp_path / "straight"))
+    straight = pretrain(straight_config, dataset)
+
+    killed = tmp_path / "killed"
+    _train_until_killed(killed, "byol epoch 1/3", tmp_path / "stderr.log")
+    # The epoch's line comes after its checkpoint is on disk.
+    assert latest_checkpoint(killed) == killed / "epoch-0001"
+    _train_until_killed(killed, "step 7", tmp_path / "stderr.log")  # resumed at step 3, killed mid epoch 3
+    assert latest_checkpoint(killed) == killed / "epoch-0002"
+    config, dataset = resume_case(str(killed))
+    lines: list[str] = []
+    resumed = pretrain(config, dataset, log=lines.append)
+
+    assert resumed.resumed_from_epoch == 2 and (resumed.steps, resumed.steps_this_run) == (9, 3)
+    assert any(line.startswith("resuming from") for line in lines)
+    assert resumed.history == straight.history
+    ours, theirs = load_checkpoint(killed), load_checkpoint(tmp_path / "straight")
+    assert ours.epoch == theirs.epoch == 3 and ours.state_dict.keys() == theirs.state_dict.keys()
+    for k, v in theirs.state_dict.items():  # backbone, projection and prediction heads, momentum encoder
+        assert torch.equal(ours.state_dict[k], v), k
+    for k, v in straight.backbone.state_dict().items():
+        assert torch.equal(resumed.backbone.state_dict()[k], v), k
 
 
 def test_resume_refuses_another_method(tiny_dataset: ArrayDataset, tmp_path: Path) -> None:

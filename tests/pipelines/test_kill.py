@@ -1,11 +1,13 @@
 """kill -9 at every stage of a CLI audit, then rerun: nothing lost, nothing doubled, the same report.
 
 A real process is killed: `radaudit audit` runs in a subprocess, and at each kill point (ingest
-while decoding, pretraining in its second epoch, embeddings, heads, label issues, report
-writing) the test reads the run's progress line, then sends SIGKILL. The next run starts where
-the killed one stopped; after the last kill a run completes, and its outputs are compared with
-those of a run that was never interrupted. (A run killed in a GPU-pool step left its pool slot
-taken, and every later run waited for it forever, until the CLI learnt to reap dead runs.)
+while decoding, pretraining at the line of its first and of its last epoch, embeddings, heads,
+label issues, report writing) the test reads the run's progress line, then sends SIGKILL. The
+next run starts where the killed one stopped; after the last kill a run completes, and its
+outputs are compared with those of a run that was never interrupted. (A run killed in a GPU-pool
+step left its pool slot taken, and every later run waited for it forever, until the CLI learnt to
+reap dead runs. A run killed at an epoch's line lost that epoch, whose checkpoint came after the
+line, and the rerun trained it again in another order: another backbone, another report.)
 """
 
 from __future__ import annotations
@@ -21,15 +23,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+from radaudit.models.checkpoint import load_checkpoint
 from radaudit.pacs.io import is_temp_name
+from radaudit.pacs.layout import checkpoint_dir
 from radaudit.pacs.synth import generate_export
 
 ROOT = Path(__file__).resolve().parents[2]
 # (step, text of its progress line): the run is killed as soon as the line appears.
 KILL_POINTS = [
     ("ingest", "decoded"),
-    ("backbone__simclr", "simclr epoch 1/2"),
+    ("backbone__simclr", "simclr epoch 1/2"),  # the rerun resumes at epoch 2 (2 workers load its batches)
+    ("backbone__simclr", "simclr epoch 2/2"),  # the rerun finds the backbone finished
     ("embeddings__simclr", "started"),
     ("oof_probabilities__simclr", "started"),
     ("label_issues", "started"),
@@ -104,6 +110,13 @@ def test_kill_at_every_stage_then_rerun_gives_the_uninterrupted_report(export, t
     finish(audit_command(export, killed))
 
     pd.testing.assert_frame_equal(report(killed), report(straight))
+    for name in ("audit/label_issues.parquet", "reports/mislabel_report.csv"):
+        assert (killed / name).read_bytes() == (straight / name).read_bytes(), name
+    for checkpoint in ("epoch-0001", "epoch-0002"):  # the backbone's whole state, both epochs
+        ours, theirs = (load_checkpoint(checkpoint_dir(d, "simclr") / checkpoint) for d in (killed, straight))
+        assert ours.state["history"] == theirs.state["history"]
+        assert all(torch.equal(ours.state_dict[k], v) for k, v in theirs.state_dict.items()), \
+            checkpoint
     assert html_of(killed) == html_of(straight)
     for name in ("embeddings/simclr.npy", "probabilities/simclr.npy", "probabilities/ensemble.npy"):
         np.testing.assert_array_equal(np.load(killed / name), np.load(straight / name), err_msg=name)
