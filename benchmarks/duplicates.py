@@ -15,6 +15,14 @@
    another), through the stage's incremental core (``update_duplicates``): a first run over
    all but ``--new-share`` of them (the baseline), then the nightly run that adds the rest.
 
+With ``--quality-seeds``, instead: the demo's own export for each seed (``radaudit demo``'s
+800 images in two shards, five devices, 3% duplicates and as many look-alikes, 64 px cache),
+through the ``near_duplicates`` stage as the demo runs it, scored against the truth: pairs
+found against true pairs (precision, recall), look-alikes grouped, copies missed by kind; then
+the mean and the worst seed::
+
+    python benchmarks/duplicates.py --quality-seeds 60 61 62 63 64     # about 2 min a seed on 2 cores
+
 Figures go to ``benchmarks/out/duplicates.json`` (or ``$OUT``) as they are measured.
 """
 
@@ -49,7 +57,7 @@ from radaudit.pacs.duplicates import (  # noqa: E402
 T = TypeVar("T")
 
 
-def prepare(work: Path, n: int, seed: int) -> Path:
+def prepare(work: Path, n: int, seed: int, devices: str | None = "mixed") -> Path:
     """Export and ingest once; a rerun with the same ``--work`` reuses them."""
     from radaudit.pacs.cache import CacheParams
     from radaudit.pacs.ingest import IngestConfig, run_ingest
@@ -60,7 +68,7 @@ def prepare(work: Path, n: int, seed: int) -> Path:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             generate_export(work / "export", work / "truth.parquet", n=n, seed=seed, size=128, duplicates=0.03,
-                            force=True)
+                            devices=devices, force=True)
         run_ingest(IngestConfig(export_dir=work / "export", data_dir=data, cache=CacheParams(size=64), workers=2))
     return data
 
@@ -106,13 +114,23 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=100_000, help="images for the scale run (0: skip)")
     ap.add_argument("--new-share", type=float, default=0.01, help="share of new images on the nightly run")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--devices", default="mixed", help="device mix of the export, as the demo's ('legacy': one style)")
+    ap.add_argument("--quality-seeds", type=int, nargs="*", default=None,
+                    help="score the near_duplicates stage on the demo's export of each seed instead")
+    ap.add_argument("--grey-threshold", type=float, default=None, help="one-patient grey-level threshold to try")
+    ap.add_argument("--gradient-threshold", type=float, default=None, help="one-patient gradient threshold to try")
     ap.add_argument("--work", type=Path, default=None, help="keep the export and data dir here")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     figs = Figures("duplicates", args.json, vars(args) | {"work": str(args.work)})
     work = args.work or Path(tempfile.mkdtemp(prefix="radaudit-dups-"))
+    if args.quality_seeds:
+        options = {k: v for k, v in (("grey_threshold", args.grey_threshold),
+                                     ("gradient_threshold", args.gradient_threshold)) if v is not None}
+        quality_seeds(figs, work, args.quality_seeds, args.n if args.n != 10_000 else 800, args.devices, options)
+        return
     t = time.perf_counter()
-    data = prepare(work, args.n, args.seed)
+    data = prepare(work, args.n, args.seed, None if args.devices == "legacy" else args.devices)
     figs.add("setup", f"export + ingest of {args.n} images (or reuse)", time.perf_counter() - t, "s")
 
     uids, manifest, patients, _ = stages.duplicate_inputs(data)
@@ -134,12 +152,62 @@ def main() -> None:
     rows = groups.set_index("sop_instance_uid").reindex(uids)
     scores = stages.duplicate_scores(rows, truth, uids)
     scores.pop("_right")
+    inside = [u for u in uids if not bool(truth["is_ood"].get(u, False))]
+    pairs_found = stages.pair_scores(stages.duplicate_groups(uids, stages.copy_links(dict(zip(uids, rows["duplicate_of"])))),
+                                     stages.duplicate_groups(uids, stages.copy_links(truth["duplicate_of"].to_dict())),
+                                     inside)
+    scores.update({f"pair_{key}": value for key, value in pairs_found.items()})
     for key, value in scores.items():
         figs.add(f"{section}: quality", key, float(value), "", shown=f"{value:10.3f}" if isinstance(value, float)
                  else f"{value:10d}")
 
     if args.scale:
         scale_run(figs, data, uids, aspect, patients, args.scale, args.new_share, work)
+
+
+def quality_seeds(figs: Figures, work: Path, seeds: list[int], n: int, devices: str,
+                  options: dict[str, float] | None = None) -> None:
+    """The near_duplicates stage on the demo's export of each seed, against the truth; mean and worst."""
+    from benchmarks.quality import make_export
+    from radaudit.pacs.cache import CacheParams
+    from radaudit.pacs.ingest import IngestConfig, run_ingest
+
+    rows = []
+    for seed in seeds:
+        root = work / f"seed{seed}"
+        data = root / "data"
+        if not (data / MANIFEST_PATH).exists():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                make_export(root, n, seed, 128, 2, duplicates=0.03, devices=None if devices == "legacy" else devices)
+            run_ingest(IngestConfig(export_dir=root / "export", data_dir=data, cache=CacheParams(size=64), workers=2))
+        groups = stages.find_near_duplicates(data, full_rebuild=True, **(options or {}))
+        uids = stages.duplicate_inputs(data)[0]
+        truth = pd.read_parquet(root / "truth.parquet").set_index("sop_instance_uid")
+        found = groups.set_index("sop_instance_uid").reindex(uids)
+        scores = stages.duplicate_scores(found, truth, uids)
+        scores.pop("_right")
+        inside = [u for u in uids if not bool(truth["is_ood"].get(u, False))]
+        pairs = stages.pair_scores(
+            stages.duplicate_groups(uids, stages.copy_links(dict(zip(uids, found["duplicate_of"])))),
+            stages.duplicate_groups(uids, stages.copy_links(truth["duplicate_of"].to_dict())), inside)
+        reported = stages.duplicate_groups(uids, stages.copy_links(dict(zip(uids, found["duplicate_of"]))))
+        missed = pd.Series([truth.loc[u, "duplicate_kind"] for u, d in truth["duplicate_of"].dropna().items()
+                            if u in reported and reported.get(u) != reported.get(d) or u not in reported],
+                           dtype=object).value_counts()
+        row = {"seed": seed, "precision": pairs["precision"], "recall": pairs["recall"], "pairs": pairs["pairs"],
+               "reported": pairs["pairs_reported"], "look_alikes_grouped": scores["hard_negatives_grouped"],
+               "missed": ", ".join(f"{k} {v}" for k, v in missed.items()) or "none"}
+        rows.append(row)
+        figs.add("quality by seed", f"seed {seed}: pair precision / recall", pairs["recall"], "",
+                 shown=f"{pairs['precision']:.3f} / {pairs['recall']:.3f}  ({pairs['pairs_reported']} reported, "
+                       f"{pairs['pairs']} true; look-alikes grouped {scores['hard_negatives_grouped']}; "
+                       f"copies missed: {row['missed']})", precision=pairs["precision"],
+                 look_alikes_grouped=scores["hard_negatives_grouped"])
+    table = pd.DataFrame(rows)
+    for stat, fn in (("mean", "mean"), ("worst", "min")):
+        figs.add("quality by seed", f"{stat}: pair precision / recall", float(getattr(table["recall"], fn)()), "",
+                 shown=f"{getattr(table['precision'], fn)():.3f} / {getattr(table['recall'], fn)():.3f}")
 
 
 def scale_run(figs: Figures, data: Path, uids: list[str], aspect: list[object], patients: list[str | None],
