@@ -153,9 +153,9 @@ def main() -> None:
     scores = stages.duplicate_scores(rows, truth, uids)
     scores.pop("_right")
     inside = [u for u in uids if not bool(truth["is_ood"].get(u, False))]
-    pairs_found = stages.pair_scores(stages.duplicate_groups(uids, stages.copy_links(dict(zip(uids, rows["duplicate_of"])))),
-                                     stages.duplicate_groups(uids, stages.copy_links(truth["duplicate_of"].to_dict())),
-                                     inside)
+    reported = stages.duplicate_groups(uids, stages.copy_links(dict(zip(uids, rows["duplicate_of"]))))
+    true_groups = stages.duplicate_groups(uids, stages.copy_links(truth["duplicate_of"].to_dict()))
+    pairs_found = stages.pair_scores(reported, true_groups, inside)
     scores.update({f"pair_{key}": value for key, value in pairs_found.items()})
     for key, value in scores.items():
         figs.add(f"{section}: quality", key, float(value), "", shown=f"{value:10.3f}" if isinstance(value, float)

@@ -69,7 +69,8 @@ def duplicate_inputs(data_dir: str | os.PathLike[str]) -> tuple[list[str], pd.Da
 
 def cache_fingerprints(data_dir: str | os.PathLike[str], uids: Sequence[str], geometry: pd.DataFrame, *,
                        log: Any | None = None) -> tuple[np.ndarray, list[str]]:
-    """:func:`radaudit.pacs.duplicates.fingerprint` and :func:`radaudit.pacs.duplicates.pixel_digest` of each cached image.
+    """:func:`radaudit.pacs.duplicates.fingerprint` and :func:`radaudit.pacs.duplicates.pixel_digest` of each
+    cached image.
 
     Args:
         geometry: One cache manifest row per UID, same order.
@@ -123,7 +124,8 @@ def _load_state(state_dir: Path, settings: str, k: int) -> tuple[pd.DataFrame, n
         nearest, rows = load_rows(state_dir / _NEAREST, state_dir / _ROWS)
     except (ValueError, OSError):
         return None  # an interrupted write: start again
-    if rows.empty or "settings" not in rows or "id" not in rows or not (rows["settings"] == settings).all() or nearest.shape[1] != k:
+    if (rows.empty or not {"settings", "id"} <= set(rows.columns) or not (rows["settings"] == settings).all()
+            or nearest.shape[1] != k):
         return None
     if not all((state_dir / f"part-{int(p):06d}.{kind}.npy").exists()
                for p in rows["part"].unique() for kind in ("fps", "vec")):

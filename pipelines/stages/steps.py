@@ -326,7 +326,8 @@ def _reuse_oof(data_dir: Path, method: str, ts: TrainingSet, features: list[str]
     out_of_fold[kept] = old["out_of_fold"].to_numpy(bool)[src]
     head = LinearHead.from_state_dict(load_file(str(head_path)))
     if (~kept).any():
-        probs[~kept] = head.predict_proba(load_embeddings(data_dir, method, [u for u, k in zip(ts.uids, kept) if not k]))
+        new_uids = [u for u, k in zip(ts.uids, kept) if not k]
+        probs[~kept] = head.predict_proba(load_embeddings(data_dir, method, new_uids))
     result = OOFResult(probs, fold, out_of_fold, head)
     save_rows(probs.astype(np.float32), data_dir / PROB_DIR / f"{method}.npy",
               pd.DataFrame({"sop_instance_uid": ts.uids, "label": ts.labels, "fold": fold, "out_of_fold": out_of_fold,

@@ -145,7 +145,8 @@ def test_compute_oof_keeps_the_last_fit_and_scores_new_images_with_its_full_head
     changed = rows.copy()
     i = int(np.flatnonzero(changed["label"] >= 0)[1])
     changed.loc[i, "label"] = (changed.loc[i, "label"] + 1) % N_CLASSES
-    stages.save_rows(stored, data / layout.PROB_DIR / "simclr.npy", changed, data / layout.PROB_DIR / "simclr.rows.parquet")
+    stages.save_rows(stored, data / layout.PROB_DIR / "simclr.npy", changed,
+                     data / layout.PROB_DIR / "simclr.rows.parquet")
     stages.compute_oof(data, "simclr", n_splits=3, repeats=1, log=log.append)
     assert log[-1].startswith("simclr heads: fit on")
     stages.compute_oof(data, "simclr", n_splits=3, repeats=2, log=log.append)
