@@ -216,6 +216,8 @@ def update_duplicates(state_dir: str | os.PathLike[str], ids: Sequence[str],
         digests[batch] = dig
         live[batch] = ~np.isnan(fps).reshape(batch.size, -1).all(axis=1)
         next_part += 1
+        if log is not None and todo.size > PART_IMAGES:
+            log(f"near_duplicates: fingerprinted {start + batch.size}/{todo.size} images")
     if log is not None:
         log(f"near_duplicates: {todo.size} images fingerprinted, {n - todo.size} kept from the last run")
 
@@ -291,7 +293,7 @@ def find_near_duplicates(data_dir: str | os.PathLike[str], *, log: Any | None = 
     aspect = (geometry["original_rows"] / geometry["original_columns"].clip(lower=1)).round(2).tolist()
 
     def fingerprints(rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
-        return cache_fingerprints(data_dir, [uids[i] for i in rows], geometry.iloc[rows], log=log)
+        return cache_fingerprints(data_dir, [uids[i] for i in rows], geometry.iloc[rows])
 
     pairs = update_duplicates(data_dir / DUPLICATE_STATE_DIR, ids, fingerprints, aspect, patients,
                               full_rebuild=full_rebuild, log=log, **options)
