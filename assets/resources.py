@@ -57,6 +57,7 @@ class RadauditConfig(dg.ConfigurableResource):
             retry_errors=self.retry_errors,
             pseudonym_key=self.pseudonym_key,
             worker_memory_mb=self.worker_memory_mb,
+            lock_wait_s=self.lock_wait_s,
         )
 
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._figures import Figures  # noqa: E402
 from radaudit.pipelines import stages  # noqa: E402
 from radaudit.pacs import cache  # noqa: E402
-from radaudit.pacs.layout import MANIFEST_PATH  # noqa: E402
+from radaudit.pacs.layout import MANIFEST_DIR  # noqa: E402
 from radaudit.pacs.duplicates import (  # noqa: E402
     candidate_pairs,
     duplicate_groups,
@@ -55,7 +55,7 @@ def prepare(work: Path, n: int, seed: int) -> Path:
     from radaudit.pacs.synth import generate_export
 
     data = work / "data"
-    if not (data / MANIFEST_PATH).exists():
+    if not any((data / MANIFEST_DIR).glob("*.parquet")):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             generate_export(work / "export", work / "truth.parquet", n=n, seed=seed, size=128, duplicates=0.03,

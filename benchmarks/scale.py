@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._figures import Figures  # noqa: E402
 from benchmarks.quality import make_export  # noqa: E402
+from radaudit.pacs.layout import INDEX_DIR  # noqa: E402
 
 INGEST = """
 import cProfile, io, json, pstats, resource, sys, time
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
             seconds=nightly["seconds"])
     fig.add(f"nightly rerun, {new} new files", "peak RSS", nightly["peak_rss_mb"], "MB")
     fig.note(f"nightly rerun: {nightly['seconds']:.1f} s (profiled); {nightly['stats']}")
-    index_mb = (data / "index" / "dicom_index.parquet").stat().st_size / 1e6
+    index_mb = sum(p.stat().st_size for p in (data / INDEX_DIR).glob("*.parquet")) / 1e6
     fig.add("tables", "index size", index_mb, "MB")
     print(f"max RSS of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 

@@ -19,8 +19,9 @@ import pandas as pd
 
 from radaudit.pacs import cache
 from radaudit.pacs import io as pio
-from radaudit.pacs.layout import (DUPLICATES_PATH, EMBED_DIR, FOLDS_FILE, ISSUES_PATH, MANIFEST_PATH, PROB_DIR,
-                                  SUMMARY_PATH, WEIGHTS_PATH, checkpoint_dir, method_dir)
+from radaudit.pacs.index import read_manifest
+from radaudit.pacs.layout import (DUPLICATES_PATH, EMBED_DIR, FOLDS_FILE, ISSUES_PATH, PROB_DIR, SUMMARY_PATH,
+                                  WEIGHTS_PATH, checkpoint_dir, method_dir)
 from radaudit.pipelines.stages.data import (TrainingSet, cross_fit_folds, issue_inputs, label_folds, live_index,
                                             load_audit_summary, load_overrides, load_training_set)
 from radaudit.pipelines.stages.store import (cache_keys, file_digest, load_embeddings, load_probabilities,
@@ -279,7 +280,7 @@ def duplicate_inputs(data_dir: str | os.PathLike[str]) -> tuple[list[str], pd.Da
     saw them (None for an index without that column)."""
     data_dir = Path(data_dir)
     live = live_index(data_dir).drop_duplicates("sop_instance_uid")
-    manifest = pd.read_parquet(data_dir / MANIFEST_PATH).drop_duplicates("sop_instance_uid", keep="last")
+    manifest = read_manifest(data_dir)
     manifest = manifest[manifest["sop_instance_uid"].isin(live["sop_instance_uid"])].sort_values(
         "sop_instance_uid", ignore_index=True)
     facts = live.set_index("sop_instance_uid").reindex(manifest["sop_instance_uid"])
