@@ -37,6 +37,9 @@ class RadauditConfig(dg.ConfigurableResource):
     worker_memory_mb: int | None = 4096
     # How long a step waits for another run that holds the data dir (radaudit.pacs.lock) before it fails.
     lock_wait_s: float = 6 * 3600.0
+    # A GPU step that finds the data dir busy gives its GPU-pool slot back (holding it while waiting for
+    # a CLI run that waits for the slot deadlocks) and is retried this often (seconds).
+    pool_retry_s: float = 60.0
 
     @property
     def data_path(self) -> Path:

@@ -246,19 +246,17 @@ def test_a_step_from_the_ui_waits_for_the_cli_run_then_fails_with_who_holds_it(t
     assert "after waiting 0.5 s" in description
 
 
-def test_a_gpu_step_gives_its_pool_slot_back_while_the_data_dir_is_busy(tmp_path, monkeypatch):
+def test_a_gpu_step_gives_its_pool_slot_back_while_the_data_dir_is_busy(tmp_path):
     """A UI step of the GPU pool must not sit on its slot waiting for a CLI run that needs the slot:
     it asks to be retried (slot released), and fails with the holder's line once lock_wait_s is used."""
-    import radaudit.assets.guard as guard
     from radaudit.assets.models import method_assets
     from radaudit.assets.resources import AuditConfig, RadauditConfig
 
-    monkeypatch.setattr(guard, "POOL_RETRY_S", 0.2)
     (tmp_path / "export").mkdir()
     holder = hold_lock(tmp_path / "data", 60)
     try:
         resource = RadauditConfig(export_dir=str(tmp_path / "export"), data_dir=str(tmp_path / "data"),
-                                  lock_wait_s=0.5)
+                                  lock_wait_s=0.5, pool_retry_s=0.2)
         _, embeddings = method_assets("simclr")
         result = dg.materialize([embeddings], resources={"radaudit": resource, "audit": AuditConfig()},
                                 raise_on_error=False)
