@@ -235,7 +235,9 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=defaults.image_size,
                    help=f"pretraining view size (default {defaults.image_size})")
     p.add_argument("--backbone", default=defaults.backbone, help=f"timm model name (default {defaults.backbone})")
-    p.add_argument("--devices", type=int, default=defaults.devices, help="GPUs to train on (DDP when > 1)")
+    p.add_argument("--devices", type=int, default=defaults.devices, help="GPUs to train on per node (DDP when > 1)")
+    p.add_argument("--num-nodes", type=int, default=defaults.num_nodes,
+                   help="machines that train together (Lightning's DDP over nodes; see the README's 'Scaling out')")
     p.add_argument("--gauge-dir", default=defaults.gauge_dir,
                    help="folder of grey crops of real calibration gauges, inserted beside the drawn ones")
     p.add_argument("--seed", type=int, default=defaults.seed)
@@ -254,7 +256,7 @@ def _audit_config(args: argparse.Namespace) -> Any:
 
     return AuditConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                        backbone=args.backbone, seed=args.seed, from_scratch=args.from_scratch,
-                       devices=args.devices, gauge_dir=args.gauge_dir,
+                       devices=args.devices, num_nodes=args.num_nodes, gauge_dir=args.gauge_dir,
                        include_accession=not args.no_accession, methods=list(dict.fromkeys(args.methods)),
                        embed_crop=args.embed_crop)
 
