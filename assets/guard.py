@@ -22,14 +22,9 @@ def no_retry(error: Exception) -> dg.Failure:
     return dg.Failure(description=line, allow_retries=False)
 
 
-# A step of the GPU pool that finds the data dir busy gives its pool slot back and is retried this
-# often (seconds): holding the slot while waiting for a CLI run that waits for the slot deadlocks.
-POOL_RETRY_S = 60.0
-
-
 @contextlib.contextmanager
 def guarded(radaudit: RadauditConfig, what: str, *, reads_export: bool = False,
-            pool_retry_number: int | None = None) -> Iterator[None]:
+            pool_retry_number: int | None = None, shared: bool = False) -> Iterator[None]:
     """Hold the data dir's lock (waiting up to ``radaudit.lock_wait_s``) and turn the user's problems
     (:class:`InputError`, ``ValueError``, ``FileNotFoundError``, a full disk or a read-only data dir)
     into a one-line :class:`dagster.Failure`.
@@ -37,7 +32,9 @@ def guarded(radaudit: RadauditConfig, what: str, *, reads_export: bool = False,
     The data dir (and with ``reads_export`` the export) is checked first, so that a step that
     cannot work creates nothing. A step in a concurrency pool passes its ``context.retry_number``
     as ``pool_retry_number``: it does not wait for the lock while holding its pool slot, but asks
-    to be retried in :data:`POOL_RETRY_S` (slot released), until ``lock_wait_s`` is used up."""
+    to be retried in ``radaudit.pool_retry_s`` (slot released), until ``lock_wait_s`` is used up.
+    ``shared``: hold the lock with other shared holders (the ingests of other partitions, which
+    lock their own partition besides)."""
     log = dg.get_dagster_logger()
     try:
         if reads_export:
@@ -49,12 +46,13 @@ def guarded(radaudit: RadauditConfig, what: str, *, reads_export: bool = False,
         try:
             stack.enter_context(data_dir_lock(
                 radaudit.data_dir, what=f"Dagster step {what}", on_wait=log.warning,
-                wait_s=0.0 if pool_retry_number is not None else radaudit.lock_wait_s))
+                wait_s=0.0 if pool_retry_number is not None else radaudit.lock_wait_s, shared=shared))
         except DataDirBusy as busy:
-            tries = max(1, math.ceil(radaudit.lock_wait_s / POOL_RETRY_S))
+            every = radaudit.pool_retry_s
+            tries = max(1, math.ceil(radaudit.lock_wait_s / every))
             if pool_retry_number is not None and pool_retry_number < tries:
-                log.warning(f"{busy}; giving the GPU slot back and trying again in {POOL_RETRY_S:g} s")
-                raise dg.RetryRequested(max_retries=tries, seconds_to_wait=min(POOL_RETRY_S, radaudit.lock_wait_s)) \
+                log.warning(f"{busy}; giving the GPU slot back and trying again in {every:g} s")
+                raise dg.RetryRequested(max_retries=tries, seconds_to_wait=min(every, radaudit.lock_wait_s)) \
                     from busy
             raise no_retry(busy) from busy
         try:

@@ -2,10 +2,10 @@
 
 
 import dagster as dg
-import pandas as pd
 
 from radaudit.pacs import io
-from radaudit.pacs.layout import INDEX_PATH, OVERRIDES_PATH, REVIEW_DIR
+from radaudit.pacs.index import read_index
+from radaudit.pacs.layout import OVERRIDES_PATH, REVIEW_DIR
 from radaudit.pacs.regions import RegionMapper
 from radaudit.pacs.review import read_reviews, unknown_uid_warnings
 from radaudit.pipelines import stages
@@ -44,8 +44,7 @@ def label_overrides(context: dg.AssetExecutionContext, radaudit: RadauditConfig)
     with guarded(radaudit, "label_overrides"):
         mapper = RegionMapper.from_file(radaudit.region_map)
         overrides = read_reviews(radaudit.data_path, mapper.regions)
-        index_path = radaudit.data_path / INDEX_PATH
-        known = pd.read_parquet(index_path, columns=["sop_instance_uid"])["sop_instance_uid"] if index_path.exists() else []
+        known = read_index(radaudit.data_dir)["sop_instance_uid"]
         unknown = unknown_uid_warnings(overrides, known)
         for line in unknown:
             context.log.warning(line)

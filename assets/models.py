@@ -11,6 +11,10 @@ from radaudit.pipelines import stages
 # The concurrency pool of every step that holds the GPU: dagster.yaml limits each pool to one
 # step at a time, across all runs, whether a job or a steward's single materialization started it.
 GPU_POOL = "radaudit_gpu"
+# With the Celery executor (radaudit.pipelines.executors), these steps go to the queue only GPU
+# machines' workers read; every other step goes to the "cpu" queue.
+GPU_QUEUE = "gpu"
+GPU_STEP_TAGS = {"dagster-celery/queue": GPU_QUEUE}
 # A training step that dies (a lost device, a killed worker) is tried again; it resumes its last checkpoint.
 GPU_RETRY = dg.RetryPolicy(max_retries=2, delay=30)
 
@@ -26,7 +30,7 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
         # A label-trained method's folds keep each near-duplicate group on one side.
         key=["backbone", method], deps=["image_cache", "region_labels"] + (["near_duplicates"] if method in LABEL_TRAINED
                                                                             else []),
-        group_name="pretrain", pool=GPU_POOL,
+        group_name="pretrain", pool=GPU_POOL, op_tags=GPU_STEP_TAGS,
         retry_policy=GPU_RETRY, kinds={"pytorch", "backbone"},  # the graph's nodes read "simclr" for both assets
         description=f"{method} contrastive pretraining of the backbone on the image cache "
         f"(checkpoints in models/{method}/checkpoints, safetensors; resumes after a crash).",
@@ -51,8 +55,11 @@ def method_assets(method: str) -> list[dg.AssetsDefinition]:
         })
 
     @dg.asset(
-        key=["embeddings", method], deps=[dg.AssetKey(["backbone", method]), "image_cache"],
-        group_name="pretrain", pool=GPU_POOL, retry_policy=GPU_RETRY, kinds={"numpy", "embeddings"},
+        # The training set it embeds is read with its labels (stages.load_training_set): without the
+        # edge to region_labels, an executor running steps side by side (Celery) may embed first.
+        key=["embeddings", method], deps=[dg.AssetKey(["backbone", method]), "image_cache", "region_labels"],
+        group_name="pretrain", pool=GPU_POOL, op_tags=GPU_STEP_TAGS, retry_policy=GPU_RETRY,
+        kinds={"numpy", "embeddings"},
         description=f"Frozen {method} backbone features of every cached image "
         f"(embeddings/{method}.npy, rows in embeddings/{method}.uids.parquet).",
     )

@@ -37,6 +37,9 @@ class RadauditConfig(dg.ConfigurableResource):
     worker_memory_mb: int | None = 4096
     # How long a step waits for another run that holds the data dir (radaudit.pacs.lock) before it fails.
     lock_wait_s: float = 6 * 3600.0
+    # A GPU step that finds the data dir busy gives its GPU-pool slot back (holding it while waiting for
+    # a CLI run that waits for the slot deadlocks) and is retried this often (seconds).
+    pool_retry_s: float = 60.0
 
     @property
     def data_path(self) -> Path:
@@ -57,6 +60,7 @@ class RadauditConfig(dg.ConfigurableResource):
             retry_errors=self.retry_errors,
             pseudonym_key=self.pseudonym_key,
             worker_memory_mb=self.worker_memory_mb,
+            lock_wait_s=self.lock_wait_s,
         )
 
 
@@ -64,8 +68,8 @@ class AuditConfig(dg.ConfigurableResource):
     """Settings of pretraining, heads, ensemble, cleanlab and the report.
 
     Without a GPU, pretraining shrinks itself to CPU-sized settings (``on_cpu="shrink"``) and
-    says so in the run's log. ``devices`` > 1 trains with DDP on that many GPUs (the batch size
-    is global); ``compile`` None turns torch.compile on for long GPU runs; ``gauge_dir`` adds a
+    says so in the run's log. ``devices`` > 1 trains with DDP on that many GPUs, ``num_nodes`` > 1
+    on that many machines together (the batch size is global); ``compile`` None turns torch.compile on for long GPU runs; ``gauge_dir`` adds a
     folder of real calibration-gauge crops to the drawn ones. ``methods`` are the ones the
     ensemble combines (their assets must be materialized; the CPU demo trains a subset).
     ``supcon_cross_fit``: SupCon trains on the recorded labels, so it trains this many backbones,
@@ -76,6 +80,7 @@ class AuditConfig(dg.ConfigurableResource):
     methods: list[str] = list(DEFAULT_METHODS)
     backbone: str = "resnet18"
     devices: int = 1
+    num_nodes: int = 1
     compile: bool | None = None
     progress_bar: bool = True
     gauge_dir: str | None = None
@@ -120,6 +125,6 @@ class AuditConfig(dg.ConfigurableResource):
 
         return PretrainConfig(method=method, backbone=self.backbone, epochs=self.epochs, batch_size=self.batch_size,
                               size=self.image_size, on_cpu=self.on_cpu, seed=self.seed, progress_bar=self.progress_bar,
-                              num_workers=self.num_workers, devices=self.devices, compile=self.compile,
-                              gauge_dir=self.gauge_dir, tau_base=self.tau_base,
+                              num_workers=self.num_workers, devices=self.devices, num_nodes=self.num_nodes,
+                              compile=self.compile, gauge_dir=self.gauge_dir, tau_base=self.tau_base,
                               warmup_epochs=min(10.0, self.epochs / 10))

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._figures import Figures  # noqa: E402
 from radaudit.pipelines import stages  # noqa: E402
 from radaudit.pacs import cache  # noqa: E402
-from radaudit.pacs.layout import MANIFEST_PATH  # noqa: E402
+from radaudit.pacs.layout import MANIFEST_DIR  # noqa: E402
 from radaudit.pacs.duplicates import (  # noqa: E402
     candidate_pairs,
     duplicate_groups,
@@ -64,7 +64,7 @@ def prepare(work: Path, n: int, seed: int, devices: str | None = "mixed") -> Pat
     from radaudit.pacs.synth import generate_export
 
     data = work / "data"
-    if not (data / MANIFEST_PATH).exists():
+    if not any((data / MANIFEST_DIR).glob("*.parquet")):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             generate_export(work / "export", work / "truth.parquet", n=n, seed=seed, size=128, duplicates=0.03,
@@ -176,7 +176,7 @@ def quality_seeds(figs: Figures, work: Path, seeds: list[int], n: int, devices: 
     for seed in seeds:
         root = work / f"seed{seed}"
         data = root / "data"
-        if not (data / MANIFEST_PATH).exists():
+        if not any((data / MANIFEST_DIR).glob("*.parquet")):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 make_export(root, n, seed, 128, 2, duplicates=0.03, devices=None if devices == "legacy" else devices)

@@ -101,8 +101,8 @@ def ingest(export: Path, data: Path, args: argparse.Namespace) -> dict[str, Any]
 def account(corpus: pd.DataFrame, data: Path) -> pd.DataFrame:
     """Per corpus file: in the index, in the errors, its error stage and reason (from the written tables)."""
     key = load_or_create_key(data, KEY)
-    index = ix.read_table(data / ix.INDEX_PATH, ix.INDEX_SCHEMA)
-    errors = ix.read_table(data / ix.ERRORS_PATH, ix.ERRORS_SCHEMA)
+    index = ix.read_index(data)
+    errors = ix.read_errors(data)
     hashes = [path_key(p, key) for p in corpus["path"]]
     in_index = set(index["path_hash"])
     first_error = errors.drop_duplicates("path_hash").set_index("path_hash")

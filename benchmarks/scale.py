@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._figures import Figures  # noqa: E402
 from benchmarks.quality import make_export  # noqa: E402
+from radaudit.pacs.layout import INDEX_DIR  # noqa: E402
 
 INGEST = """
 import cProfile, io, json, pstats, resource, sys, time
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     total_night = nightly["seconds"] + sum(night_stages.values())
     fig.add("whole run, retraining excluded", "nightly against the first", total_night / total_first, "ratio",
             shown=f"{total_night / total_first:10.3f}  ({total_night:.0f} s against {total_first:.0f} s)")
-    index_mb = (data / "index" / "dicom_index.parquet").stat().st_size / 1e6
+    index_mb = sum(p.stat().st_size for p in (data / INDEX_DIR).glob("*.parquet")) / 1e6
     fig.add("tables", "index size", index_mb, "MB")
     print(f"max RSS of this driver: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 

@@ -75,7 +75,7 @@ def make_dataset_via_export(per_class: int, size: int, seed: int, workdir: Path)
         except KeyError:
             lost += 1  # an ingest error row: counted, not hidden
     if lost:
-        print(f"  {lost} of {len(truth)} images did not reach the cache (see {data}/index/ingest_errors.parquet)")
+        print(f"  {lost} of {len(truth)} images did not reach the cache (see {data}/index/ingest_errors/)")
     return np.stack(xs), np.array(ys)
 
 

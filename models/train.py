@@ -74,7 +74,7 @@ class PretrainConfig:
         backbone: timm model name.
         in_chans: Backbone input channels (1: grey radiographs).
         epochs: Epochs to train in total (a resumed run trains the rest).
-        batch_size: Global batch size, all devices together (papers: 1024; BYOL's 896 fits too).
+        batch_size: Global batch size, all devices of all nodes together (papers: 1024; BYOL's 896 fits too).
         lr: Base learning rate per 256 images, scaled linearly with ``batch_size``; None: the
             method's paper value (SimCLR 0.3, BYOL 0.2, SupCon 0.125).
         optimizer: ``lars``, ``sgd`` or ``adamw``; None: the paper's (LARS, LARS, SGD).
@@ -83,7 +83,9 @@ class PretrainConfig:
         warmup_epochs: Linear learning-rate warmup before the cosine decay.
         tau_base: BYOL's starting target decay rate (cosine-scheduled to 1).
         temperature: SimCLR/SupCon temperature; None: 0.1.
-        devices: GPUs to use (DDP when > 1).
+        devices: GPUs to use on each node (DDP when > 1).
+        num_nodes: Machines that train together (Lightning's DDP over nodes; every node runs the
+            same training with ``MASTER_ADDR``, ``MASTER_PORT`` and its ``NODE_RANK`` set).
         precision: ``auto`` (bf16-mixed on GPU, 32-true on CPU), ``32-true``, ``bf16-mixed``, ``16-mixed``.
         compile: ``torch.compile`` the backbone; None (default): on for GPU runs of at least
             ``COMPILE_MIN_STEPS`` optimizer steps, where the minute it takes to compile pays
@@ -119,6 +121,7 @@ class PretrainConfig:
     tau_base: float = 0.9995
     temperature: float | None = None
     devices: int = 1
+    num_nodes: int = 1
     precision: str = "auto"
     compile: bool | None = None
     channels_last: bool = True
@@ -139,16 +142,17 @@ class PretrainConfig:
                 raise ValueError(f"{name} must be an int >= {minimum}, got {v!r}")
 
         method(self.method)  # raises for an unknown one, listing the valid ones
-        for name in ("in_chans", "epochs", "devices", "keep_checkpoints"):
+        for name in ("in_chans", "epochs", "devices", "num_nodes", "keep_checkpoints"):
             positive_int(name)
         positive_int("batch_size", 2)
         positive_int("size", 16)
         positive_int("num_workers", 0)
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
-        if self.batch_size % self.devices:
-            raise ValueError(f"batch_size ({self.batch_size}) is global and must divide evenly over "
-                             f"devices ({self.devices}); use e.g. batch_size={self.batch_size // self.devices * self.devices}")
+        if self.batch_size % self.world_size:
+            raise ValueError(f"batch_size ({self.batch_size}) is global and must divide evenly over the "
+                             f"{self.world_size} processes (devices={self.devices} x num_nodes={self.num_nodes}); "
+                             f"use e.g. batch_size={self.batch_size // self.world_size * self.world_size}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr (base learning rate per 256 images) must be > 0 or None for the paper's, got {self.lr}")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
@@ -169,12 +173,17 @@ class PretrainConfig:
             raise ValueError(f"unknown on_cpu {self.on_cpu!r}; valid: {', '.join(ON_CPU)}")
         object.__setattr__(self, "augment", tuple((str(k), v) for k, v in dict(self.augment).items()))
 
+    @property
+    def world_size(self) -> int:
+        """Training processes in all: devices on each node times nodes."""
+        return self.devices * self.num_nodes
+
     def replace(self, **changes: Any) -> PretrainConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 
     def for_cpu(self) -> PretrainConfig:
-        """Small settings for a CPU run: at most 64 px, batch 64, 2 epochs (1 warmup), fp32, 1 device.
+        """Small settings for a CPU run: at most 64 px, batch 64, 2 epochs (1 warmup), fp32, 1 device on 1 node.
 
         BYOL's target decay drops to at most 0.99: from the paper's 0.9995 the target network would
         hardly leave its random initialization in so few steps.
@@ -183,7 +192,7 @@ class PretrainConfig:
         return self.replace(size=min(self.size, 64), batch_size=min(self.batch_size, 64), epochs=epochs,
                             tau_base=min(self.tau_base, 0.99),
                             warmup_epochs=min(self.warmup_epochs, epochs / 2), precision="32-true", compile=False,
-                            devices=1, num_workers=min(self.num_workers, 2))
+                            devices=1, num_nodes=1, num_workers=min(self.num_workers, 2))
 
 
 @dataclass
@@ -491,22 +500,23 @@ def _bad_input_in_rank(error: BaseException) -> Exception | None:
     return None
 
 
-def _strategy(devices: int) -> str:
-    """DDP for several devices: ``ddp`` under torchrun, else ``ddp_spawn``.
+def _strategy(world_size: int) -> str:
+    """DDP for several processes (devices or nodes): ``ddp`` under torchrun, else ``ddp_spawn``.
 
     Lightning's plain ``ddp`` starts the other ranks by running ``sys.argv`` again, which inside
     a Dagster step, a notebook or the ``radaudit`` CLI is the wrong program (and imports hydra,
     broken by the newer antlr, see the README's "Quick start"); ``ddp_spawn`` starts them from this process.
     """
-    if devices == 1:
+    if world_size == 1:
         return "auto"
     return "ddp" if "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ else "ddp_spawn"
 
 
-def _describe_device(cuda: bool, devices: int) -> str:
+def _describe_device(cuda: bool, devices: int, num_nodes: int = 1) -> str:
     if not cuda:
         return "cpu"
-    return f"cuda ({devices} x {torch.cuda.get_device_name(0)})"
+    nodes = f"{num_nodes} nodes x " if num_nodes > 1 else ""
+    return f"cuda ({nodes}{devices} x {torch.cuda.get_device_name(0)})"
 
 
 def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, log: Log | None = None,
@@ -583,16 +593,17 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
         model.load_state_dict(ckpt.state_dict)
         emit(f"nothing to train: the checkpoint already has {resumed_from} of {config.epochs} epochs")
         history = [float(v) for v in ckpt.state.get("history", [])]
-        return PretrainResult(config.method, model.backbone.cpu().eval(), history, _describe_device(cuda, config.devices),
+        return PretrainResult(config.method, model.backbone.cpu().eval(), history,
+                              _describe_device(cuda, config.devices, config.num_nodes),
                               0.0, int(ckpt.state.get("global_step", 0)), 0, resumed_from, ckpt_path, config)
 
     _guard_broken_omegaconf()
-    per_device = config.batch_size // config.devices
+    per_device = config.batch_size // config.world_size
     loader = make_loader(dataset, per_device, workers=config.num_workers, pin_memory=cuda, shuffle=True,
                          drop_last=True, seed=config.seed)
     if not isinstance(eval_every, int) or eval_every < 1:
         raise ValueError(f"eval_every must be an int >= 1 (epochs), got {eval_every!r}")
-    spawn = _strategy(config.devices) == "ddp_spawn"
+    spawn = _strategy(config.world_size) == "ddp_spawn"
     # Spawned ranks get a copy of the callbacks: the caller's log and eval_fn may not pickle
     # (a Dagster logger, a closure), so there they print, and the evaluation runs here afterwards.
     root = config.checkpoint_dir or tempfile.mkdtemp(prefix="radaudit-pretrain-")
@@ -603,8 +614,9 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
     trainer = pl.Trainer(
         accelerator="gpu" if cuda else "cpu",
         devices=config.devices,
-        strategy=_strategy(config.devices),
-        sync_batchnorm=config.devices > 1 and cuda,  # CPU DDP (gloo) runs the tests; it has no SyncBatchNorm
+        num_nodes=config.num_nodes,
+        strategy=_strategy(config.world_size),
+        sync_batchnorm=config.world_size > 1 and cuda,  # CPU DDP (gloo) runs the tests; it has no SyncBatchNorm
         precision=config.precision,  # type: ignore[arg-type]
         max_epochs=config.epochs,
         max_steps=config.max_steps if config.max_steps is not None else -1,
@@ -618,7 +630,7 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
         default_root_dir=root,
         benchmark=cuda,
         num_sanity_val_steps=0,
-        use_distributed_sampler=config.devices > 1,
+        use_distributed_sampler=config.world_size > 1,
     )
     sharing = torch.multiprocessing.get_sharing_strategy()
     if spawn:
@@ -659,7 +671,7 @@ def pretrain(config: PretrainConfig, dataset: Dataset, *, resume: bool = True, l
         last = None
     return PretrainResult(
         method=config.method, backbone=backbone, history=history,
-        device=_describe_device(cuda, config.devices), wall_time_s=wall, steps=steps,
+        device=_describe_device(cuda, config.devices, config.num_nodes), wall_time_s=wall, steps=steps,
         steps_this_run=steps - start_step, resumed_from_epoch=resumed_from,
         checkpoint=last, config=config, metrics=metrics,
     )

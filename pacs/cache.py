@@ -2,7 +2,7 @@
 
 Layout under the data dir::
 
-    cache/manifest.parquet              one row per cached instance (source file, geometry, params)
+    cache/manifest/<partition>.parquet  one row per cached instance (source file, geometry, params)
     cache/images/<hh>/<sop uid>.npy     uint8 2-D array, size x size
 
 ``<hh>`` is the first two hex digits of the SHA-1 of the UID, so no folder holds more than a

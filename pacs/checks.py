@@ -87,7 +87,7 @@ def check_ingest_result(index: pd.DataFrame, errors: pd.DataFrame, cached: int, 
     if cached == 0:
         common = _most_common(live_errors[live_errors["stage"] != "discover"])
         raise InputError(f"every DICOM image in export {export_dir} failed ({len(live_errors)} files in "
-                         f"index/ingest_errors.parquet; most common: {common})")
+                         f"index/ingest_errors/; most common: {common})")
 
 
 def _most_common(errors: pd.DataFrame) -> str:

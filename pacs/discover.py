@@ -37,21 +37,28 @@ class FoundFile:
     mtime_ns: int
 
 
-def walk(root: str | os.PathLike[str]) -> Iterator[FoundFile | tuple[str, str]]:
+def walk(root: str | os.PathLike[str], *, folder: str | None = None,
+         subfolders: bool = True) -> Iterator[FoundFile | tuple[str, str]]:
     """Yield every regular file under ``root`` in a stable order.
 
     Entries that cannot be read as files (broken links, permission errors, sockets) are
     yielded as ``(relative_path, reason)`` so the caller can record them instead of losing them.
+
+    Args:
+        root: The export root; every path is relative to it.
+        folder: Walk only this top-level folder of ``root`` (one ingest partition).
+        subfolders: False: only the entries directly in the start folder, none below it.
     """
     root = Path(root)
+    start = root / folder if folder is not None else root
     # (folder, its path relative to the root with a trailing "/", or "" for the root itself)
-    stack: list[tuple[str, str]] = [(str(root), "")]
+    stack: list[tuple[str, str]] = [(str(start), "" if folder is None else folder + "/")]
     while stack:
-        folder, rel_folder = stack.pop()
+        current, rel_folder = stack.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
         except OSError as exc:
-            yield (_rel(Path(folder), root), f"cannot list folder: {exc.strerror or exc}")
+            yield (_rel(Path(current), root), f"cannot list folder: {exc.strerror or exc}")
             continue
         subdirs = []
         for entry in entries:
@@ -68,7 +75,8 @@ def walk(root: str | os.PathLike[str]) -> Iterator[FoundFile | tuple[str, str]]:
                 yield (rel, f"cannot stat: {exc.strerror or exc}")
                 continue
             yield FoundFile(rel, st.st_size, st.st_mtime_ns)
-        stack.extend(reversed(subdirs))
+        if subfolders:
+            stack.extend(reversed(subdirs))
 
 
 def display_path(text: str) -> str:

@@ -1,8 +1,10 @@
-"""The instance index: one row per DICOM instance, updated incrementally.
+"""The instance index: one row per DICOM instance, updated incrementally, one file per export folder.
 
 A re-run reads only files that are new or changed (path, size, mtime); unchanged files keep
 their rows, vanished files are marked ``present=False`` with ``missing_since``, never dropped.
 Every discovered file ends in exactly one table: the index, or the errors with a stage and reason.
+Each partition (a top-level folder, :mod:`radaudit.pacs.partitions`) is updated and written alone;
+:func:`read_index`, :func:`read_errors` and :func:`read_manifest` read all of them as one table.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pebble import ProcessExpired, ProcessPool
 
 from radaudit.pacs import io
+from radaudit.pacs.cache import MANIFEST_SCHEMA
 from radaudit.pacs.discover import FoundFile, display_path, walk
 from radaudit.pacs.header import HEADER_TAGS, IDENTIFIERS, INT_COLUMNS, HeaderError, read_header
-from radaudit.pacs.layout import ERRORS_PATH, INDEX_PATH
+from radaudit.pacs.layout import ERRORS_DIR, INDEX_DIR, LEGACY_TABLES, MANIFEST_DIR, partition_file
+from radaudit.pacs.partitions import ROOT_PARTITION, export_partitions, walk_partition
 from radaudit.pacs.pseudo import Redactor, path_key
 
 
@@ -103,6 +108,61 @@ def read_table(path: Path, schema: pa.Schema) -> pd.DataFrame:
     return df
 
 
+def read_partitioned(data_dir: str | os.PathLike[str], table: Path, schema: pa.Schema, *,
+                     partitions: Collection[str] | None = None) -> pd.DataFrame:
+    """All partitions' files of one ingest table as one frame, partitions in sorted order.
+
+    A data dir of an earlier version, not yet split by folder, holds one file for the whole table
+    (``LEGACY_TABLES``): that file is read. Columns the schema gained since a file was written are
+    added empty (:func:`read_table`).
+
+    Args:
+        table: ``INDEX_DIR``, ``ERRORS_DIR`` or ``MANIFEST_DIR``.
+        partitions: Only these partitions; None: all.
+    """
+    return read_partitions(data_dir, table, schema, partitions=partitions)[0]
+
+
+def read_partitions(data_dir: str | os.PathLike[str], table: Path, schema: pa.Schema, *,
+                    partitions: Collection[str] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """:func:`read_partitioned`, and the partition of each row. Shape: (N,), object."""
+    data_dir = Path(data_dir)
+    legacy = data_dir / LEGACY_TABLES[table]
+    if legacy.exists():
+        frame = read_table(legacy, schema)
+        return frame, np.full(len(frame), None, dtype=object)
+    folder = data_dir / table
+    names = sorted(p.stem for p in folder.glob("*.parquet") if not io.is_temp_name(p.name)) if folder.is_dir() else []
+    if partitions is not None:
+        wanted = set(partitions)
+        names = [n for n in names if n in wanted]
+    # One Arrow table per file (the schema fills the columns an older file lacks), one conversion to pandas.
+    tables = [pq.read_table(folder / f"{n}.parquet", schema=schema) for n in names]
+    if not tables:
+        return empty_frame(schema), np.empty(0, dtype=object)
+    labels = np.repeat(np.array(names, dtype=object), [t.num_rows for t in tables])
+    return pa.concat_tables(tables).to_pandas(), labels
+
+
+def read_index(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The whole instance index: every partition's rows, sorted by path, ``duplicate_of`` marked across
+    partitions (an instance exported into two folders is one image, whichever folder came first)."""
+    return mark_duplicates(read_partitioned(data_dir, INDEX_DIR, INDEX_SCHEMA).sort_values("path", ignore_index=True))
+
+
+def read_errors(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The whole ingest error table, sorted by path and stage."""
+    return read_partitioned(data_dir, ERRORS_DIR, ERRORS_SCHEMA).sort_values(["path", "stage"], ignore_index=True)
+
+
+def read_manifest(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The whole cache manifest, one row per cached instance, sorted by UID (an instance cached from two
+    folders keeps the row of the last partition in sorted order, whose ingest wrote it too)."""
+    manifest = read_partitioned(data_dir, MANIFEST_DIR, MANIFEST_SCHEMA)
+    return manifest.drop_duplicates("sop_instance_uid", keep="last").sort_values(
+        "sop_instance_uid", kind="stable", ignore_index=True)
+
+
 @dataclass
 class IndexUpdate:
     """The index and errors after a scan, plus what changed."""
@@ -113,6 +173,10 @@ class IndexUpdate:
     # path_hash -> real relative path of every file found in this run (surrogate escapes for bytes that
     # are not UTF-8: open with it, never write it); kept in memory only.
     real_paths: dict[str, str] = field(default_factory=dict)
+    # path_hash -> the partition its row belongs to (where the file is now, or was last seen).
+    partition_of: dict[str, str] = field(default_factory=dict)
+    # The partitions whose rows changed (new, changed, vanished or reappeared files, new errors).
+    touched: set[str] = field(default_factory=set)
 
     @property
     def changed(self) -> bool:
@@ -125,6 +189,7 @@ def update_index(
     data_dir: str | os.PathLike[str],
     *,
     key: bytes,
+    partitions: Mapping[str, str | None] | None = None,
     full_rebuild: bool = False,
     retry_errors: bool = False,
     workers: int = 1,
@@ -133,12 +198,15 @@ def update_index(
     worker_memory_mb: int | None = None,
     isolated: bool = True,
 ) -> IndexUpdate:
-    """Scan the export and bring the index and error tables up to date (in memory; see ``write``).
+    """Scan partitions of the export and bring their index and error rows up to date (in memory; see ``write``).
 
     Args:
         export_root: Root of the DICOM export.
         data_dir: Where the previous index and errors live.
         key: Pseudonymization key.
+        partitions: Partition -> the real name of its top-level folder (:mod:`radaudit.pacs.partitions`;
+            None for the root's own files, or for a folder that is gone: its rows are marked
+            vanished). None: the whole export as :func:`radaudit.pacs.partitions.export_partitions` lists it.
         full_rebuild: Ignore the previous tables and read every file again.
         retry_errors: Read again files that failed before even if they did not change.
         workers: Worker processes for header reading.
@@ -152,20 +220,34 @@ def update_index(
         raise FileNotFoundError(f"export root {root} does not exist or is not a folder")
     now = now if now is not None else pd.Timestamp.now(tz="UTC").floor("us")
     data_dir = Path(data_dir)
-    prev_index = empty_frame(INDEX_SCHEMA) if full_rebuild else read_table(data_dir / INDEX_PATH, INDEX_SCHEMA)
-    prev_errors = empty_frame(ERRORS_SCHEMA) if full_rebuild else read_table(data_dir / ERRORS_PATH, ERRORS_SCHEMA)
+    parts = dict(export_partitions(root, key) if partitions is None else partitions)
+    if full_rebuild:
+        prev_index, index_parts = empty_frame(INDEX_SCHEMA), np.empty(0, dtype=object)
+        prev_errors, error_parts = empty_frame(ERRORS_SCHEMA), np.empty(0, dtype=object)
+    else:
+        prev_index, index_parts = read_partitions(data_dir, INDEX_DIR, INDEX_SCHEMA, partitions=parts)
+        prev_errors, error_parts = read_partitions(data_dir, ERRORS_DIR, ERRORS_SCHEMA, partitions=parts)
     if retry_errors:
-        prev_errors = prev_errors.iloc[0:0]
+        prev_errors, error_parts = prev_errors.iloc[0:0], error_parts[:0]
+    partition_of = dict(zip(prev_errors["path_hash"].tolist(), error_parts))
+    partition_of.update(zip(prev_index["path_hash"].tolist(), index_parts))
 
     found: list[FoundFile] = []
-    walk_errors: list[tuple[str, str]] = []
-    for item in walk(root):
-        if isinstance(item, FoundFile):
-            found.append(item)
-        else:
-            walk_errors.append(item)
+    walk_errors: list[tuple[str, str, str]] = []  # (path, reason, partition)
+    found_in: dict[str, str] = {}
+    # The export's own walk order (the root's files, then the folders by name), whatever the partitions' keys.
+    for partition, folder in sorted(parts.items(), key=lambda pf: (pf[0] != ROOT_PARTITION, pf[1] is None,
+                                                                   pf[1] or "")):
+        for item in walk_partition(root, partition, folder):
+            if isinstance(item, FoundFile):
+                found.append(item)
+                found_in[item.path] = partition
+            else:
+                walk_errors.append((*item, partition))
     hashes = {f.path: path_key(f.path, key) for f in found}
     real_paths = {h: p for p, h in hashes.items()}
+    # A file belongs where it is now: a row kept in another partition moves with the file.
+    partition_of.update((hashes[p], partition) for p, partition in found_in.items())
 
     previous: dict[str, tuple[int, int]] = {}
     for table in (prev_index, prev_errors):
@@ -173,6 +255,7 @@ def update_index(
             previous[h] = (int(size) if pd.notna(size) else -1, int(mtime) if pd.notna(mtime) else -1)
 
     todo: list[FoundFile] = []
+    touched: set[str] = set()
     stats = {"discovered": len(found), "new": 0, "changed": 0, "unchanged": 0, "vanished": 0, "reappeared": 0}
     for f in found:
         prev = previous.get(hashes[f.path])
@@ -184,34 +267,46 @@ def update_index(
             todo.append(f)
         else:
             stats["unchanged"] += 1
+    touched |= {found_in[f.path] for f in todo}
 
     redo = {hashes[f.path] for f in todo}
-    kept_index = prev_index[~_isin(prev_index["path_hash"], redo)].copy()
+    keep_index = ~_isin(prev_index["path_hash"], redo).to_numpy()
     # Rows without a size came from the walk itself (unreadable entries): the walk reports them afresh.
-    kept_errors = prev_errors[~_isin(prev_errors["path_hash"], redo) & prev_errors["file_size"].notna()].copy()
-    for kept in (kept_index, kept_errors):
+    walked = prev_errors["file_size"].isna().to_numpy()
+    keep_errors = ~_isin(prev_errors["path_hash"], redo).to_numpy() & ~walked
+    touched |= set(error_parts[walked])
+    kept_index, kept_errors = prev_index[keep_index].copy(), prev_errors[keep_errors].copy()
+    for kept, was_in in ((kept_index, index_parts[keep_index]), (kept_errors, error_parts[keep_errors])):
         present = _isin(kept["path_hash"], real_paths)
-        stats["vanished"] += int((~present & kept["present"].astype(bool)).sum())
-        stats["reappeared"] += int((present & ~kept["present"].astype(bool)).sum())
+        before = kept["present"].astype(bool)
+        stats["vanished"] += int((~present & before).sum())
+        stats["reappeared"] += int((present & ~before).sum())
+        now_in = np.array([partition_of[h] for h in kept["path_hash"]], dtype=object)
+        moved = now_in != was_in  # a file of a partition of an earlier index, found in its folder's partition
+        touched |= set(was_in[(present != before).to_numpy() | moved]) | set(now_in[moved])
         kept.loc[~present & kept["missing_since"].isna(), "missing_since"] = now
         kept.loc[present, "missing_since"] = pd.NaT
         kept["present"] = present
 
     rows, header_errors = read_headers(root, todo, key=key, workers=workers, now=now, timeout_s=file_timeout_s,
                                        path_hashes=hashes, memory_limit_mb=worker_memory_mb, isolated=isolated)
-    errors_now = [error_row(p, None, None, "discover", reason, now, path_hash=path_key(p, key))
-                  for p, reason in walk_errors]
+    errors_now = []
+    for p, reason, partition in walk_errors:
+        errors_now.append(error_row(p, None, None, "discover", reason, now, path_hash=path_key(p, key)))
+        partition_of[errors_now[-1]["path_hash"]] = partition
+        touched.add(partition)
     _redact(rows, header_errors + errors_now, kept_index=kept_index, kept_errors=kept_errors, real_paths=real_paths,
             key=key)
-    index = pd.concat([kept_index, frame(rows, INDEX_SCHEMA)], ignore_index=True)
+    index = pd.concat([kept_index, frame(rows, INDEX_SCHEMA)], ignore_index=True).sort_values("path", ignore_index=True)
     errors = pd.concat(
         [kept_errors, frame(errors_now, ERRORS_SCHEMA), frame(header_errors, ERRORS_SCHEMA)], ignore_index=True
     )
-    index = mark_duplicates(index.sort_values("path", ignore_index=True))
+    index = mark_duplicates(index, within=index["path_hash"].map(partition_of).to_numpy(dtype=object))
     errors = errors.sort_values(["path", "stage"], ignore_index=True)
     stats["indexed"] = len(rows)
     stats["errors_new"] = len(header_errors) + len(errors_now)
-    return IndexUpdate(index=index, errors=errors, stats=stats, real_paths=real_paths)
+    return IndexUpdate(index=index, errors=errors, stats=stats, real_paths=real_paths, partition_of=partition_of,
+                       touched=touched)
 
 
 def locate(export_root: str | os.PathLike[str], key: bytes, hashes: Collection[str]) -> dict[str, str]:
@@ -545,11 +640,20 @@ def live_rows(index: pd.DataFrame) -> pd.DataFrame:
     return index[index["present"].astype(bool) & index["duplicate_of"].isna()]
 
 
-def mark_duplicates(index: pd.DataFrame) -> pd.DataFrame:
-    """Fill ``duplicate_of``: among present rows sharing a SOP Instance UID, all but the first path."""
+def mark_duplicates(index: pd.DataFrame, *, within: np.ndarray | None = None) -> pd.DataFrame:
+    """Fill ``duplicate_of``: among present rows sharing a SOP Instance UID, all but the first path.
+
+    Args:
+        index: Index rows, in the order that decides which row is the first (by path).
+        within: Per row, its partition: duplicates are then marked within each partition only, as
+            the partition's own ingest marks them (:func:`read_index` marks them across all).
+    """
     index = index.copy()
     live = np.flatnonzero(index["present"].astype(bool).to_numpy())
-    codes, _ = pd.factorize(index["sop_instance_uid"].to_numpy()[live], use_na_sentinel=False)
+    uids = index["sop_instance_uid"].to_numpy(dtype=object)[live]
+    if within is not None:
+        uids = np.array([f"{p}\x00{u}" for p, u in zip(within[live], uids)], dtype=object)
+    codes, _ = pd.factorize(uids, use_na_sentinel=False)
     _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
     original = live[first[inverse]]  # per live row: the first live row with its UID
     dup = original != live
@@ -559,22 +663,36 @@ def mark_duplicates(index: pd.DataFrame) -> pd.DataFrame:
     return index
 
 
-def write(update: IndexUpdate, data_dir: str | os.PathLike[str]) -> None:
-    """Write the index and the errors atomically."""
-    data_dir = Path(data_dir)
-    io.write_parquet(to_table(update.index, INDEX_SCHEMA), data_dir / INDEX_PATH)
-    io.write_parquet(to_table(update.errors, ERRORS_SCHEMA), data_dir / ERRORS_PATH)
+def write_partitions(df: pd.DataFrame, schema: pa.Schema, data_dir: str | os.PathLike[str], table: Path,
+                     partition_of: Mapping[str, str], partitions: Collection[str]) -> None:
+    """Write the rows of each of ``partitions`` to its own file of ``table`` (empty where it has none), atomically.
+
+    Args:
+        df: Rows of any partitions, with ``path_hash``.
+        partition_of: path_hash -> partition.
+    """
+    arrow = to_table(df, schema)
+    labels = pd.Series(df["path_hash"].map(partition_of).to_numpy(dtype=object))
+    rows = labels.groupby(labels, sort=False).indices if len(labels) else {}
+    for partition in sorted(partitions):
+        taken = arrow.take(pa.array(rows.get(partition, np.empty(0, dtype=np.int64))))
+        io.write_parquet(taken, partition_file(data_dir, table, partition))
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+>")
 
 
 def error_row(
     path: str, file_size: int | None, mtime_ns: int | None, stage: str, reason: str, now: pd.Timestamp, *,
     sop_instance_uid: str | None = None, severity: str = "error", path_hash: str | None = None,
 ) -> dict[str, Any]:
-    """An ingest_errors row for a file that failed at ``stage`` (path and reason made valid UTF-8)."""
+    """An ingest_errors row for a file that failed at ``stage`` (path and reason made valid UTF-8; a
+    decoder's message that names an object's memory address loses the address, which differs from run
+    to run)."""
     return {
         "path": display_path(path), "path_hash": path_hash, "file_size": file_size, "mtime_ns": mtime_ns,
         "present": True, "first_seen": now, "missing_since": None, "stage": stage, "severity": severity,
-        "reason": display_path(reason),
+        "reason": _ADDRESS.sub(">", display_path(reason)),
         "sop_instance_uid": sop_instance_uid,
     }
 

@@ -6,6 +6,7 @@
     radaudit materialize --select 'backbone/byol' --from-scratch   # re-run part of the graph
     radaudit instance                               # set up $DAGSTER_HOME with radaudit's dagster.yaml
     radaudit locate PATH_HASH ...                   # the real file behind a redacted path
+    radaudit folders                                # each export folder's partition key (terminal only)
     radaudit synth --out EXPORT --truth truth.parquet --n 500 --seed 0
     radaudit synth --out EXPORT --truth truth.parquet --n 500 --devices mixed
     radaudit synth --preview sheet.png
@@ -135,6 +136,12 @@ def _parser() -> argparse.ArgumentParser:
     locate.add_argument("hashes", nargs="+", metavar="PATH_HASH", help="path_hash values from the index or errors")
     locate.set_defaults(func=_cmd_locate)
 
+    folders = sub.add_parser("folders", help="print the partition key of each top-level export folder (the Dagster "
+                             "UI shows keys, not folder names: they may be patients' names) and add new folders "
+                             "as partitions to the Dagster instance; the names go to your terminal only")
+    _add_paths(folders, wait=False)
+    folders.set_defaults(func=_cmd_folders)
+
     synth = sub.add_parser("synth", help="write a synthetic PACS export with known ground truth")
     synth.add_argument("--out", type=Path, help="export folder to create")
     synth.add_argument("--truth", type=Path, help="ground-truth file (.parquet or .csv), outside the export")
@@ -242,7 +249,9 @@ def _add_audit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=defaults.image_size,
                    help=f"pretraining view size (default {defaults.image_size})")
     p.add_argument("--backbone", default=defaults.backbone, help=f"timm model name (default {defaults.backbone})")
-    p.add_argument("--devices", type=int, default=defaults.devices, help="GPUs to train on (DDP when > 1)")
+    p.add_argument("--devices", type=int, default=defaults.devices, help="GPUs to train on per node (DDP when > 1)")
+    p.add_argument("--num-nodes", type=int, default=defaults.num_nodes,
+                   help="machines that train together (Lightning's DDP over nodes; see the README's 'Scaling out')")
     p.add_argument("--gauge-dir", default=defaults.gauge_dir,
                    help="folder of grey crops of real calibration gauges, inserted beside the drawn ones")
     p.add_argument("--seed", type=int, default=defaults.seed)
@@ -264,7 +273,7 @@ def _audit_config(args: argparse.Namespace) -> Any:
 
     return AuditConfig(epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
                        backbone=args.backbone, seed=args.seed, from_scratch=args.from_scratch,
-                       devices=args.devices, gauge_dir=args.gauge_dir,
+                       devices=args.devices, num_nodes=args.num_nodes, gauge_dir=args.gauge_dir,
                        include_accession=not args.no_accession, methods=list(dict.fromkeys(args.methods)),
                        embed_crop=args.embed_crop, report_thumbnail=args.thumbnail)
 
@@ -296,21 +305,26 @@ def run_assets(resource: Any, audit: Any = None, selection: Any = None, *, wait_
     from radaudit.pacs.lock import data_dir_lock
     from radaudit.pipelines.console import step_lines
     from radaudit.pipelines.definitions import defs
+    from radaudit.pipelines.jobs import all_folders_tags
 
     chosen = dg.AssetSelection.from_string(selection) if isinstance(selection, str) else selection
-    if chosen is None or dg.AssetKey("dicom_index") in chosen.resolve(defs.resolve_asset_graph()):
+    ingests = chosen is None or dg.AssetKey("dicom_index") in chosen.resolve(defs.resolve_asset_graph())
+    if ingests:
         check_export(resource.export_dir)
     check_data_dir(resource.data_dir)
     with data_dir_lock(resource.data_dir, what=what, wait_s=wait_s, on_wait=log.warning):
-        instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else data_dir_instance(resource.data_dir)
+        instance = dg_instance(resource.data_dir)
         job = dg.define_asset_job("radaudit_cli", selection=chosen if chosen is not None else dg.AssetSelection.all())
         run_defs = dg.Definitions(assets=list(defs.assets or []), jobs=[job], loggers={"radaudit": step_lines},
                                   resources={"radaudit": resource, "audit": audit or AuditConfig()})
         tags = {"radaudit/launcher": "cli", "radaudit/data_dir": str(Path(resource.data_dir).resolve())}
         try:
             _reap_killed_runs(instance, tags)
+            # One machine: every export folder is ingested, one partition after another, in one step.
+            folders = all_folders_tags(instance, resource) if ingests else {}
             return run_defs.resolve_job_def("radaudit_cli").execute_in_process(
-                instance=instance, raise_on_error=True, run_config={"loggers": {"radaudit": {}}}, tags=tags)
+                instance=instance, raise_on_error=True, run_config={"loggers": {"radaudit": {}}},
+                tags={**tags, **folders})
         finally:
             instance.dispose()
 
@@ -450,6 +464,39 @@ def _cmd_locate(args: argparse.Namespace) -> int:
     return 0 if len(found) == len(set(args.hashes)) else 1
 
 
+def _cmd_folders(args: argparse.Namespace) -> int:
+    from radaudit.assets.resources import RadauditConfig
+    from radaudit.pacs.checks import check_data_dir, check_export
+    from radaudit.pacs.discover import display_path
+    from radaudit.pacs.partitions import export_partitions, is_ingested
+    from radaudit.pacs.pseudo import KEY_ENV, load_or_create_key
+    from radaudit.pipelines.jobs import register_folders
+
+    if not args.export or not args.data:
+        raise ValueError("give --export and --data (or set RADAUDIT_EXPORT_DIR and RADAUDIT_DATA_DIR)")
+    check_export(args.export)
+    check_data_dir(args.data)
+    found = export_partitions(args.export, load_or_create_key(args.data, os.environ.get(KEY_ENV)))
+    instance = dg_instance(args.data)
+    try:
+        keys = register_folders(instance, RadauditConfig(export_dir=str(args.export), data_dir=str(args.data)))
+    finally:
+        instance.dispose()
+    for key in keys:
+        folder = found.get(key)
+        name = "(files directly in the export root)" if key in found and folder is None else \
+            display_path(folder) if folder is not None else "(not in the export now)"
+        print(f"{key}\t{'ingested' if is_ingested(args.data, key) else 'new':8s}\t{name}")
+    return 0
+
+
+def dg_instance(data_dir: str | os.PathLike[str]) -> Any:
+    """The Dagster instance at ``DAGSTER_HOME``, or else the one under ``<data dir>/dagster``."""
+    import dagster as dg
+
+    return dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else data_dir_instance(data_dir)
+
+
 def _cmd_synth(args: argparse.Namespace) -> int:
     from radaudit.pacs.synth import generate_export, render_preview
 
@@ -532,13 +579,12 @@ def print_truth_scores(scores: dict[str, Any]) -> None:
 def _print_ingest_summary(data: Path) -> None:
     import pandas as pd
 
-    from radaudit.pacs.layout import LABELS_PATH
-    from radaudit.pacs.layout import ERRORS_PATH, INDEX_PATH
+    from radaudit.pacs.index import read_errors, read_index
+    from radaudit.pacs.layout import ERRORS_DIR, INDEX_DIR, LABELS_PATH
 
-    index = pd.read_parquet(data / INDEX_PATH)
-    errors = pd.read_parquet(data / ERRORS_PATH)
-    print(f"index:  {data / INDEX_PATH}  ({len(index)} instances)")
-    print(f"errors: {data / ERRORS_PATH}  ({len(errors)} files; by stage: {errors['stage'].value_counts().to_dict()})")
+    index, errors = read_index(data), read_errors(data)
+    print(f"index:  {data / INDEX_DIR}/  ({len(index)} instances)")
+    print(f"errors: {data / ERRORS_DIR}/  ({len(errors)} files; by stage: {errors['stage'].value_counts().to_dict()})")
     if (data / LABELS_PATH).exists():
         labels = pd.read_parquet(data / LABELS_PATH)
         print(f"labels: {data / LABELS_PATH}  ({labels['recorded_region'].notna().sum()} mapped, "

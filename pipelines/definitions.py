@@ -1,6 +1,9 @@
-"""The code location: every asset, job, schedule, sensor and resource is wired here and only here.
+"""The code location: every asset, job, schedule, sensor, resource and the executor are wired here and only here.
 
     dagster dev -m radaudit.pipelines.definitions     # the UI on http://127.0.0.1:3000
+
+The executor is the multiprocess one, or with ``RADAUDIT_EXECUTOR=celery`` dagster-celery's
+(:mod:`radaudit.pipelines.executors`): steps on Celery workers, GPU steps on the GPU machines' queue.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ import dagster as dg
 
 from radaudit.assets import audit, ingest, labels, models
 from radaudit.assets.resources import AuditConfig, RadauditConfig
+from radaudit.pipelines.executors import executor_from_env
 from radaudit.pipelines.jobs import (
     ingest_job,
     new_export_sensor,
@@ -23,6 +27,7 @@ defs = dg.Definitions(
     jobs=[ingest_job, nightly_audit, retrain],
     schedules=[nightly_schedule, weekly_retrain_schedule],
     sensors=[new_export_sensor],
+    executor=executor_from_env(),
     resources={
         "radaudit": RadauditConfig(
             export_dir=dg.EnvVar("RADAUDIT_EXPORT_DIR"),

@@ -19,8 +19,9 @@ import pandas as pd
 
 from radaudit.pacs import cache
 from radaudit.pacs import io as pio
-from radaudit.pacs.layout import (DUPLICATES_PATH, FOLDS_FILE, INDEX_PATH, LABELS_PATH, MANIFEST_PATH, OVERRIDES_PATH,
-                                  PIXEL_FEATURES_PATH, PROB_DIR, SUMMARY_PATH, VOCABULARY_PATH, method_dir)
+from radaudit.pacs.index import read_manifest
+from radaudit.pacs.layout import (DUPLICATES_PATH, FOLDS_FILE, LABELS_PATH, OVERRIDES_PATH, PIXEL_FEATURES_PATH, PROB_DIR,
+                                  SUMMARY_PATH, VOCABULARY_PATH, method_dir)
 from radaudit.pipelines.stages.store import cache_keys
 
 if TYPE_CHECKING:
@@ -63,10 +64,10 @@ def load_overrides(data_dir: str | os.PathLike[str]) -> pd.DataFrame | None:
 
 
 def live_index(data_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """The index rows the pipeline works on (:func:`radaudit.pacs.index.live_rows`)."""
-    from radaudit.pacs.index import live_rows
+    """The index rows the pipeline works on (:func:`radaudit.pacs.index.live_rows`), of every ingest partition."""
+    from radaudit.pacs.index import live_rows, read_index
 
-    return live_rows(pd.read_parquet(Path(data_dir) / INDEX_PATH))
+    return live_rows(read_index(data_dir))
 
 
 def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str] | None = None,
@@ -81,7 +82,7 @@ def load_training_set(data_dir: str | os.PathLike[str], vocabulary: Sequence[str
     """
     data_dir = Path(data_dir)
     vocab = tuple(vocabulary or read_vocabulary(data_dir))
-    cached = set(pd.read_parquet(data_dir / MANIFEST_PATH, columns=["sop_instance_uid"])["sop_instance_uid"])
+    cached = set(read_manifest(data_dir)["sop_instance_uid"])
     live = live_index(data_dir)
     live = live[live["sop_instance_uid"].isin(cached)]
     labels = pd.read_parquet(data_dir / LABELS_PATH)
@@ -249,8 +250,7 @@ def pixel_features(data_dir: str | os.PathLike[str], uids: Sequence[str], *, log
             out.update(stored.set_index("id")[columns])
     todo = np.flatnonzero(out[columns[0]].isna().to_numpy())
     if todo.size:
-        boxes = pd.read_parquet(data_dir / MANIFEST_PATH,
-                                columns=["sop_instance_uid", "content_height", "content_width"])
+        boxes = read_manifest(data_dir)[["sop_instance_uid", "content_height", "content_width"]]
         boxes = boxes.drop_duplicates("sop_instance_uid", keep="last").set_index("sop_instance_uid")
         boxes = boxes.reindex([uids[i] for i in todo])
         rows = []

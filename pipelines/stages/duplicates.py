@@ -36,7 +36,8 @@ import pandas as pd
 
 from radaudit.pacs import cache
 from radaudit.pacs import io as pio
-from radaudit.pacs.layout import DUPLICATE_STATE_DIR, DUPLICATES_PATH, MANIFEST_PATH
+from radaudit.pacs.index import read_manifest
+from radaudit.pacs.layout import DUPLICATE_STATE_DIR, DUPLICATES_PATH
 from radaudit.pipelines.stages.data import live_index
 from radaudit.pipelines.stages.store import cache_keys, load_rows, save_rows
 
@@ -58,7 +59,7 @@ def duplicate_inputs(data_dir: str | os.PathLike[str]) -> tuple[list[str], pd.Da
     saw them (None for an index without that column)."""
     data_dir = Path(data_dir)
     live = live_index(data_dir).drop_duplicates("sop_instance_uid")
-    manifest = pd.read_parquet(data_dir / MANIFEST_PATH).drop_duplicates("sop_instance_uid", keep="last")
+    manifest = read_manifest(data_dir)
     manifest = manifest[manifest["sop_instance_uid"].isin(live["sop_instance_uid"])].sort_values(
         "sop_instance_uid", ignore_index=True)
     facts = live.set_index("sop_instance_uid").reindex(manifest["sop_instance_uid"])

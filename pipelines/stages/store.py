@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from radaudit.pacs import io as pio
-from radaudit.pacs.layout import EMBED_DIR, MANIFEST_PATH, PROB_DIR
+from radaudit.pacs.index import read_manifest
+from radaudit.pacs.layout import EMBED_DIR, PROB_DIR
 
 __all__ = ["array_digest", "cache_keys", "file_digest", "load_embeddings", "load_probabilities", "load_rows",
            "previous_rows", "save_array", "save_embeddings", "save_rows"]
@@ -67,9 +68,7 @@ def load_rows(path: Path, rows_path: Path, *, mmap: bool = False) -> tuple[np.nd
 
 def cache_keys(data_dir: str | os.PathLike[str], uids: Sequence[str]) -> list[str]:
     """Per image, what its cached pixels depend on: source file identity, size, mtime, cache settings."""
-    manifest = pd.read_parquet(Path(data_dir) / MANIFEST_PATH,
-                               columns=["sop_instance_uid", "path_hash", "file_size", "mtime_ns", "params"])
-    manifest = manifest.drop_duplicates("sop_instance_uid", keep="last").set_index("sop_instance_uid").loc[list(uids)]
+    manifest = read_manifest(data_dir).set_index("sop_instance_uid").loc[list(uids)]
     return [f"{h}:{s}:{t}:{p}" for h, s, t, p in zip(manifest["path_hash"], manifest["file_size"],
                                                       manifest["mtime_ns"], manifest["params"])]
 

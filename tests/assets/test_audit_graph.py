@@ -16,6 +16,7 @@ from radaudit.assets.resources import AuditConfig, RadauditConfig
 from radaudit.pipelines import stages
 from radaudit.pacs.synth import generate_export
 from radaudit.pipelines.definitions import defs
+from radaudit.pipelines.jobs import all_folders_tags
 
 METHODS = ("simclr", "byol", "supcon")
 
@@ -30,7 +31,9 @@ def audited(tmp_path_factory) -> tuple[Path, Path, dg.ExecuteInProcessResult]:
         "audit": AuditConfig(epochs=1, batch_size=16, image_size=32, on_cpu="as_is", num_workers=0, n_splits=3,
                              truth_path=str(truth), max_flag_fraction=1.0, report_thumbnail=16),
     }
-    result = dg.materialize(list(defs.assets), resources=resources)
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize(list(defs.assets), resources=resources, instance=instance,
+                            tags=all_folders_tags(instance, resources["radaudit"]))
     return data, truth, result
 
 
@@ -152,7 +155,9 @@ def test_identical_inputs_and_seeds_give_identical_outputs(audited, tmp_path):
         "audit": AuditConfig(epochs=1, batch_size=16, image_size=32, on_cpu="as_is", num_workers=0, n_splits=3,
                              truth_path=str(truth), max_flag_fraction=1.0),
     }
-    assert dg.materialize(list(defs.assets), resources=resources).success
+    instance = dg.DagsterInstance.ephemeral()
+    assert dg.materialize(list(defs.assets), resources=resources, instance=instance,
+                          tags=all_folders_tags(instance, resources["radaudit"])).success
     for m in METHODS:
         np.testing.assert_array_equal(np.load(again / "embeddings" / f"{m}.npy"), np.load(data / "embeddings" / f"{m}.npy"))
     np.testing.assert_array_equal(np.load(again / "probabilities" / "ensemble.npy"),
@@ -217,7 +222,8 @@ def test_nightly_audit_embeds_the_new_files_of_the_night(audited, tmp_path):
     config = {"resources": {"radaudit": {"config": {**paths, "cache_size": 32, "workers": 1}},
                             "audit": {"config": {"n_splits": 3, "max_flag_fraction": 1.0}}}}
     with dg.instance_for_test() as instance:
-        result = job.execute_in_process(run_config=config, instance=instance)
+        tags = all_folders_tags(instance, RadauditConfig(**paths))
+        result = job.execute_in_process(run_config=config, instance=instance, tags=tags)
         messages = [e.user_message for e in instance.all_logs(result.run_id)]
     assert result.success
     backbones = {"simclr": "simclr/checkpoints", "byol": "byol/checkpoints",

@@ -120,3 +120,41 @@ def test_only_bad_input_errors_of_a_rank_are_rebuilt() -> None:
     assert isinstance(_bad_input_in_rank(raised("ValueError: bad: size")), ValueError)
     assert _bad_input_in_rank(raised("torch.OutOfMemoryError: CUDA out of memory")) is None  # transient: retried
     assert _bad_input_in_rank(ValueError("not from a rank")) is None
+
+
+def test_num_nodes_reaches_lightnings_trainer(monkeypatch) -> None:
+    """Training over several machines is Lightning's DDP over nodes: the option must reach its Trainer,
+    with the global batch split over every process of every node. (Not run on several nodes here.)"""
+    import radaudit.models.train as train
+
+    class Stop(Exception):
+        pass
+
+    seen: dict = {}
+
+    def trainer(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    loaders: list[int] = []
+    make_loader = train.make_loader
+    monkeypatch.setattr(train, "make_loader", lambda ds, batch, **kw: loaders.append(batch) or make_loader(ds, batch, **kw))
+    monkeypatch.setattr(train.pl, "Trainer", trainer)
+    config = PretrainConfig(method="simclr", epochs=1, batch_size=16, size=32, warmup_epochs=0, num_workers=0,
+                            progress_bar=False, devices=2, num_nodes=2, on_cpu="as_is")
+    with pytest.raises(Stop):
+        pretrain(config, ArrayDataset(np.zeros((32, 40, 40), np.uint8), np.zeros(32, np.int64)))
+    assert seen["num_nodes"] == 2 and seen["devices"] == 2 and seen["strategy"] == "ddp_spawn"
+    assert seen["use_distributed_sampler"] is True
+    assert loaders == [16 // 4]  # each of the 2 x 2 processes loads a quarter of the global batch
+    with pytest.raises(ValueError, match=r"divide evenly over the 6 processes \(devices=2 x num_nodes=3\)"):
+        config.replace(num_nodes=3)
+    assert config.for_cpu().num_nodes == 1
+
+
+def test_the_cli_passes_num_nodes_to_the_pretraining() -> None:
+    from radaudit.pipelines.cli import _audit_config, _parser
+
+    args = _parser().parse_args(["audit", "--devices", "4", "--num-nodes", "2", "--batch-size", "1024"])
+    config = _audit_config(args).pretrain_config("simclr")
+    assert (config.devices, config.num_nodes, config.world_size) == (4, 2, 8)

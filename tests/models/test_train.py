@@ -194,7 +194,7 @@ def test_seed_makes_runs_identical(tiny_dataset: ArrayDataset) -> None:
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="valid methods: simclr, byol, supcon"):
         PretrainConfig(method="moco")
-    with pytest.raises(ValueError, match="divide evenly over devices"):
+    with pytest.raises(ValueError, match=r"divide evenly over the 3 processes \(devices=3 x num_nodes=1\)"):
         PretrainConfig(batch_size=1000, devices=3)
     with pytest.raises(ValueError, match="precision"):
         PretrainConfig(precision="fp8")

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from radaudit.pacs import read_image
 from radaudit.pacs.cache import CacheParams, letterbox, read
+from radaudit.pacs.index import read_manifest
 from radaudit.pacs.ingest import IngestConfig, run_ingest
 from radaudit.pacs.synth import REGIONS, generate_export, render_preview
 from radaudit.pacs.synth import artefacts
@@ -121,7 +122,7 @@ def test_film_is_8_bit_and_monochrome1_devices_store_bone_dark(ingested) -> None
 def test_the_cache_holds_the_normalized_image_of_each_device(ingested) -> None:
     """The cached image is read_image's (bone bright) image, cropped, turned upright and letterboxed."""
     root, truth, _, _ = ingested
-    manifest = pd.read_parquet(root / "data" / "cache" / "manifest.parquet").set_index("sop_instance_uid")
+    manifest = read_manifest(root / "data").set_index("sop_instance_uid")
     for device, rows in _originals(truth).groupby("device"):
         row = rows[~rows["is_ood"]].iloc[0]
         m = manifest.loc[row["sop_instance_uid"]]

@@ -23,7 +23,7 @@ import pytest
 from radaudit.pacs import cache, fuzz, header
 from radaudit.pacs import index as ix
 from radaudit.pacs.cache import MANIFEST_SCHEMA, CacheParams
-from radaudit.pacs.layout import ERRORS_PATH, INDEX_PATH
+from radaudit.pacs.index import read_errors, read_index, read_manifest
 from radaudit.pacs.ingest import IngestConfig, _to_cache, run_ingest
 from radaudit.pacs.layout import KEY_FILE
 from radaudit.pacs.pseudo import load_or_create_key, path_key, pseudonymize
@@ -53,8 +53,8 @@ def by_real_path(data: Path, errors: pd.DataFrame, candidates) -> pd.DataFrame:
 
 def test_every_file_ends_in_exactly_one_table(ingested):
     export, data, expected, result = ingested
-    index = pd.read_parquet(data / INDEX_PATH)
-    errors = by_real_path(data, pd.read_parquet(data / ERRORS_PATH), expected)
+    index = read_index(data)
+    errors = by_real_path(data, read_errors(data), expected)
     assert set(index["path"]).isdisjoint(errors.index)
     assert set(index["path"]) | set(errors.index) == set(expected)
     outcome = {p: "index" for p in index["path"]} | dict(zip(errors.index, errors["stage"]))
@@ -165,11 +165,19 @@ def test_new_changed_and_vanished_files(ingested, good_sources):
 def test_duplicate_instances_are_marked_not_cached_twice(ingested):
     export, data, *_ = ingested
     src = export / "PAT1/ST1/SE1/IM0002.DCM"
-    (export / "ZZ_duplicate.dcm").write_bytes(src.read_bytes())
+    (export / "PAT1/ZZ_duplicate.dcm").write_bytes(src.read_bytes())
     result = run_ingest(config(export, data))
     rows = result.index.set_index("path")
-    assert rows.loc["ZZ_duplicate.dcm", "duplicate_of"] == "PAT1/ST1/SE1/IM0002.DCM"
+    assert rows.loc["PAT1/ZZ_duplicate.dcm", "duplicate_of"] == "PAT1/ST1/SE1/IM0002.DCM"
     assert result.stats["cached"] == 0
+    # In another top-level folder (another partition, ingested on its own) the copy is cached by that
+    # partition too, and the whole index still names it a duplicate.
+    (export / "ZZ_duplicate.dcm").write_bytes(src.read_bytes())
+    result = run_ingest(config(export, data))
+    assert result.stats["cached"] == 1
+    rows = read_index(data).set_index("path")
+    assert rows.loc["ZZ_duplicate.dcm", "duplicate_of"] == "PAT1/ST1/SE1/IM0002.DCM"
+    assert len(read_manifest(data)) == len(rows[rows["duplicate_of"].isna()])
 
 
 def test_full_rebuild_reads_everything_again(ingested):
@@ -295,8 +303,8 @@ def test_a_file_name_that_is_not_utf8_is_indexed_and_found_again(tmp_path, good_
     data = tmp_path / "data"
 
     first = run_ingest(config(export, data))
-    index = pd.read_parquet(data / INDEX_PATH)
-    errors = pd.read_parquet(data / ERRORS_PATH)
+    index = read_index(data)
+    errors = read_errors(data)
     key = (data / KEY_FILE).read_bytes()
     row = index.set_index("path").loc["R\\xf6ntgen.dcm"]
     assert row["path_hash"] == hmac.new(key, b"path\x00R\xf6ntgen.dcm", hashlib.sha256).hexdigest()[:20]
@@ -353,8 +361,8 @@ def test_a_synthetic_export_leaks_no_identifier_and_keeps_every_label(tmp_path):
         assert not leaked, f"{leaked} in {p.relative_to(data)}"
 
     truth = pq.read_table(truth_path).to_pylist()
-    index = pd.read_parquet(data / INDEX_PATH)
-    assert pd.read_parquet(data / ERRORS_PATH).empty
+    index = read_index(data)
+    assert read_errors(data).empty
     assert len(index) == len(files) == len(truth)
     assert set(index["sop_instance_uid"]) == {r["sop_instance_uid"] for r in truth}
     labels = RegionMapper.from_file().label_frame(index)
@@ -376,7 +384,7 @@ def test_a_header_read_that_hangs_or_kills_its_worker_is_one_error_row(tmp_path,
                                                     "Schmidt Erika 0815/hang.dcm"]
     for name in names:
         (export / name).parent.mkdir(exist_ok=True)
-        (export / name).write_bytes(ct)  # one instance many times: all indexed, one cached
+        (export / name).write_bytes(ct)  # one instance many times: all indexed, cached once per partition
     read_header = ix.read_header
 
     def sabotaged(path, **kwargs):
@@ -390,16 +398,16 @@ def test_a_header_read_that_hangs_or_kills_its_worker_is_one_error_row(tmp_path,
     t0 = time.monotonic()
     result = run_ingest(IngestConfig(export_dir=export, data_dir=tmp_path / "data", workers=2, file_timeout_s=1))
     assert time.monotonic() - t0 < 20
-    errors = pd.read_parquet(tmp_path / "data" / ERRORS_PATH).set_index("path")
+    errors = read_errors(tmp_path / "data").set_index("path")
     key = load_or_create_key(tmp_path / "data")
     hidden = f"folder-{path_key('Schmidt Erika 0815', key)[:8]}/file-{path_key('hang.dcm', key)[:8]}.dcm"
     assert sorted(errors.index) == ["Knie li/im666.dcm", hidden]
     assert set(errors["stage"]) == {"header"}
     assert "reading the header took longer than 1 s" in errors.loc[hidden, "reason"]
     assert errors.loc["Knie li/im666.dcm", "reason"].startswith("header reader crashed (exit code -9: killed by SIGKILL")
-    index = pd.read_parquet(tmp_path / "data" / INDEX_PATH)
+    index = read_index(tmp_path / "data")
     assert sorted(index["path"]) == sorted(names[:-2])
-    assert result.stats["cached"] == 1
+    assert result.stats["cached"] == 2  # the root's files and the folder "Knie li"
 
 
 def _bomb_export(export: Path, good_sources, seed: int) -> None:
@@ -417,7 +425,7 @@ def _bomb_export(export: Path, good_sources, seed: int) -> None:
 
 
 def _tables_on_disk(data: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    return pd.read_parquet(data / INDEX_PATH), pd.read_parquet(data / ERRORS_PATH)
+    return read_index(data), read_errors(data)
 
 
 # fuzz.zip_bomb draws its shape: seed 0 one OB value, seed 2 1 MiB fragments of an undefined-length value.
@@ -475,15 +483,16 @@ def test_run_isolated_in_chunks_gives_each_job_its_own_result_or_reason():
 
 @pytest.mark.parametrize("indexed", [False, True])
 def test_choosing_what_to_cache_emits_no_pandas_warning(tmp_path, good_sources, indexed):
-    index = ix.empty_frame(ix.INDEX_SCHEMA)
+    index, where = ix.empty_frame(ix.INDEX_SCHEMA), {}
     if indexed:
         export = tmp_path / "export"
         export.mkdir()
         (export / "a.dcm").write_bytes(good_sources["PAT1/ST1/SE1/IM0002.DCM"].read_bytes())
-        index = ix.update_index(export, tmp_path / "data", key=b"k").index
+        update = ix.update_index(export, tmp_path / "data", key=b"k")
+        index, where = update.index, update.partition_of
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        todo = _to_cache(index, ix.empty_frame(MANIFEST_SCHEMA), "params", tmp_path / "data")
+        todo = _to_cache(index, ix.empty_frame(MANIFEST_SCHEMA), "params", set(), where)
     assert len(todo) == len(index) == int(indexed)
 
 

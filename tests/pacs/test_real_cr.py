@@ -59,9 +59,9 @@ def _uid(rows: pd.DataFrame, name: str) -> str:
 def _content(data: Path, uid: str) -> np.ndarray:
     """The cached image inside its content box (the letterbox cut off), as float."""
     from radaudit.pacs import cache
-    from radaudit.pacs.layout import MANIFEST_PATH
+    from radaudit.pacs.index import read_manifest
 
-    manifest = pd.read_parquet(data / MANIFEST_PATH).set_index("sop_instance_uid")
+    manifest = read_manifest(data).set_index("sop_instance_uid")
     h, w = (int(manifest.loc[uid, c]) for c in ("content_height", "content_width"))
     img = cache.read(data, uid).astype(np.float64)
     top, left = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
@@ -161,10 +161,10 @@ def test_every_encoding_gives_the_same_cached_image(ingested: dict) -> None:
     """JPEG 2000 is decoded at reduced resolution; its field and pixels must still be those of the
     uncompressed file (before border.MIN_SIDE, at a cache of 64 px RG1_J2KI lost 23% of its width)."""
     from radaudit.pacs import cache
-    from radaudit.pacs.layout import MANIFEST_PATH
+    from radaudit.pacs.index import read_manifest
 
     data, rows = ingested["data"], ingested["rows"]
-    manifest = pd.read_parquet(data / MANIFEST_PATH).set_index("sop_instance_uid")
+    manifest = read_manifest(data).set_index("sop_instance_uid")
     for stem, files in FILES.items():
         names = [p.name[:-4] for p in files]
         uids = [_uid(rows, n) for n in names]

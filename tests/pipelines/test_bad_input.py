@@ -92,7 +92,7 @@ def test_an_export_whose_every_image_fails_says_so(tmp_path, capsys):
                       "--workers", "1")
     assert rc == 2 and err.count("\n") == 1
     assert err.startswith(f"radaudit ingest: error: every DICOM image in export {export} failed (1 files in "
-                          "index/ingest_errors.parquet; most common:")
+                          "index/ingest_errors/; most common:")
 
 
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch, messy_export):
@@ -118,9 +118,12 @@ def test_the_dagster_ui_shows_the_same_line_as_the_step_failure(tmp_path):
     export = tmp_path / "export"
     export.mkdir()
     (export / "notes.txt").write_text("hello")
-    result = dg.materialize([ingest], resources={"radaudit": RadauditConfig(export_dir=str(export),
-                                                                             data_dir=str(tmp_path / "data"))},
-                            raise_on_error=False)
+    from radaudit.pipelines.jobs import all_folders_tags
+
+    resource = RadauditConfig(export_dir=str(export), data_dir=str(tmp_path / "data"))
+    instance = dg.DagsterInstance.ephemeral()
+    result = dg.materialize([ingest], resources={"radaudit": resource}, instance=instance,
+                            tags=all_folders_tags(instance, resource), raise_on_error=False)
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     data = failure.step_failure_data
     line = f"no DICOM image in export {export}: none of its 1 files is DICOM (most common: not DICOM x1, " \
@@ -243,19 +246,17 @@ def test_a_step_from_the_ui_waits_for_the_cli_run_then_fails_with_who_holds_it(t
     assert "after waiting 0.5 s" in description
 
 
-def test_a_gpu_step_gives_its_pool_slot_back_while_the_data_dir_is_busy(tmp_path, monkeypatch):
+def test_a_gpu_step_gives_its_pool_slot_back_while_the_data_dir_is_busy(tmp_path):
     """A UI step of the GPU pool must not sit on its slot waiting for a CLI run that needs the slot:
     it asks to be retried (slot released), and fails with the holder's line once lock_wait_s is used."""
-    import radaudit.assets.guard as guard
     from radaudit.assets.models import method_assets
     from radaudit.assets.resources import AuditConfig, RadauditConfig
 
-    monkeypatch.setattr(guard, "POOL_RETRY_S", 0.2)
     (tmp_path / "export").mkdir()
     holder = hold_lock(tmp_path / "data", 60)
     try:
         resource = RadauditConfig(export_dir=str(tmp_path / "export"), data_dir=str(tmp_path / "data"),
-                                  lock_wait_s=0.5)
+                                  lock_wait_s=0.5, pool_retry_s=0.2)
         _, embeddings = method_assets("simclr")
         result = dg.materialize([embeddings], resources={"radaudit": resource, "audit": AuditConfig()},
                                 raise_on_error=False)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from radaudit.pacs.layout import ERRORS_PATH, INDEX_PATH
+from radaudit.pacs.index import read_index
+from radaudit.pacs.layout import ERRORS_DIR
 from radaudit.models.presets import PRESETS
 from radaudit.pipelines.cli import main, print_truth_scores
 
@@ -41,9 +42,9 @@ def test_ingest_command_indexes_an_export(messy_export, tmp_path, capsys):
     data = tmp_path / "data"
     assert main(["ingest", "--export", str(export), "--data", str(data), "--size", "32", "--workers", "1"]) == 0
     out = capsys.readouterr().out
-    index = pd.read_parquet(data / INDEX_PATH)
+    index = read_index(data)
     assert len(index) == sum(1 for o in expected.values() if o == "index")
-    assert str(data / ERRORS_PATH) in out and "mapped" in out
+    assert str(data / ERRORS_DIR) in out and "mapped" in out
 
 
 def test_cli_runs_are_recorded_under_the_data_dir(messy_export, tmp_path, monkeypatch):

@@ -1,13 +1,13 @@
 """Jobs select the right assets; the schedule and the new-export sensor behave as stewards expect."""
 
-import json
 import os
 
 import dagster as dg
 
 from radaudit.assets.resources import RadauditConfig
 from radaudit.pipelines.definitions import defs
-from radaudit.pipelines.jobs import new_export_sensor
+from radaudit.assets.ingest import EXPORT_FOLDERS
+from radaudit.pipelines.jobs import RANGE_END, RANGE_START, new_export_sensor, nightly_schedule
 
 
 def _keys(job_name: str) -> set[str]:
@@ -29,23 +29,50 @@ def test_nightly_schedule_runs_at_two():
     assert schedule.execution_timezone == os.environ.get("RADAUDIT_TIMEZONE", "Europe/Berlin")
 
 
-def test_sensor_starts_ingest_once_per_new_export_folder(tmp_path):
+def _apply(instance: dg.DagsterInstance, result: dg.SensorResult) -> None:
+    """What the daemon does with a sensor's partition requests."""
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+
+
+def test_nightly_schedule_covers_every_export_folder(tmp_path):
+    """The nightly run ingests every folder (new ones become partitions first), then audits them all."""
+    export = tmp_path / "export"
+    for name in ("2026-11-20", "2026-11-21"):
+        (export / name).mkdir(parents=True)
+    resource = RadauditConfig(export_dir=str(export), data_dir=str(tmp_path / "data"))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(EXPORT_FOLDERS.name, ["0123456789abcdef"])  # a folder that is gone
+        with dg.build_schedule_context(instance=instance, resources={"radaudit": resource}) as ctx:
+            request = nightly_schedule(ctx)
+        keys = instance.get_dynamic_partitions(EXPORT_FOLDERS.name)
+        assert len(keys) == 3 and keys[0] == "0123456789abcdef"
+        assert request.tags[RANGE_START] == keys[0] and request.tags[RANGE_END] == keys[-1]
+
+
+def test_sensor_adds_one_partition_and_one_run_per_new_export_folder(tmp_path):
     export = tmp_path / "export"
     (export / "2026-11-20").mkdir(parents=True)
     (export / "2026-11-21").mkdir()
     resource = RadauditConfig(export_dir=str(export), data_dir=str(tmp_path / "data"))
-    with dg.build_sensor_context(resources={"radaudit": resource}) as ctx:
-        first = new_export_sensor(ctx)
-        assert isinstance(first, dg.RunRequest) and first.tags["radaudit/new_folders"] == "2"
-        cursor = ctx.cursor
-        assert "2026" not in cursor and "2026" not in first.run_key  # folder names may be patient names
-    with dg.build_sensor_context(cursor=cursor, resources={"radaudit": resource}) as ctx:
-        assert isinstance(new_export_sensor(ctx), dg.SkipReason)
-    (export / "2026-11-22").mkdir()
-    with dg.build_sensor_context(cursor=cursor, resources={"radaudit": resource}) as ctx:
-        third = new_export_sensor(ctx)
-        assert isinstance(third, dg.RunRequest) and third.tags["radaudit/new_folders"] == "1"
-        assert third.run_key != first.run_key
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance, resources={"radaudit": resource}) as ctx:
+            first = new_export_sensor(ctx)
+        (added,) = first.dynamic_partitions_requests
+        assert added.partitions_def_name == EXPORT_FOLDERS.name and len(added.partition_keys) == 2
+        assert sorted(r.partition_key for r in first.run_requests) == sorted(added.partition_keys)
+        assert not any("2026" in k for k in added.partition_keys)  # folder names may be patient names
+        _apply(instance, first)
+        with dg.build_sensor_context(instance=instance, resources={"radaudit": resource}) as ctx:
+            assert isinstance(new_export_sensor(ctx), dg.SkipReason)
+        (export / "2026-11-22").mkdir()
+        with dg.build_sensor_context(instance=instance, resources={"radaudit": resource}) as ctx:
+            third = new_export_sensor(ctx)
+        (run,) = third.run_requests
+        assert list(third.dynamic_partitions_requests[0].partition_keys) == [run.partition_key]
+        assert run.partition_key not in added.partition_keys and run.job_name in (None, "ingest_job")
+        _apply(instance, third)
+        assert len(instance.get_dynamic_partitions(EXPORT_FOLDERS.name)) == 3
 
 
 def test_instance_queues_at_most_one_gpu_run(tmp_path):
@@ -57,9 +84,9 @@ def test_instance_queues_at_most_one_gpu_run(tmp_path):
     try:
         queue = instance.get_concurrency_config().run_queue_config
         limits = [(t["key"], t["value"], t["limit"]) for t in queue.tag_concurrency_limits]
-        assert ("radaudit/gpu", "true", 1) in limits and ("radaudit/ingest", "true", 1) in limits
-        for job in ("ingest_job", "nightly_audit"):
-            assert defs.resolve_job_def(job).tags["radaudit/ingest"] == "true"
+        # The ingests of different export folders run side by side, two of the same folder do not.
+        assert ("radaudit/gpu", "true", 1) in limits
+        assert ("dagster/partition", {"applyLimitPerUniqueValue": True}, 1) in limits
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
         # A failed step does not re-run the whole run (a malformed review file fails once) ...
         assert instance.run_retries_retry_on_asset_or_op_failure is False
@@ -116,14 +143,16 @@ def test_sensor_copes_with_a_folder_name_that_is_not_utf8(tmp_path):
     export.mkdir()
     os.mkdir(os.path.join(os.fsencode(export), b"M\xfcller Hans"))  # Latin-1 bytes from a Windows export
     resource = RadauditConfig(export_dir=str(export), data_dir=str(tmp_path / "data"))
-    with dg.build_sensor_context(resources={"radaudit": resource}) as ctx:
-        request = new_export_sensor(ctx)
-        assert isinstance(request, dg.RunRequest) and request.tags["radaudit/new_folders"] == "1"
-        assert "ller" not in ctx.cursor and "ller" not in request.run_key
+    with dg.instance_for_test() as instance, \
+            dg.build_sensor_context(instance=instance, resources={"radaudit": resource}) as ctx:
+        result = new_export_sensor(ctx)
+    (run,) = result.run_requests
+    assert "ller" not in run.partition_key and "ller" not in run.run_key
 
 
 def test_sensor_on_an_ingested_export_starts_nothing_until_a_new_folder_comes(tmp_path):
-    """`dagster dev` on an export ingested before (e.g. by the CLI) must not ingest it all again."""
+    """`dagster dev` on an export ingested before (e.g. by the CLI) must not ingest it all again: its
+    folders become partitions without runs."""
     from radaudit.pacs.cache import CacheParams
     from radaudit.pacs.ingest import IngestConfig, run_ingest
     from radaudit.pacs.synth import generate_export
@@ -132,12 +161,14 @@ def test_sensor_on_an_ingested_export_starts_nothing_until_a_new_folder_comes(tm
     generate_export(export, tmp_path / "truth.parquet", n=12, seed=1, size=32)
     run_ingest(IngestConfig(export_dir=export, data_dir=data, cache=CacheParams(size=32), workers=1))
     resource = RadauditConfig(export_dir=str(export), data_dir=str(data))
-    with dg.build_sensor_context(resources={"radaudit": resource}) as ctx:
-        assert isinstance(new_export_sensor(ctx), dg.SkipReason)
-        cursor = ctx.cursor
-    assert cursor and len(json.loads(cursor)) == sum(p.is_dir() for p in export.iterdir())
-    generate_export(tmp_path / "later", tmp_path / "later.parquet", n=3, seed=2, size=32)
-    (tmp_path / "later").rename(export / "later")
-    with dg.build_sensor_context(cursor=cursor, resources={"radaudit": resource}) as ctx:
-        request = new_export_sensor(ctx)
-        assert isinstance(request, dg.RunRequest) and request.tags["radaudit/new_folders"] == "1"
+    with dg.instance_for_test() as instance:
+        with dg.build_sensor_context(instance=instance, resources={"radaudit": resource}) as ctx:
+            first = new_export_sensor(ctx)
+        assert not first.run_requests
+        assert len(first.dynamic_partitions_requests[0].partition_keys) == sum(p.is_dir() for p in export.iterdir())
+        _apply(instance, first)
+        generate_export(tmp_path / "later", tmp_path / "later.parquet", n=3, seed=2, size=32)
+        (tmp_path / "later").rename(export / "later")
+        with dg.build_sensor_context(instance=instance, resources={"radaudit": resource}) as ctx:
+            (run,) = new_export_sensor(ctx).run_requests
+        assert run.partition_key not in first.dynamic_partitions_requests[0].partition_keys

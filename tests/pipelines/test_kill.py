@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from radaudit.pacs.index import read_errors, read_index, read_manifest
 import pytest
 import torch
 
@@ -120,11 +122,11 @@ def test_kill_at_every_stage_then_rerun_gives_the_uninterrupted_report(export, t
     assert html_of(killed) == html_of(straight)
     for name in ("embeddings/simclr.npy", "probabilities/simclr.npy", "probabilities/ensemble.npy"):
         np.testing.assert_array_equal(np.load(killed / name), np.load(straight / name), err_msg=name)
-    index = pd.read_parquet(killed / "index" / "dicom_index.parquet")
-    assert len(index) == len(pd.read_parquet(straight / "index" / "dicom_index.parquet"))
+    index = read_index(killed)
+    assert len(index) == len(read_index(straight))
     assert index["path_hash"].is_unique and index["sop_instance_uid"].is_unique  # nothing doubled
-    assert pd.read_parquet(killed / "index" / "ingest_errors.parquet").empty
-    manifest = pd.read_parquet(killed / "cache" / "manifest.parquet")
+    assert read_errors(killed).empty
+    manifest = read_manifest(killed)
     assert manifest["sop_instance_uid"].is_unique and set(manifest["sop_instance_uid"]) == set(index["sop_instance_uid"])
     leftovers = [p for p in killed.rglob("*") if is_temp_name(p.name) and "dagster" not in p.parts]
     assert leftovers == []  # a killed writer's temp files are swept by the next run

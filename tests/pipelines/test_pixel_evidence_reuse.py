@@ -8,7 +8,8 @@ from radaudit.models.ood import PIXEL_COLUMNS, pixel_features as features_of
 from radaudit.pacs import cache
 from radaudit.pacs.cache import CacheParams
 from radaudit.pacs.ingest import IngestConfig, run_ingest
-from radaudit.pacs.layout import MANIFEST_PATH, PIXEL_FEATURES_PATH
+from radaudit.pacs.index import read_manifest
+from radaudit.pacs.layout import PIXEL_FEATURES_PATH
 from radaudit.pacs.synth import generate_export
 from radaudit.pipelines import stages
 
@@ -21,7 +22,7 @@ def test_pixel_evidence_is_kept_by_cache_key(tmp_path: Path) -> None:
     log: list[str] = []
     first = stages.pixel_features(data, uids, log=log.append)
     assert log == [f"pixel evidence: {len(uids)} images read, 0 kept from the last run"]
-    boxes = pd.read_parquet(data / MANIFEST_PATH).set_index("sop_instance_uid")
+    boxes = read_manifest(data).set_index("sop_instance_uid")
     expected = features_of(cache.read(data, uids[3]), content=(int(boxes.loc[uids[3], "content_height"]),
                                                                int(boxes.loc[uids[3], "content_width"])))
     assert first.loc[3].to_dict() == expected and list(first.columns) == list(PIXEL_COLUMNS)

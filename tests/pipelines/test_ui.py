@@ -19,6 +19,7 @@ import pytest
 from radaudit.assets.resources import AuditConfig, RadauditConfig
 from radaudit.pacs.synth import generate_export
 from radaudit.pipelines.definitions import defs
+from radaudit.pipelines.jobs import all_folders_tags
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -51,7 +52,8 @@ def test_asset_graph_and_report_page_render(tmp_path):
         "audit": AuditConfig(epochs=1, batch_size=16, image_size=32, on_cpu="as_is", num_workers=0, n_splits=2,
                              max_flag_fraction=1.0),
     }
-    assert dg.materialize(list(defs.assets), resources=resources, instance=instance).success
+    assert dg.materialize(list(defs.assets), resources=resources, instance=instance,
+                          tags=all_folders_tags(instance, resources["radaudit"])).success
     instance.dispose()
 
     port = _free_port()
