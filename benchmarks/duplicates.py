@@ -149,13 +149,7 @@ def main() -> None:
     groups = timed(figs, section, "groups", duplicate_groups, pairs, uids, patients)
     # The figures against the truth, as the report would show them.
     truth = pd.read_parquet(work / "truth.parquet").set_index("sop_instance_uid")
-    rows = groups.set_index("sop_instance_uid").reindex(uids)
-    scores = stages.duplicate_scores(rows, truth, uids)
-    scores.pop("_right")
-    inside = [u for u in uids if not bool(truth["is_ood"].get(u, False))]
-    reported = stages.duplicate_groups(uids, stages.copy_links(dict(zip(uids, rows["duplicate_of"]))))
-    true_groups = stages.duplicate_groups(uids, stages.copy_links(truth["duplicate_of"].to_dict()))
-    pairs_found = stages.pair_scores(reported, true_groups, inside)
+    scores, pairs_found, _ = score_groups(groups, truth, uids)
     scores.update({f"pair_{key}": value for key, value in pairs_found.items()})
     for key, value in scores.items():
         figs.add(f"{section}: quality", key, float(value), "", shown=f"{value:10.3f}" if isinstance(value, float)
@@ -163,6 +157,19 @@ def main() -> None:
 
     if args.scale:
         scale_run(figs, data, uids, aspect, patients, args.scale, args.new_share, work)
+
+
+def score_groups(groups: pd.DataFrame, truth: pd.DataFrame, uids: list[str]
+                 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
+    """The reported groups against the truth: the per-kind scores (``duplicate_scores``), the pair
+    scores over the in-domain images (``pair_scores``), and each UID's reported group."""
+    found = groups.set_index("sop_instance_uid").reindex(uids)
+    scores = stages.duplicate_scores(found, truth, uids)
+    scores.pop("_right")
+    inside = [u for u in uids if not bool(truth["is_ood"].get(u, False))]
+    reported = stages.duplicate_groups(uids, stages.copy_links(dict(zip(uids, found["duplicate_of"]))))
+    true_groups = stages.duplicate_groups(uids, stages.copy_links(truth["duplicate_of"].to_dict()))
+    return scores, stages.pair_scores(reported, true_groups, inside), reported
 
 
 def quality_seeds(figs: Figures, work: Path, seeds: list[int], n: int, devices: str,
@@ -184,14 +191,7 @@ def quality_seeds(figs: Figures, work: Path, seeds: list[int], n: int, devices: 
         groups = stages.find_near_duplicates(data, full_rebuild=True, **(options or {}))
         uids = stages.duplicate_inputs(data)[0]
         truth = pd.read_parquet(root / "truth.parquet").set_index("sop_instance_uid")
-        found = groups.set_index("sop_instance_uid").reindex(uids)
-        scores = stages.duplicate_scores(found, truth, uids)
-        scores.pop("_right")
-        inside = [u for u in uids if not bool(truth["is_ood"].get(u, False))]
-        pairs = stages.pair_scores(
-            stages.duplicate_groups(uids, stages.copy_links(dict(zip(uids, found["duplicate_of"])))),
-            stages.duplicate_groups(uids, stages.copy_links(truth["duplicate_of"].to_dict())), inside)
-        reported = stages.duplicate_groups(uids, stages.copy_links(dict(zip(uids, found["duplicate_of"]))))
+        scores, pairs, reported = score_groups(groups, truth, uids)
         missed = pd.Series([truth.loc[u, "duplicate_kind"] for u, d in truth["duplicate_of"].dropna().items()
                             if u in reported and reported.get(u) != reported.get(d) or u not in reported],
                            dtype=object).value_counts()

@@ -329,6 +329,8 @@ def _reuse_oof(data_dir: Path, method: str, ts: TrainingSet, features: list[str]
         new_uids = [u for u, k in zip(ts.uids, kept) if not k]
         probs[~kept] = head.predict_proba(load_embeddings(data_dir, method, new_uids))
     result = OOFResult(probs, fold, out_of_fold, head)
+    if kept.all() and len(old) == n and (old["sop_instance_uid"].to_numpy() == np.asarray(ts.uids)).all():
+        return result, 0  # the stored rows are these already
     save_rows(probs.astype(np.float32), data_dir / PROB_DIR / f"{method}.npy",
               pd.DataFrame({"sop_instance_uid": ts.uids, "label": ts.labels, "fold": fold, "out_of_fold": out_of_fold,
                             "feature_key": features}),
